@@ -1,0 +1,179 @@
+//! One backup run, shared by `backupd once` and the daemon: lock the
+//! directory, dump, commit, apply retention, record the status.
+
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::archive::{BackupFile, Committed};
+use crate::clock::Clock;
+use crate::config::BackupConfig;
+use crate::db::{self, Database};
+use crate::error::{Error, Result};
+use crate::retention;
+use crate::state::{self, Status};
+use crate::store::Kind;
+use crate::store::local::{self, DirLock, StoredBackup};
+
+/// What a successful run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub backup: Committed,
+    pub deleted: Vec<StoredBackup>,
+    pub duration_seconds: f64,
+    pub finished: chrono::DateTime<chrono::Utc>,
+}
+
+/// Takes one backup and records the result in the status file, whether the
+/// backup succeeded or not.
+pub async fn run(
+    cfg: &BackupConfig,
+    cancel: &CancellationToken,
+    clock: &dyn Clock,
+) -> Result<Outcome> {
+    let span = tracing::info_span!(
+        "backup",
+        database = cfg.database.kind(),
+        file = tracing::field::Empty
+    );
+    async {
+        let attempt = clock.now();
+        let started = Instant::now();
+        let result = take_backup(cfg, cancel, clock).await;
+        let duration_seconds = started.elapsed().as_secs_f64();
+        let result = result.map(|(backup, deleted)| Outcome {
+            backup,
+            deleted,
+            duration_seconds,
+            finished: clock.now(),
+        });
+        if let Err(e) = record_status(cfg, attempt, &result) {
+            tracing::warn!(error = %e, "could not update the status file");
+        }
+        match &result {
+            Ok(outcome) => tracing::info!(
+                result = "success",
+                file = %outcome.backup.path.display(),
+                bytes = outcome.backup.size,
+                raw_bytes = outcome.backup.raw_bytes,
+                duration_seconds = format!("{duration_seconds:.2}"),
+                deleted = outcome.deleted.len(),
+                "backup finished"
+            ),
+            Err(e) => tracing::error!(
+                result = "failure",
+                duration_seconds = format!("{duration_seconds:.2}"),
+                error = %e,
+                "backup failed"
+            ),
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn take_backup(
+    cfg: &BackupConfig,
+    cancel: &CancellationToken,
+    clock: &dyn Clock,
+) -> Result<(Committed, Vec<StoredBackup>)> {
+    let dir = cfg.paths.backup_dir.clone();
+    local::ensure_dir(&dir)?;
+    let lock = {
+        let dir = dir.clone();
+        let acquire = tokio::task::spawn_blocking(move || {
+            DirLock::acquire(&dir, || {
+                tracing::info!(
+                    "another backup is running in this directory; waiting for it to finish"
+                )
+            })
+        });
+        tokio::select! {
+            lock = acquire => lock.map_err(|e| Error::Other(format!("the lock task failed: {e}")))??,
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+        }
+    };
+    for stale in local::remove_stale_partials(&dir)? {
+        tracing::info!(file = %stale.display(), "removed a partial file left by an interrupted run");
+    }
+
+    let kind = match cfg.database {
+        Database::Postgres(_) => Kind::PgDump,
+        Database::Sqlite(_) => Kind::Sqlite,
+    };
+    let name = local::free_name(&dir, kind, clock.now()).file_name();
+    tracing::Span::current().record("file", name.as_str());
+    let file = BackupFile::create(&dir, &name, cfg.compression_level)?;
+    let committed = match &cfg.database {
+        Database::Postgres(target) => {
+            db::postgres::backup(target, file, cancel, cfg.timeout).await?
+        }
+        Database::Sqlite(target) => {
+            let (target, cancel, timeout) = (target.clone(), cancel.clone(), cfg.timeout);
+            tokio::task::spawn_blocking(move || db::sqlite::backup(&target, file, &cancel, timeout))
+                .await
+                .map_err(|e| Error::Other(format!("the snapshot task failed: {e}")))??
+        }
+    };
+
+    let deleted = apply_retention(cfg, clock);
+    drop(lock);
+    Ok((committed, deleted))
+}
+
+/// Deletes expired backups. A failure here is logged, not fatal: the new
+/// backup is safe, and the next run tries again.
+fn apply_retention(cfg: &BackupConfig, clock: &dyn Clock) -> Vec<StoredBackup> {
+    let backups = match local::list(&cfg.paths.backup_dir) {
+        Ok(backups) => backups,
+        Err(e) => {
+            tracing::warn!(error = %e, "retention skipped");
+            return Vec::new();
+        }
+    };
+    let mut deleted = Vec::new();
+    for backup in retention::expired(&backups, cfg.retention, clock.now()) {
+        match local::delete(&backup) {
+            Ok(()) => {
+                tracing::info!(file = %backup.path.display(), "retention deleted an old backup");
+                deleted.push(backup);
+            }
+            Err(e) => tracing::warn!(error = %e, "retention could not delete a backup"),
+        }
+    }
+    deleted
+}
+
+fn record_status(
+    cfg: &BackupConfig,
+    attempt: chrono::DateTime<chrono::Utc>,
+    result: &Result<Outcome>,
+) -> Result<()> {
+    let path = &cfg.paths.status_file;
+    let mut status = Status::read_or_default(path);
+    status.last_attempt = Some(state::timestamp(attempt));
+    status.database = Some(cfg.database.kind().to_string());
+    status.version = crate::VERSION.to_string();
+    match result {
+        Ok(outcome) => {
+            status.last_backup = Some(state::timestamp(outcome.finished));
+            status.last_file = Some(outcome.backup.path.display().to_string());
+            status.last_error = None;
+            status.last_duration_seconds =
+                Some((outcome.duration_seconds * 1000.0).round() / 1000.0);
+            status.last_size_bytes = Some(outcome.backup.size);
+            status.last_sha256 = Some(outcome.backup.sha256.clone());
+        }
+        Err(e) => status.last_error = Some(e.to_string()),
+    }
+    if let Ok(backups) = local::list(&cfg.paths.backup_dir) {
+        status.backups = backups.iter().map(|b| b.name.file_name()).collect();
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io("create the directory of", path, e))?;
+    }
+    status.write(path)
+}

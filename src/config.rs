@@ -1,0 +1,209 @@
+//! One validated configuration per mode, built from the command line (flags
+//! and their environment variables) and `*_FILE` secrets. Anything wrong is
+//! reported at start-up, naming the variable.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::{BackupArgs, DatabaseArgs, DirArgs};
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::retention::Policy;
+
+/// Strips what env files add: surrounding whitespace, a trailing `\r`, and
+/// one pair of matching quotes.
+pub fn clean(raw: &str) -> String {
+    let trimmed = raw.trim_matches(|c: char| c.is_whitespace() || c == '\r');
+    let unquoted = match trimmed.as_bytes() {
+        [first @ (b'"' | b'\''), .., last] if first == last && trimmed.len() >= 2 => {
+            &trimmed[1..trimmed.len() - 1]
+        }
+        _ => trimmed,
+    };
+    unquoted
+        .trim_matches(|c: char| c.is_whitespace() || c == '\r')
+        .to_string()
+}
+
+pub fn clean_value(raw: &str) -> std::result::Result<String, String> {
+    Ok(clean(raw))
+}
+
+/// `BACKUP_RETENTION_DAYS`: non-digits are dropped as the old script did
+/// (`2d` → 2); nothing left means the default of 2.
+pub fn parse_retention_days(raw: &str) -> std::result::Result<u32, String> {
+    let digits: String = clean(raw).chars().filter(char::is_ascii_digit).collect();
+    if digits.is_empty() {
+        return Ok(2);
+    }
+    digits
+        .parse()
+        .map_err(|_| format!("BACKUP_RETENTION_DAYS '{raw}' is too large"))
+}
+
+pub fn parse_count(raw: &str) -> std::result::Result<u64, String> {
+    clean(raw)
+        .parse()
+        .map_err(|_| format!("'{}' is not a whole number", clean(raw)))
+}
+
+pub fn parse_compression_level(raw: &str) -> std::result::Result<u32, String> {
+    match clean(raw).parse() {
+        Ok(level) if level <= 9 => Ok(level),
+        _ => Err(format!(
+            "BACKUP_COMPRESSION_LEVEL must be a number from 0 to 9, not '{}'",
+            clean(raw)
+        )),
+    }
+}
+
+/// Where backups and the status file live.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub backup_dir: PathBuf,
+    pub status_file: PathBuf,
+}
+
+impl Paths {
+    pub fn from_args(args: &DirArgs) -> Result<Self> {
+        if args.backup_dir.is_empty() {
+            return Err(Error::Config("BACKUP_DIR is empty".into()));
+        }
+        let backup_dir = PathBuf::from(&args.backup_dir);
+        let status_file = match args.status_file.as_deref() {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ => backup_dir.join("backup-status.json"),
+        };
+        Ok(Paths {
+            backup_dir,
+            status_file,
+        })
+    }
+}
+
+/// Everything a backup run needs.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    pub database: Database,
+    pub paths: Paths,
+    pub retention: Policy,
+    pub compression_level: u32,
+    pub timeout: Duration,
+}
+
+impl BackupConfig {
+    pub fn from_args(args: &BackupArgs) -> Result<Self> {
+        Ok(BackupConfig {
+            database: resolve_database(&args.database)?,
+            paths: Paths::from_args(&args.dir)?,
+            retention: Policy {
+                days: args.retention_days,
+                keep_min: usize::try_from(args.keep_min).unwrap_or(usize::MAX),
+            },
+            compression_level: args.compression_level,
+            timeout: if args.timeout_seconds == 0 {
+                // 0 reads as "no limit"; a century is as good as none.
+                Duration::from_secs(100 * 365 * 86_400)
+            } else {
+                Duration::from_secs(args.timeout_seconds)
+            },
+        })
+    }
+}
+
+/// `SQLALCHEMY_DATABASE_URI`, else `DATABASE_URL`; each may come from its
+/// `_FILE` variant. A direct value wins over its file, with a warning.
+pub fn resolve_database(args: &DatabaseArgs) -> Result<Database> {
+    let pairs = [
+        (
+            "SQLALCHEMY_DATABASE_URI",
+            &args.sqlalchemy_database_uri,
+            &args.sqlalchemy_database_uri_file,
+        ),
+        ("DATABASE_URL", &args.database_url, &args.database_url_file),
+    ];
+    for (name, value, file) in pairs {
+        let value = value.as_deref().filter(|v| !v.is_empty());
+        let file = file.as_deref().filter(|f| !f.is_empty());
+        if let (Some(_), Some(_)) = (value, file) {
+            tracing::warn!("both {name} and {name}_FILE are set; using {name}");
+        }
+        if let Some(url) = value {
+            return Database::parse(url, name);
+        }
+        if let Some(file) = file {
+            let url = read_secret_file(Path::new(file), &format!("{name}_FILE"))?;
+            return Database::parse(&url, &format!("{name}_FILE ({file})"));
+        }
+    }
+    Err(Error::Config(
+        "no database configured: set SQLALCHEMY_DATABASE_URI or DATABASE_URL (or DATABASE_URL_FILE)".into(),
+    ))
+}
+
+fn read_secret_file(path: &Path, var: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("{var}: cannot read {}: {e}", path.display())))?;
+    let value = clean(&text);
+    if value.is_empty() {
+        return Err(Error::Config(format!("{var}: {} is empty", path.display())));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_decorations_are_stripped() {
+        assert_eq!(clean("\"postgresql://a\"\r"), "postgresql://a");
+        assert_eq!(clean("'x'"), "x");
+        assert_eq!(clean(" /backups\r\n"), "/backups");
+        assert_eq!(clean("\"unbalanced"), "\"unbalanced");
+        assert_eq!(clean("\""), "\"");
+    }
+
+    #[test]
+    fn retention_days_keep_only_digits() {
+        assert_eq!(parse_retention_days("2d"), Ok(2));
+        assert_eq!(parse_retention_days("\"14\"\r"), Ok(14));
+        assert_eq!(parse_retention_days("0"), Ok(0));
+        assert_eq!(parse_retention_days(""), Ok(2));
+    }
+
+    #[test]
+    fn compression_level_errors_name_the_variable() {
+        assert_eq!(parse_compression_level("9"), Ok(9));
+        assert!(
+            parse_compression_level("12")
+                .unwrap_err()
+                .contains("BACKUP_COMPRESSION_LEVEL")
+        );
+    }
+
+    #[test]
+    fn sqlalchemy_uri_wins_and_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("url");
+        std::fs::write(&secret, "'sqlite:////data/app.db'\r\n").unwrap();
+        let args = DatabaseArgs {
+            sqlalchemy_database_uri: None,
+            sqlalchemy_database_uri_file: None,
+            database_url: None,
+            database_url_file: Some(secret.display().to_string()),
+        };
+        assert_eq!(
+            resolve_database(&args).unwrap().to_string(),
+            "sqlite:/data/app.db"
+        );
+        let args = DatabaseArgs {
+            sqlalchemy_database_uri: Some("sqlite:///first.db".into()),
+            ..args
+        };
+        assert_eq!(
+            resolve_database(&args).unwrap().to_string(),
+            "sqlite:first.db"
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! SQLite backups: a consistent snapshot taken with `VACUUM INTO`, checked,
+//! then streamed through the archive pipeline.
+//!
+//! Copying the file would lose commits that still sit in the `-wal` file, and
+//! the online backup API restarts whenever another connection writes (with no
+//! deadline). `VACUUM INTO` copies in one read transaction, so it sees exactly
+//! the committed state at its start while writers carry on, and it can be
+//! interrupted from another thread for the deadline and for shutdown.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio_util::sync::CancellationToken;
+
+use super::SqliteTarget;
+use crate::archive::{BackupFile, Committed};
+use crate::error::{Error, Result};
+
+/// Suffix of the uncompressed snapshot kept beside a backup while it is made.
+pub const SNAPSHOT_SUFFIX: &str = ".snapshot";
+
+const READ_CHUNK: usize = 1 << 20;
+
+/// Snapshots `target` into `file` (a blocking call: run it off the runtime).
+pub fn backup(
+    target: &SqliteTarget,
+    mut file: BackupFile,
+    cancel: &CancellationToken,
+    timeout: Duration,
+) -> Result<Committed> {
+    let db = format!("sqlite:{}", target.path.display());
+    let fail = |reason: String| Error::database(db.clone(), reason);
+    match fs::metadata(&target.path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Err(fail("the path is not a regular file".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail("the SQLite database file does not exist".into()));
+        }
+        Err(e) => return Err(fail(format!("cannot read the database file: {e}"))),
+    }
+
+    let snapshot = Snapshot::path_for(file.final_path());
+    let _ = fs::remove_file(&snapshot.0);
+    let deadline = Instant::now() + timeout;
+    take_snapshot(&target.path, &snapshot.0, cancel, deadline).map_err(|reason| match reason {
+        SnapshotError::Cancelled => Error::Cancelled,
+        SnapshotError::Failed(reason) => fail(reason),
+    })?;
+    check_integrity(&snapshot.0, "quick_check")
+        .map_err(|reason| fail(format!("the snapshot failed PRAGMA quick_check: {reason}")))?;
+
+    let mut reader =
+        File::open(&snapshot.0).map_err(|e| Error::io("read the snapshot", &snapshot.0, e))?;
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| Error::io("read the snapshot", &snapshot.0, e))?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n])?;
+    }
+    drop(reader);
+    drop(snapshot);
+    file.commit()
+}
+
+/// The uncompressed snapshot file, removed when dropped.
+struct Snapshot(PathBuf);
+
+impl Snapshot {
+    fn path_for(backup: &Path) -> Self {
+        let dir = backup.parent().unwrap_or(Path::new("."));
+        let name = crate::archive::file_name(backup);
+        Snapshot(dir.join(format!(".{name}{SNAPSHOT_SUFFIX}")))
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+enum SnapshotError {
+    Cancelled,
+    Failed(String),
+}
+
+fn take_snapshot(
+    source: &Path,
+    snapshot: &Path,
+    cancel: &CancellationToken,
+    deadline: Instant,
+) -> std::result::Result<(), SnapshotError> {
+    // Read-only: backupd must never change the app's database, not even by a
+    // checkpoint when its connection closes.
+    let conn = Connection::open_with_flags(
+        source,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| SnapshotError::Failed(format!("cannot open the database: {e}")))?;
+    conn.busy_timeout(Duration::from_secs(30))
+        .map_err(|e| SnapshotError::Failed(e.to_string()))?;
+
+    let interrupt = conn.get_interrupt_handle();
+    let finished = Arc::new(AtomicBool::new(false));
+    let why_interrupted = Arc::new(std::sync::Mutex::new(None::<SnapshotError>));
+    let watchdog = {
+        let finished = Arc::clone(&finished);
+        let why = Arc::clone(&why_interrupted);
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            while !finished.load(Ordering::Acquire) {
+                let reason = if cancel.is_cancelled() {
+                    Some(SnapshotError::Cancelled)
+                } else if Instant::now() >= deadline {
+                    Some(SnapshotError::Failed(
+                        "the snapshot did not finish within BACKUP_TIMEOUT_SECONDS".into(),
+                    ))
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                    interrupt.interrupt();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let result = conn.execute("VACUUM INTO ?1", [snapshot.to_string_lossy().as_ref()]);
+    finished.store(true, Ordering::Release);
+    let _ = watchdog.join();
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => Err(why_interrupted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| SnapshotError::Failed(format!("cannot take a snapshot: {e}")))),
+    }
+}
+
+/// Runs `PRAGMA quick_check` or `integrity_check`; `Err` holds SQLite's findings.
+pub fn check_integrity(db: &Path, pragma: &str) -> std::result::Result<(), String> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+    let mut stmt = conn
+        .prepare(&format!("PRAGMA {pragma}"))
+        .map_err(|e| e.to_string())?;
+    let findings: Vec<String> = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| e.to_string())?;
+    if findings == ["ok"] {
+        Ok(())
+    } else {
+        Err(findings.into_iter().take(5).collect::<Vec<_>>().join("; "))
+    }
+}

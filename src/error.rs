@@ -1,0 +1,68 @@
+//! The library's error type. Every variant says what was being done and to
+//! which file or database; database URLs only ever appear masked.
+
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is missing or invalid; names the variable. Exit code 2.
+    #[error("{0}")]
+    Config(String),
+
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The database could not be read (connection, authentication, pg_dump,
+    /// SQLite errors). `database` is the masked URL or the file path.
+    #[error("backup of {database} failed: {reason}")]
+    Database { database: String, reason: String },
+
+    /// A backup file is not sound.
+    #[error("{} is not a sound backup: {reason}", path.display())]
+    Verify { path: PathBuf, reason: String },
+
+    #[error("cancelled by shutdown")]
+    Cancelled,
+
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    pub fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn database(database: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Database {
+            database: database.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn verify(path: &Path, reason: impl Into<String>) -> Self {
+        Error::Verify {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The process exit code this error maps to.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}

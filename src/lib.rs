@@ -1,0 +1,34 @@
+//! backupd: backs up and restores the database of a Docker Compose web stack.
+//!
+//! Data flows one way: database (`db`) → compression (`archive`) → storage
+//! (`store`) → status (`state`). `main.rs` only parses the command line and
+//! maps the result of [`run`] to an exit code.
+
+pub mod archive;
+pub mod backup;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod logging;
+pub mod modes;
+pub mod retention;
+pub mod shutdown;
+pub mod state;
+pub mod store;
+pub mod verify;
+
+pub use error::{Error, Result};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs the chosen subcommand.
+pub async fn run(cli: cli::Cli) -> Result<()> {
+    match &cli.command {
+        cli::Command::Once(args) => modes::once::run(args).await,
+        cli::Command::Verify { file } => modes::verify::run(file),
+        cli::Command::List { dir, verify } => modes::list::run(dir, *verify),
+        cli::Command::Status { dir } => modes::status::run(dir),
+    }
+}

@@ -1,0 +1,129 @@
+//! Where finished backups live. `local` is `BACKUP_DIR`; the names this tool
+//! gives its files are defined here, so retention can recognise exactly them.
+
+pub mod local;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+/// The two kinds of backup file, named as the old helper named them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    PgDump,
+    Sqlite,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::PgDump => "pg_dump",
+            Kind::Sqlite => "sqlite",
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            Kind::PgDump => ".sql.gz",
+            Kind::Sqlite => ".db.gz",
+        }
+    }
+}
+
+const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+/// `pg_dump-YYYYMMDDTHHMMSSZ.sql.gz` or `sqlite-YYYYMMDDTHHMMSSZ.db.gz`, with
+/// `-N` before the extension when several backups fall in the same second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupName {
+    pub kind: Kind,
+    pub time: DateTime<Utc>,
+    pub seq: u32,
+}
+
+impl BackupName {
+    pub fn new(kind: Kind, time: DateTime<Utc>, seq: u32) -> Self {
+        // Names carry whole seconds; keep the value equal to what parses back.
+        let time = DateTime::from_timestamp(time.timestamp(), 0).unwrap_or(time);
+        BackupName { kind, time, seq }
+    }
+
+    /// Recognises only names this tool writes; anything else is `None`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Kind::PgDump, Kind::Sqlite].into_iter().find_map(|kind| {
+            let rest = name.strip_prefix(kind.prefix())?.strip_prefix('-')?;
+            let stem = rest.strip_suffix(kind.extension())?;
+            let (stamp, seq) = match stem.split_once('-') {
+                Some((stamp, seq)) => {
+                    if seq.is_empty()
+                        || !seq.bytes().all(|b| b.is_ascii_digit())
+                        || seq.starts_with('0')
+                    {
+                        return None;
+                    }
+                    (stamp, seq.parse().ok()?)
+                }
+                None => (stem, 0),
+            };
+            if stamp.len() != 16 {
+                return None;
+            }
+            let time = NaiveDateTime::parse_from_str(stamp, TIME_FORMAT)
+                .ok()?
+                .and_utc();
+            Some(BackupName { kind, time, seq })
+        })
+    }
+
+    pub fn file_name(&self) -> String {
+        let stamp = self.time.format(TIME_FORMAT);
+        let seq = if self.seq == 0 {
+            String::new()
+        } else {
+            format!("-{}", self.seq)
+        };
+        format!(
+            "{}-{stamp}{seq}{}",
+            self.kind.prefix(),
+            self.kind.extension()
+        )
+    }
+
+    /// Newest first: by time, then by the same-second sequence number.
+    pub fn newest_first(a: &Self, b: &Self) -> std::cmp::Ordering {
+        (b.time, b.seq).cmp(&(a.time, a.seq))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn names_round_trip_and_keep_the_old_format() {
+        let time = Utc.with_ymd_and_hms(2026, 11, 29, 2, 3, 4).unwrap();
+        let name = BackupName::new(Kind::PgDump, time, 0);
+        assert_eq!(name.file_name(), "pg_dump-20261129T020304Z.sql.gz");
+        assert_eq!(BackupName::parse(&name.file_name()), Some(name));
+        let second = BackupName::new(Kind::Sqlite, time, 2);
+        assert_eq!(second.file_name(), "sqlite-20261129T020304Z-2.db.gz");
+        assert_eq!(BackupName::parse(&second.file_name()), Some(second));
+    }
+
+    #[test]
+    fn foreign_names_are_not_ours() {
+        for name in [
+            "pg_dump-foo.sql.gz",
+            "pg_dump-20261129T020304Z.sql",
+            "pg_dump-20261129T020304Z.sql.gz.sha256",
+            ".pg_dump-20261129T020304Z.sql.gz.partial",
+            "sqlite-20261129T020304Z.sql.gz",
+            "sqlite-20261329T020304Z.db.gz",
+            "sqlite-20261129T020304Z-.db.gz",
+            "sqlite-20261129T020304Z-01.db.gz",
+            "backup-status.json",
+            ".encryption_key",
+        ] {
+            assert_eq!(BackupName::parse(name), None, "{name}");
+        }
+    }
+}
