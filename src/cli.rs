@@ -4,29 +4,31 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::config::{clean_value, parse_compression_level, parse_count, parse_retention_days};
+use crate::config::{clean_value, compression_level, log_format, retention_days, whole_number};
 
 /// Every environment variable backupd reads, with its default; shown by `--help`.
 pub const ENVIRONMENT_HELP: &str = "\
-Environment variables (each also a flag; values may be quoted or end in \\r):
-  SQLALCHEMY_DATABASE_URI       database URL, used first                   [no default]
-  SQLALCHEMY_DATABASE_URI_FILE  file holding it (Docker secret)            [no default]
-  DATABASE_URL                  database URL, used when the above is unset [no default]
-  DATABASE_URL_FILE             file holding it (Docker secret)            [no default]
-  BACKUP_DIR                    where backups are written                  [default: /backups]
-  BACKUP_STATUS_FILE            status JSON                                [default: $BACKUP_DIR/backup-status.json]
-  BACKUP_RETENTION_DAYS         delete backups older than this; 0 = never  [default: 2]
-  BACKUP_KEEP_MIN               newest backups of each kind always kept    [default: 3]
-  BACKUP_COMPRESSION_LEVEL      gzip level 0-9                             [default: 6]
-  BACKUP_TIMEOUT_SECONDS        a backup running longer is stopped         [default: 21600]
-  LOG_FORMAT                    text or json                               [default: text]
-  LOG_LEVEL                     error, warn, info, debug, trace (RUST_LOG wins) [default: info]
+Environment variables (each also a flag; quotes and a trailing \\r are stripped;
+an empty value counts as unset):
+  SQLALCHEMY_DATABASE_URI       database URL, used first
+  SQLALCHEMY_DATABASE_URI_FILE  file holding it (Docker secret)
+  DATABASE_URL                  database URL when the above is unset
+  DATABASE_URL_FILE             file holding it (Docker secret)
+  BACKUP_DIR                    backup folder         [default: /backups]
+  BACKUP_STATUS_FILE            status JSON  [default: $BACKUP_DIR/backup-status.json]
+  BACKUP_RETENTION_DAYS         delete older; 0 = off [default: 2]
+  BACKUP_KEEP_MIN               newest kept per kind  [default: 3]
+  BACKUP_COMPRESSION_LEVEL      gzip level 0-9        [default: 6]
+  BACKUP_TIMEOUT_SECONDS        stop a longer backup  [default: 21600; 0 = none]
+  LOG_FORMAT                    text or json          [default: text]
+  LOG_LEVEL                     error..trace          [default: info; RUST_LOG wins]
 
-Database URLs: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB (also postgresql+psycopg2://,
-postgresql://, postgres://; query parameters such as ?sslmode=require are passed to libpq),
-sqlite:///relative/path.db or sqlite:////absolute/path.db.
+Database URLs: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB
+  (also postgresql+psycopg2://, postgresql://, postgres://; libpq query
+  parameters such as ?sslmode=require are passed on),
+  sqlite:///relative/path.db or sqlite:////absolute/path.db
 
 Exit codes: 0 success, 1 the job failed, 2 usage or configuration error.";
 
@@ -76,7 +78,8 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// text or json
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
@@ -85,14 +88,7 @@ pub enum LogFormat {
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// Log format on stderr.
-    #[arg(
-        long,
-        global = true,
-        env = "LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        ignore_case = true
-    )]
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "text", value_parser = log_format)]
     pub log_format: LogFormat,
 
     /// Log level (RUST_LOG, when set, takes precedence and allows per-module filters).
@@ -139,18 +135,18 @@ pub struct BackupArgs {
     pub dir: DirArgs,
 
     /// Delete backups older than this many days (0 turns retention off; non-digits are ignored).
-    #[arg(long, env = "BACKUP_RETENTION_DAYS", default_value = "2", value_parser = parse_retention_days)]
+    #[arg(long, env = "BACKUP_RETENTION_DAYS", default_value = "2", value_parser = retention_days)]
     pub retention_days: u32,
 
     /// The newest N backups of each kind are never deleted by age.
-    #[arg(long, env = "BACKUP_KEEP_MIN", default_value = "3", value_parser = parse_count)]
+    #[arg(long, env = "BACKUP_KEEP_MIN", default_value = "3", value_parser = whole_number("BACKUP_KEEP_MIN", 3))]
     pub keep_min: u64,
 
     /// gzip compression level, 0 (none) to 9 (smallest).
-    #[arg(long, env = "BACKUP_COMPRESSION_LEVEL", default_value = "6", value_parser = parse_compression_level)]
+    #[arg(long, env = "BACKUP_COMPRESSION_LEVEL", default_value = "6", value_parser = compression_level)]
     pub compression_level: u32,
 
     /// A backup still running after this many seconds is stopped and counts as failed.
-    #[arg(long, env = "BACKUP_TIMEOUT_SECONDS", default_value = "21600", value_parser = parse_count)]
+    #[arg(long, env = "BACKUP_TIMEOUT_SECONDS", default_value = "21600", value_parser = whole_number("BACKUP_TIMEOUT_SECONDS", 21600))]
     pub timeout_seconds: u64,
 }

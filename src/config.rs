@@ -31,7 +31,7 @@ pub fn clean_value(raw: &str) -> std::result::Result<String, String> {
 
 /// `BACKUP_RETENTION_DAYS`: non-digits are dropped as the old script did
 /// (`2d` → 2); nothing left means the default of 2.
-pub fn parse_retention_days(raw: &str) -> std::result::Result<u32, String> {
+pub fn retention_days(raw: &str) -> std::result::Result<u32, String> {
     let digits: String = clean(raw).chars().filter(char::is_ascii_digit).collect();
     if digits.is_empty() {
         return Ok(2);
@@ -41,21 +41,42 @@ pub fn parse_retention_days(raw: &str) -> std::result::Result<u32, String> {
         .map_err(|_| format!("BACKUP_RETENTION_DAYS '{raw}' is too large"))
 }
 
-pub fn parse_count(raw: &str) -> std::result::Result<u64, String> {
-    clean(raw)
-        .parse()
-        .map_err(|_| format!("'{}' is not a whole number", clean(raw)))
-}
-
-pub fn parse_compression_level(raw: &str) -> std::result::Result<u32, String> {
-    match clean(raw).parse() {
-        Ok(level) if level <= 9 => Ok(level),
-        _ => Err(format!(
-            "BACKUP_COMPRESSION_LEVEL must be a number from 0 to 9, not '{}'",
-            clean(raw)
-        )),
+/// A parser for a whole number where an empty value (`VAR=` in an env file)
+/// means the default, as `${VAR:-default}` did in the old scripts.
+pub fn whole_number(
+    variable: &'static str,
+    default: u64,
+) -> impl Fn(&str) -> std::result::Result<u64, String> + Clone + Send + Sync {
+    move |raw| match clean(raw).as_str() {
+        "" => Ok(default),
+        value => value
+            .parse()
+            .map_err(|_| format!("{variable} must be a whole number, not '{value}'")),
     }
 }
+
+/// `LOG_FORMAT`: `text` or `json`, any case; empty means text.
+pub fn log_format(raw: &str) -> std::result::Result<crate::cli::LogFormat, String> {
+    match clean(raw).to_ascii_lowercase().as_str() {
+        "" | "text" => Ok(crate::cli::LogFormat::Text),
+        "json" => Ok(crate::cli::LogFormat::Json),
+        other => Err(format!("LOG_FORMAT must be text or json, not '{other}'")),
+    }
+}
+
+pub fn compression_level(raw: &str) -> std::result::Result<u32, String> {
+    match clean(raw).as_str() {
+        "" => Ok(6),
+        value => match value.parse() {
+            Ok(level) if level <= 9 => Ok(level),
+            _ => Err(format!(
+                "BACKUP_COMPRESSION_LEVEL must be a number from 0 to 9, not '{value}'"
+            )),
+        },
+    }
+}
+
+pub const DEFAULT_BACKUP_DIR: &str = "/backups";
 
 /// Where backups and the status file live.
 #[derive(Debug, Clone)]
@@ -66,10 +87,10 @@ pub struct Paths {
 
 impl Paths {
     pub fn from_args(args: &DirArgs) -> Result<Self> {
-        if args.backup_dir.is_empty() {
-            return Err(Error::Config("BACKUP_DIR is empty".into()));
-        }
-        let backup_dir = PathBuf::from(&args.backup_dir);
+        let backup_dir = match args.backup_dir.as_str() {
+            "" => PathBuf::from(DEFAULT_BACKUP_DIR),
+            dir => PathBuf::from(dir),
+        };
         let status_file = match args.status_file.as_deref() {
             Some(path) if !path.is_empty() => PathBuf::from(path),
             _ => backup_dir.join("backup-status.json"),
@@ -166,17 +187,17 @@ mod tests {
 
     #[test]
     fn retention_days_keep_only_digits() {
-        assert_eq!(parse_retention_days("2d"), Ok(2));
-        assert_eq!(parse_retention_days("\"14\"\r"), Ok(14));
-        assert_eq!(parse_retention_days("0"), Ok(0));
-        assert_eq!(parse_retention_days(""), Ok(2));
+        assert_eq!(retention_days("2d"), Ok(2));
+        assert_eq!(retention_days("\"14\"\r"), Ok(14));
+        assert_eq!(retention_days("0"), Ok(0));
+        assert_eq!(retention_days(""), Ok(2));
     }
 
     #[test]
     fn compression_level_errors_name_the_variable() {
-        assert_eq!(parse_compression_level("9"), Ok(9));
+        assert_eq!(compression_level("9"), Ok(9));
         assert!(
-            parse_compression_level("12")
+            compression_level("12")
                 .unwrap_err()
                 .contains("BACKUP_COMPRESSION_LEVEL")
         );
