@@ -191,7 +191,9 @@ pub async fn backup(
         )),
     };
     drop(tx);
-    if pumped.is_err() {
+    if !matches!(pumped, Ok(true)) {
+        // Cancelled, timed out or the writer failed: pg_dump would otherwise
+        // block on a full pipe forever.
         let _ = child.start_kill();
     }
     let status = child
