@@ -1,0 +1,424 @@
+#!/usr/bin/env bash
+# bench/run.sh - benchmark `backupd once` against pg_dump + gzip/pigz.
+#
+# What it does:
+#   1. installs missing tools with apt-get (hyperfine, pigz, GNU time, jq, the
+#      PostgreSQL client, a PostgreSQL server if no /usr/lib/postgresql/*/bin/initdb,
+#      sqlite3 when BENCH_SQLITE=1)
+#   2. starts a throwaway PostgreSQL cluster (scram-sha-256 password auth, TCP on
+#      127.0.0.1 at a free port, unix socket inside the data dir; run as the
+#      `postgres` user when the script runs as root) and removes it on exit
+#   3. creates role `bench` (with a random password) and database `benchdb`,
+#      loads migrations-fixtures at BENCH_SCALE with build.sh, prints the size
+#   4. builds backupd with `cargo build --release` unless BACKUPD_BIN is set
+#   5. hyperfine: `pg_dump > /dev/null`, `pg_dump | gzip -6`, `pg_dump | pigz -6`,
+#      `backupd once`; markdown to bench/results/<date>-pg.md
+#   6. peak RSS (GNU time -v; backupd's own peak sampled from /proc), output
+#      sizes and compression ratios; a summary table is printed and appended
+#      to the markdown
+#   7. with BENCH_SQLITE=1 the same for a SQLite database built at the same
+#      scale: `backupd once` vs `sqlite3 DB .backup` (+ gzip -6);
+#      bench/results/<date>-sqlite.md
+#
+# Usage:   bench/run.sh                         (scale 1000: ~440 MB database)
+#          BENCH_SCALE=20 BENCH_RUNS=1 bench/run.sh     (quick smoke test)
+#
+# Variables:
+#   BENCH_SCALE       fixture scale (default 1000; ~0.43 MB of database per unit)
+#   BENCH_RUNS        hyperfine --runs (default 3; plus 1 warmup run)
+#   BENCH_SQLITE      1 = also benchmark SQLite (default 0)
+#   BACKUPD_BIN       use this binary instead of building target/release/backupd
+#   BENCH_COMPRESSION_LEVEL  BACKUP_COMPRESSION_LEVEL given to backupd (default 6)
+#   BENCH_PG_BIN      PostgreSQL bin dir (default: newest /usr/lib/postgresql/*/bin)
+#   BENCH_PG_PORT     TCP port for the cluster (default: a free port)
+#   BENCH_WORKDIR     parent of the scratch dir (default ${TMPDIR:-/tmp}); it holds
+#                     the cluster, the dumps and the backups, so it needs a few
+#                     times the database size free
+#   BENCH_RESULTS_DIR where the markdown goes (default bench/results)
+#   BENCH_KEEP        1 = keep the scratch dir (the cluster is stopped anyway)
+#
+# backupd contract assumed here: `backupd once` exits 0, prints the path of the
+# new backup file as the last stdout line, logs to stderr, and reads
+# DATABASE_URL, BACKUP_DIR, BACKUP_RETENTION_DAYS (0 = off) and
+# BACKUP_COMPRESSION_LEVEL.  It finds pg_dump on PATH; the server's own bin dir
+# is put first on PATH so client and server versions match.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+scale=${BENCH_SCALE:-1000}
+runs=${BENCH_RUNS:-3}
+level=${BENCH_COMPRESSION_LEVEL:-6}
+results_dir=${BENCH_RESULTS_DIR:-$repo/bench/results}
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
+
+[[ $scale =~ ^[1-9][0-9]*$ ]] || die "BENCH_SCALE must be a positive integer"
+[[ $runs =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
+[[ $level =~ ^[0-9]$ ]] || die "BENCH_COMPRESSION_LEVEL must be 0-9"
+
+# ---------------------------------------------------------------- 1. tools
+apt_install() {
+    local sudo=()
+    if [[ $EUID -ne 0 ]]; then
+        command -v sudo >/dev/null || die "need root or sudo to install: $*"
+        sudo=(sudo)
+    fi
+    log "apt-get install $*"
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >/dev/null
+}
+
+missing=()
+command -v hyperfine >/dev/null || missing+=(hyperfine)
+command -v pigz >/dev/null || missing+=(pigz)
+command -v gzip >/dev/null || missing+=(gzip)
+command -v jq >/dev/null || missing+=(jq)
+[[ -x /usr/bin/time ]] || missing+=(time)
+if [[ ${BENCH_SQLITE:-0} == 1 ]]; then
+    command -v sqlite3 >/dev/null || missing+=(sqlite3)
+fi
+if [[ -z ${BENCH_PG_BIN:-} ]] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    # Debian's postgresql-common creates and starts a "main" cluster on
+    # install unless told not to; we only want the binaries.
+    if [[ ! -e /etc/postgresql-common/createcluster.conf ]]; then
+        if [[ $EUID -eq 0 ]]; then
+            mkdir -p /etc/postgresql-common
+            echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.conf
+        fi
+    fi
+    missing+=(postgresql postgresql-client)
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
+    apt_install "${missing[@]}"
+fi
+
+if [[ -n ${BENCH_PG_BIN:-} ]]; then
+    pgbin=$BENCH_PG_BIN
+else
+    pgbin=$(find /usr/lib/postgresql -maxdepth 3 -path '*/bin/initdb' -printf '%h\n' | sort -V | tail -n 1)
+fi
+[[ -x $pgbin/initdb && -x $pgbin/pg_ctl && -x $pgbin/pg_dump && -x $pgbin/psql ]] ||
+    die "no usable PostgreSQL in '$pgbin' (need initdb, pg_ctl, pg_dump, psql)"
+
+# ---------------------------------------------------------------- scratch dir, cleanup
+work=$(mktemp -d "${BENCH_WORKDIR:-${TMPDIR:-/tmp}}/backupd-bench.XXXXXX")
+work=$(cd "$work" && pwd -P)
+chmod 755 "$work"           # the postgres user must reach $work/pgdata
+pgdata=$work/pgdata
+outdir=$work/out            # pg_dump | gzip outputs
+backup_dir=$work/backups    # BACKUP_DIR for backupd
+mkdir -p "$outdir" "$backup_dir"
+
+as_pg() {
+    if [[ $EUID -eq 0 ]]; then
+        (cd "$work" && runuser -u postgres -- "$@")
+    else
+        (cd "$work" && "$@")
+    fi
+}
+
+cluster_started=0
+cleanup() {
+    local rc=$?
+    if [[ $cluster_started == 1 ]]; then
+        as_pg "$pgbin/pg_ctl" -D "$pgdata" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    if [[ ${BENCH_KEEP:-0} == 1 ]]; then
+        echo "bench/run.sh: kept $work" >&2
+    else
+        rm -rf "$work"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- 2. cluster
+free_port() {
+    local p _
+    for _ in $(seq 1 100); do
+        p=$((30000 + RANDOM % 30000))
+        # nothing accepts a connection there -> free
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+port=${BENCH_PG_PORT:-$(free_port)} || die "no free TCP port found"
+
+random_password() { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24; }
+super_pw=$(random_password)
+bench_pw=$(random_password)
+
+if [[ $EUID -eq 0 ]]; then
+    id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' user to run the server as"
+fi
+mkdir -p "$pgdata"
+printf '%s\n' "$super_pw" >"$work/pwfile"
+chmod 600 "$work/pwfile"
+if [[ $EUID -eq 0 ]]; then chown postgres: "$pgdata" "$work/pwfile"; fi
+chmod 700 "$pgdata"
+
+log "PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') cluster in $pgdata, port $port"
+as_pg "$pgbin/initdb" -D "$pgdata" -U postgres --auth=scram-sha-256 --pwfile="$work/pwfile" \
+    -E UTF8 --locale=C.UTF-8 >"$work/initdb.log" 2>&1 ||
+    { cat "$work/initdb.log" >&2; die "initdb failed"; }
+rm -f "$work/pwfile"
+as_pg "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 \
+    -o "-p $port -k $pgdata -c listen_addresses=127.0.0.1 -c max_wal_size=4GB" start >/dev/null ||
+    { cat "$pgdata/server.log" >&2 || true; die "pg_ctl start failed"; }
+cluster_started=1
+
+su_psql() {
+    PGPASSWORD=$super_pw "$pgbin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
+}
+
+# ---------------------------------------------------------------- 3. data
+su_psql -c "CREATE ROLE bench LOGIN PASSWORD '$bench_pw'" \
+        -c "CREATE DATABASE benchdb OWNER bench"
+
+log "loading fixtures at scale $scale"
+t0=$(date +%s.%N)
+PGHOST=127.0.0.1 PGPORT=$port PGUSER=bench PGPASSWORD=$bench_pw PGDATABASE=benchdb \
+    PSQL=$pgbin/psql "$repo/migrations-fixtures/build.sh" postgres "$scale"
+t1=$(date +%s.%N)
+load_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+db_bytes=$(su_psql -At -c "SELECT pg_database_size('benchdb')")
+db_pretty=$(su_psql -At -c "SELECT pg_size_pretty(pg_database_size('benchdb'))")
+pg_version=$(su_psql -At -c "SHOW server_version")
+log "database benchdb: $db_pretty ($db_bytes bytes), loaded in ${load_s}s"
+
+# ---------------------------------------------------------------- 4. backupd
+if [[ -n ${BACKUPD_BIN:-} ]]; then
+    backupd=$BACKUPD_BIN
+else
+    command -v cargo >/dev/null || die "cargo not found (install Rust, or set BACKUPD_BIN)"
+    log "cargo build --release"
+    (cd "$repo" && cargo build --release)
+    backupd=${CARGO_TARGET_DIR:-$repo/target}/release/backupd
+fi
+[[ -x $backupd ]] || die "backupd binary not found at $backupd"
+backupd=$(cd "$(dirname "$backupd")" && pwd)/$(basename "$backupd")
+
+# Wrappers keep passwords out of hyperfine's command lines (and the markdown).
+# pg_dump gets its password from PGPASSWORD only.
+cat >"$work/pg_dump.sh" <<EOF
+#!/bin/sh
+PGPASSWORD='$bench_pw' exec "$pgbin/pg_dump" --format=plain --no-owner --no-privileges \\
+    -h 127.0.0.1 -p $port -U bench -d benchdb
+EOF
+# backupd gets DATABASE_URL only: no PG* variables leak in from here.
+# Usage: backupd.sh NAME, with the URL in $work/url-NAME
+cat >"$work/backupd.sh" <<EOF
+#!/bin/sh
+url=\$(cat "$work/url-\$1") || exit 1
+echo \$\$ >"$work/backupd.pid"
+exec env -u PGPASSWORD -u PGPASSFILE -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE \\
+    PATH="$pgbin:\$PATH" DATABASE_URL="\$url" BACKUP_DIR="$backup_dir" \\
+    BACKUP_RETENTION_DAYS=0 BACKUP_COMPRESSION_LEVEL=$level "$backupd" once
+EOF
+chmod 700 "$work/pg_dump.sh" "$work/backupd.sh"
+(umask 077 && printf '%s\n' "postgresql://bench:$bench_pw@127.0.0.1:$port/benchdb" >"$work/url-pg")
+
+# ---------------------------------------------------------------- helpers
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+kib_mib() { awk -v k="$1" 'BEGIN { if (k > 0) printf "%.1f", k / 1024; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+fsize() { stat -c %s "$1"; }
+# peak RSS in KiB as reported by GNU time -v in file $1
+time_rss() { awk -F': ' '/Maximum resident set size/ { print $2 }' "$1"; }
+rss_mib() { kib_mib "$(time_rss "$1")"; }
+
+# run backupd once under GNU time, sampling its own VmHWM from /proc.
+# $1: name of the URL file ($work/url-NAME).
+# Sets: bk_file bk_tree_rss_kib bk_own_rss_kib bk_wall
+backupd_measured() {
+    local tag=$1 bpid="" hwm=0 v tpid
+    rm -rf "$backup_dir" && mkdir -p "$backup_dir"
+    rm -f "$work/backupd.pid"
+    /usr/bin/time -v -o "$work/time-$tag.txt" "$work/backupd.sh" "$tag" \
+        >"$work/backupd-$tag.out" 2>"$work/backupd-$tag.err" &
+    tpid=$!
+    while kill -0 "$tpid" 2>/dev/null; do
+        if [[ -z $bpid && -s $work/backupd.pid ]]; then bpid=$(cat "$work/backupd.pid"); fi
+        if [[ -n $bpid ]]; then
+            v=$(awk '/^VmHWM:/ { print $2 }' "/proc/$bpid/status" 2>/dev/null || true)
+            if [[ -n $v && $v -gt $hwm ]]; then hwm=$v; fi
+        fi
+        sleep 0.02
+    done
+    if ! wait "$tpid"; then
+        echo "---- backupd stderr:" >&2
+        tail -n 40 "$work/backupd-$tag.err" >&2
+        die "backupd once failed (see above)"
+    fi
+    bk_file=$(tail -n 1 "$work/backupd-$tag.out")
+    [[ -n $bk_file && -f $bk_file ]] ||
+        die "backupd once: last stdout line '$bk_file' is not a file"
+    case $(cd "$(dirname "$bk_file")" && pwd -P) in
+        "$backup_dir"*) ;;
+        *) die "backupd once: $bk_file is not inside BACKUP_DIR $backup_dir" ;;
+    esac
+    bk_tree_rss_kib=$(time_rss "$work/time-$tag.txt")
+    bk_own_rss_kib=$hwm
+    bk_wall=$(awk -F': ' '/Elapsed \(wall clock\)/ { print $2 }' "$work/time-$tag.txt")
+}
+
+# mean and user+sys CPU seconds of command #$2 (0-based) in hyperfine JSON $1
+hf_mean() { jq -r ".results[$2].mean" "$1" | awk '{ printf "%.3f", $1 }'; }
+hf_cpu() { jq -r ".results[$2] | .user + .system" "$1" | awk '{ printf "%.3f", $1 }'; }
+
+result_file() {
+    local base
+    base=$results_dir/$(date +%Y-%m-%d)-$1
+    local f=$base.md n=2
+    while [[ -e $f ]]; do f=$base-$n.md; n=$((n + 1)); done
+    echo "$f"
+}
+
+machine_info() {
+    local cpu
+    cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+    echo "- host: $(uname -srm), ${cpu:-unknown CPU}, $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM"
+    echo "- backupd: $backupd ($("$backupd" --version 2>/dev/null | head -n 1 || echo 'version unknown'))"
+    echo "- $(hyperfine --version), $(gzip --version | head -n 1), $(pigz --version 2>&1 | head -n 1)"
+}
+
+mkdir -p "$results_dir"
+
+# ---------------------------------------------------------------- 5. PostgreSQL
+# one measured run first: checks the contract (exit 0, last stdout line is the
+# new file inside BACKUP_DIR) and records peak RSS and the output size
+log "backupd once (measured run: GNU time -v, VmHWM sampling)"
+backupd_measured pg
+backupd_bytes=$(fsize "$bk_file")
+pg_own_rss=$bk_own_rss_kib
+pg_tree_rss=$bk_tree_rss_kib
+log "backupd wrote $bk_file ($backupd_bytes bytes) in $bk_wall"
+
+log "hyperfine (PostgreSQL, scale $scale, $runs runs + 1 warmup)"
+hf_json=$work/hyperfine-pg.json
+hf_md=$work/hyperfine-pg.md
+hyperfine --style basic --warmup 1 --runs "$runs" \
+    --export-json "$hf_json" --export-markdown "$hf_md" \
+    --prepare "rm -rf '$backup_dir' && mkdir -p '$backup_dir'" \
+    -n 'pg_dump > /dev/null' "'$work/pg_dump.sh' > /dev/null" \
+    -n 'pg_dump | gzip -6' "'$work/pg_dump.sh' | gzip -6 > '$outdir/dump.sql.gz'" \
+    -n 'pg_dump | pigz -6' "'$work/pg_dump.sh' | pigz -6 > '$outdir/dump.sql.pigz.gz'" \
+    -n 'backupd once' "'$work/backupd.sh' pg > /dev/null"
+
+# ---------------------------------------------------------------- 6. RSS and sizes
+log "peak RSS and sizes of the baselines"
+plain_bytes=$("$work/pg_dump.sh" | wc -c)
+gzip_bytes=$(fsize "$outdir/dump.sql.gz")
+pigz_bytes=$(fsize "$outdir/dump.sql.pigz.gz")
+/usr/bin/time -v -o "$work/time-pgdump.txt" "$work/pg_dump.sh" >/dev/null
+"$work/pg_dump.sh" | /usr/bin/time -v -o "$work/time-gzip.txt" gzip -6 >"$outdir/rss.gz"
+"$work/pg_dump.sh" | /usr/bin/time -v -o "$work/time-pigz.txt" pigz -6 >"$outdir/rss.pigz.gz"
+
+summary_pg() {
+    echo "| command | mean wall s | CPU s (user+sys) | peak RSS MiB | output MiB | ratio vs plain dump |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| pg_dump > /dev/null | $(hf_mean "$hf_json" 0) | $(hf_cpu "$hf_json" 0) | $(rss_mib "$work/time-pgdump.txt") (pg_dump) | $(mib "$plain_bytes") | 1.00 |"
+    echo "| pg_dump \\| gzip -6 | $(hf_mean "$hf_json" 1) | $(hf_cpu "$hf_json" 1) | $(rss_mib "$work/time-gzip.txt") (gzip only) | $(mib "$gzip_bytes") | $(ratio "$plain_bytes" "$gzip_bytes") |"
+    echo "| pg_dump \\| pigz -6 | $(hf_mean "$hf_json" 2) | $(hf_cpu "$hf_json" 2) | $(rss_mib "$work/time-pigz.txt") (pigz only) | $(mib "$pigz_bytes") | $(ratio "$plain_bytes" "$pigz_bytes") |"
+    echo "| backupd once | $(hf_mean "$hf_json" 3) | $(hf_cpu "$hf_json" 3) | $(kib_mib "$pg_own_rss") (backupd; $(kib_mib "$pg_tree_rss") max over its process tree) | $(mib "$backupd_bytes") | $(ratio "$plain_bytes" "$backupd_bytes") |"
+}
+
+md=$(result_file pg)
+{
+    echo "# backupd benchmark: PostgreSQL, scale $scale"
+    echo
+    echo "- $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- PostgreSQL $pg_version; database $db_pretty ($db_bytes bytes), fixtures loaded in ${load_s}s"
+    echo "- pg_dump --format=plain --no-owner --no-privileges; backupd BACKUP_COMPRESSION_LEVEL=$level"
+    echo "- hyperfine --warmup 1 --runs $runs (warm page cache)"
+    machine_info
+    echo
+    echo "## Timings"
+    echo
+    cat "$hf_md"
+    echo
+    echo "## Summary"
+    echo
+    summary_pg
+    echo
+    echo "Peak RSS from GNU time -v (gzip and pigz measured as the consumer of a pg_dump pipe)."
+    echo "backupd's own peak is its VmHWM sampled every 20 ms; the process-tree figure includes its pg_dump child."
+} >"$md"
+
+log "summary (PostgreSQL, scale $scale, database $db_pretty)"
+summary_pg
+echo "results: $md"
+
+# ---------------------------------------------------------------- 7. SQLite (optional)
+if [[ ${BENCH_SQLITE:-0} == 1 ]]; then
+    sqlite_db=$work/assessment.db
+    log "building SQLite fixture at scale $scale"
+    t0=$(date +%s.%N)
+    "$repo/migrations-fixtures/build.sh" sqlite "$sqlite_db" "$scale"
+    t1=$(date +%s.%N)
+    sqlite_load_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    sqlite_bytes=$(fsize "$sqlite_db")
+    sqlite_url="sqlite:///$sqlite_db"    # sqlite:////abs/path.db
+    printf '%s\n' "$sqlite_url" >"$work/url-sqlite"
+
+    log "backupd once (measured run, $sqlite_url)"
+    backupd_measured sqlite
+    backupd_s_bytes=$(fsize "$bk_file")
+    sqlite_own_rss=$bk_own_rss_kib
+    sqlite_tree_rss=$bk_tree_rss_kib
+    log "backupd wrote $bk_file ($backupd_s_bytes bytes) in $bk_wall"
+
+    hf_json_s=$work/hyperfine-sqlite.json
+    hf_md_s=$work/hyperfine-sqlite.md
+    hyperfine --style basic --warmup 1 --runs "$runs" \
+        --export-json "$hf_json_s" --export-markdown "$hf_md_s" \
+        --prepare "rm -rf '$backup_dir' '$outdir/copy1.db' '$outdir/copy2.db' && mkdir -p '$backup_dir'" \
+        -n 'sqlite3 .backup' "sqlite3 '$sqlite_db' \".backup '$outdir/copy1.db'\"" \
+        -n 'sqlite3 .backup + gzip -6' "sqlite3 '$sqlite_db' \".backup '$outdir/copy2.db'\" && gzip -6 -f '$outdir/copy2.db'" \
+        -n 'backupd once' "'$work/backupd.sh' sqlite > /dev/null"
+
+    sqlite_gz_bytes=$(fsize "$outdir/copy2.db.gz")
+    rm -f "$outdir/rss.db" "$outdir/rss.db.gz"
+    /usr/bin/time -v -o "$work/time-sqlite3.txt" sqlite3 "$sqlite_db" ".backup '$outdir/rss.db'"
+    /usr/bin/time -v -o "$work/time-sqlite-gzip.txt" gzip -6 "$outdir/rss.db"
+
+    summary_sqlite() {
+        echo "| command | mean wall s | CPU s (user+sys) | peak RSS MiB | output MiB | ratio vs database file |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        echo "| sqlite3 .backup | $(hf_mean "$hf_json_s" 0) | $(hf_cpu "$hf_json_s" 0) | $(rss_mib "$work/time-sqlite3.txt") (sqlite3) | $(mib "$sqlite_bytes") | 1.00 |"
+        echo "| sqlite3 .backup + gzip -6 | $(hf_mean "$hf_json_s" 1) | $(hf_cpu "$hf_json_s" 1) | $(rss_mib "$work/time-sqlite-gzip.txt") (gzip) | $(mib "$sqlite_gz_bytes") | $(ratio "$sqlite_bytes" "$sqlite_gz_bytes") |"
+        echo "| backupd once | $(hf_mean "$hf_json_s" 2) | $(hf_cpu "$hf_json_s" 2) | $(kib_mib "$sqlite_own_rss") (backupd; $(kib_mib "$sqlite_tree_rss") process tree) | $(mib "$backupd_s_bytes") | $(ratio "$sqlite_bytes" "$backupd_s_bytes") |"
+    }
+
+    md_s=$(result_file sqlite)
+    {
+        echo "# backupd benchmark: SQLite, scale $scale"
+        echo
+        echo "- $(date -u '+%Y-%m-%d %H:%M UTC')"
+        echo "- $(sqlite3 --version | awk '{print "sqlite3 " $1}'); database $(mib "$sqlite_bytes") MiB ($sqlite_bytes bytes), built in ${sqlite_load_s}s"
+        echo "- backupd BACKUP_COMPRESSION_LEVEL=$level"
+        echo "- hyperfine --warmup 1 --runs $runs (warm page cache)"
+        machine_info
+        echo
+        echo "## Timings"
+        echo
+        cat "$hf_md_s"
+        echo
+        echo "## Summary"
+        echo
+        summary_sqlite
+        echo
+        echo "Peak RSS from GNU time -v; backupd's own peak is its VmHWM sampled every 20 ms."
+    } >"$md_s"
+
+    log "summary (SQLite, scale $scale, $(mib "$sqlite_bytes") MiB)"
+    summary_sqlite
+    echo "results: $md_s"
+fi
