@@ -25,12 +25,22 @@ pub struct Outcome {
     pub finished: chrono::DateTime<chrono::Utc>,
 }
 
+/// What to do when another backup holds the directory lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenBusy {
+    /// `backupd once`: wait for it to finish.
+    Wait,
+    /// The daemon: skip this run (`Error::Busy`), nothing recorded.
+    Skip,
+}
+
 /// Takes one backup and records the result in the status file, whether the
 /// backup succeeded or not.
 pub async fn run(
     cfg: &BackupConfig,
     cancel: &CancellationToken,
     clock: &dyn Clock,
+    when_busy: WhenBusy,
 ) -> Result<Outcome> {
     let span = tracing::info_span!(
         "backup",
@@ -40,7 +50,11 @@ pub async fn run(
     async {
         let attempt = clock.now();
         let started = Instant::now();
-        let result = take_backup(cfg, cancel, clock).await;
+        let result = take_backup(cfg, cancel, clock, when_busy).await;
+        if let Err(Error::Busy) = result {
+            tracing::warn!("skipped: another backup (backupd once?) is running in this directory");
+            return Err(Error::Busy);
+        }
         let duration_seconds = started.elapsed().as_secs_f64();
         let result = result.map(|(backup, deleted)| Outcome {
             backup,
@@ -78,10 +92,13 @@ async fn take_backup(
     cfg: &BackupConfig,
     cancel: &CancellationToken,
     clock: &dyn Clock,
+    when_busy: WhenBusy,
 ) -> Result<(Committed, Vec<StoredBackup>)> {
     let dir = cfg.paths.backup_dir.clone();
     local::ensure_dir(&dir)?;
-    let lock = {
+    let lock = if when_busy == WhenBusy::Skip {
+        DirLock::try_acquire(&dir)?.ok_or(Error::Busy)?
+    } else {
         let dir = dir.clone();
         let acquire = tokio::task::spawn_blocking(move || {
             DirLock::acquire(&dir, || {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{clean_value, compression_level, log_format, retention_days, whole_number};
+use crate::config::{
+    boolean, clean_value, compression_level, log_format, retention_days, whole_number,
+};
 
 /// Every environment variable backupd reads, with its default; shown by `--help`.
 pub const ENVIRONMENT_HELP: &str = "\
@@ -24,6 +26,16 @@ an empty value counts as unset):
   BACKUP_TIMEOUT_SECONDS        stop a longer backup  [default: 21600; 0 = none]
   LOG_FORMAT                    text or json          [default: text]
   LOG_LEVEL                     error..trace          [default: info; RUST_LOG wins]
+Daemon (backupd backup) and healthcheck:
+  BACKUP_INTERVAL_SECONDS       between backups       [default: 86400]
+  BACKUP_SCHEDULE               cron expression; wins over the interval
+  TZ                            zone of the schedule  [default: UTC]
+  BACKUP_ON_START               back up at start-up   [default: true]
+  BACKUP_RETRY_SECONDS          retry a failure once  [default: 300; 0 = off]
+  DB_STARTUP_TIMEOUT            wait for PostgreSQL   [default: 60]
+  STATUS_BIND, STATUS_PORT      HTTP server           [default: 0.0.0.0, 9090]
+  HEALTH_MAX_AGE_SECONDS        healthy if younger    [default: 172800]
+  BACKUP_SHUTDOWN_TIMEOUT       stop grace on SIGTERM [default: 8]
 
 Database URLs: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB
   (also postgresql+psycopg2://, postgresql://, postgres://; libpq query
@@ -53,6 +65,21 @@ pub enum Command {
     /// The last line on stdout is the path of the new backup.
     #[command(after_help = ENVIRONMENT_HELP)]
     Once(BackupArgs),
+
+    /// Run as a daemon: a backup at start-up and then on the schedule, with
+    /// status, health and metrics over HTTP, until SIGTERM or SIGINT.
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Backup(DaemonArgs),
+
+    /// Exit 0 when the status file shows a successful backup younger than
+    /// HEALTH_MAX_AGE_SECONDS, 1 otherwise (for Docker's HEALTHCHECK).
+    Healthcheck {
+        #[command(flatten)]
+        dir: DirArgs,
+
+        #[command(flatten)]
+        health: HealthArgs,
+    },
 
     /// Check a backup without restoring it: the gzip stream, the .sha256
     /// sidecar, and the content (SQLite integrity_check, pg_dump's trailer).
@@ -149,4 +176,56 @@ pub struct BackupArgs {
     /// A backup still running after this many seconds is stopped and counts as failed.
     #[arg(long, env = "BACKUP_TIMEOUT_SECONDS", default_value = "21600", value_parser = whole_number("BACKUP_TIMEOUT_SECONDS", 21600))]
     pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// Healthy while the last successful backup is younger than this.
+    #[arg(long, env = "HEALTH_MAX_AGE_SECONDS", default_value = "172800", value_parser = whole_number("HEALTH_MAX_AGE_SECONDS", 172_800))]
+    pub health_max_age_seconds: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub backup: BackupArgs,
+
+    #[command(flatten)]
+    pub health: HealthArgs,
+
+    /// Seconds between backups [default: 86400]; ignored when BACKUP_SCHEDULE is set.
+    #[arg(long, env = "BACKUP_INTERVAL_SECONDS", value_parser = whole_number("BACKUP_INTERVAL_SECONDS", 86_400))]
+    pub interval_seconds: Option<u64>,
+
+    /// Cron expression (5 fields, or 6/7 with seconds; @hourly, @daily, @weekly); wins over the interval.
+    #[arg(long, env = "BACKUP_SCHEDULE", value_parser = clean_value)]
+    pub schedule: Option<String>,
+
+    /// Time zone of BACKUP_SCHEDULE (IANA name).
+    #[arg(long = "time-zone", env = "TZ", default_value = "UTC", value_parser = clean_value)]
+    pub tz: String,
+
+    /// Take a backup at start-up.
+    #[arg(long, env = "BACKUP_ON_START", default_value = "true", value_parser = boolean("BACKUP_ON_START", true))]
+    pub on_start: bool,
+
+    /// Retry a failed run once after this many seconds (0 = no retry).
+    #[arg(long, env = "BACKUP_RETRY_SECONDS", default_value = "300", value_parser = whole_number("BACKUP_RETRY_SECONDS", 300))]
+    pub retry_seconds: u64,
+
+    /// At start-up, wait this long for PostgreSQL to accept connections.
+    #[arg(long, env = "DB_STARTUP_TIMEOUT", default_value = "60", value_parser = whole_number("DB_STARTUP_TIMEOUT", 60))]
+    pub db_startup_timeout: u64,
+
+    /// Address of the status/health/metrics server.
+    #[arg(long, env = "STATUS_BIND", default_value = "0.0.0.0", value_parser = clean_value)]
+    pub status_bind: String,
+
+    /// Port of the status/health/metrics server.
+    #[arg(long, env = "STATUS_PORT", default_value = "9090", value_parser = whole_number("STATUS_PORT", 9090))]
+    pub status_port: u64,
+
+    /// On SIGTERM during a backup, give it this long to stop cleanly.
+    #[arg(long, env = "BACKUP_SHUTDOWN_TIMEOUT", default_value = "8", value_parser = whole_number("BACKUP_SHUTDOWN_TIMEOUT", 8))]
+    pub shutdown_timeout: u64,
 }

@@ -55,6 +55,19 @@ pub fn whole_number(
     }
 }
 
+/// A yes/no setting: true/false, yes/no, on/off, 1/0; empty means the default.
+pub fn boolean(
+    variable: &'static str,
+    default: bool,
+) -> impl Fn(&str) -> std::result::Result<bool, String> + Clone + Send + Sync {
+    move |raw| match clean(raw).to_ascii_lowercase().as_str() {
+        "" => Ok(default),
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        other => Err(format!("{variable} must be true or false, not '{other}'")),
+    }
+}
+
 /// `LOG_FORMAT`: `text` or `json`, any case; empty means text.
 pub fn log_format(raw: &str) -> std::result::Result<crate::cli::LogFormat, String> {
     match clean(raw).to_ascii_lowercase().as_str() {

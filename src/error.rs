@@ -31,6 +31,10 @@ pub enum Error {
     #[error("cancelled by shutdown")]
     Cancelled,
 
+    /// Another backup holds the directory lock.
+    #[error("another backup is running in this directory")]
+    Busy,
+
     #[error("{0}")]
     Other(String),
 }

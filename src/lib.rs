@@ -11,9 +11,13 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod health;
+pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod modes;
 pub mod retention;
+pub mod schedule;
 pub mod shutdown;
 pub mod state;
 pub mod store;
@@ -27,6 +31,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub async fn run(cli: cli::Cli) -> Result<()> {
     match &cli.command {
         cli::Command::Once(args) => modes::once::run(args).await,
+        cli::Command::Backup(args) => modes::daemon::run(args).await,
+        cli::Command::Healthcheck { dir, health } => modes::healthcheck::run(dir, health),
         cli::Command::Verify { file } => modes::verify::run(file),
         cli::Command::List { dir, verify } => modes::list::run(dir, *verify),
         cli::Command::Status { dir } => modes::status::run(dir),

@@ -1,5 +1,7 @@
 //! One module per subcommand; each turns parsed arguments into work.
 
+pub mod daemon;
+pub mod healthcheck;
 pub mod list;
 pub mod once;
 pub mod status;

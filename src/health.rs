@@ -1,0 +1,108 @@
+//! Is the last successful backup recent enough? Shared by `/healthz` and
+//! `backupd healthcheck`, so both give the same answer for the same file.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::Serialize;
+
+use crate::state::Status;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    pub healthy: bool,
+    pub reason: String,
+    pub last_backup: Option<String>,
+    pub age_seconds: Option<i64>,
+    pub max_age_seconds: u64,
+}
+
+pub fn evaluate(status: Option<&Status>, now: DateTime<Utc>, max_age_seconds: u64) -> Health {
+    let unhealthy = |reason: String, last_backup: Option<String>, age: Option<i64>| Health {
+        healthy: false,
+        reason,
+        last_backup,
+        age_seconds: age,
+        max_age_seconds,
+    };
+    let Some(status) = status else {
+        return unhealthy("no status file yet: no backup has run".into(), None, None);
+    };
+    let Some(last) = status.last_backup.clone() else {
+        let why = match &status.last_error {
+            Some(e) => format!("no backup has succeeded yet; last error: {e}"),
+            None => "no backup has succeeded yet".into(),
+        };
+        return unhealthy(why, None, None);
+    };
+    let Some(at) = parse_timestamp(&last) else {
+        return unhealthy(
+            format!("last_backup '{last}' is not a UTC timestamp"),
+            Some(last),
+            None,
+        );
+    };
+    let age = now.signed_duration_since(at).num_seconds();
+    if age > i64::try_from(max_age_seconds).unwrap_or(i64::MAX) {
+        let mut reason = format!(
+            "the last successful backup is {age}s old, older than HEALTH_MAX_AGE_SECONDS={max_age_seconds}"
+        );
+        if let Some(e) = &status.last_error {
+            reason.push_str(&format!("; last error: {e}"));
+        }
+        return unhealthy(reason, Some(last), Some(age));
+    }
+    Health {
+        healthy: true,
+        reason: format!("the last successful backup is {age}s old"),
+        last_backup: Some(last),
+        age_seconds: Some(age),
+        max_age_seconds,
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (the status file's format), or any RFC 3339 time.
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%SZ")
+                .ok()
+                .map(|t| t.and_utc())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn status(last_backup: Option<&str>, last_error: Option<&str>) -> Status {
+        Status {
+            last_backup: last_backup.map(String::from),
+            last_error: last_error.map(String::from),
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn fresh_stale_and_missing() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 3, 0, 0, 0).unwrap();
+        assert!(
+            evaluate(
+                Some(&status(Some("2026-01-02T12:00:00Z"), None)),
+                now,
+                172_800
+            )
+            .healthy
+        );
+        let stale = evaluate(
+            Some(&status(Some("2025-12-30T00:00:00Z"), Some("boom"))),
+            now,
+            172_800,
+        );
+        assert!(!stale.healthy && stale.reason.contains("boom"), "{stale:?}");
+        assert!(!evaluate(None, now, 172_800).healthy);
+        let never = evaluate(Some(&status(None, Some("cannot connect"))), now, 172_800);
+        assert!(!never.healthy && never.reason.contains("cannot connect"));
+    }
+}

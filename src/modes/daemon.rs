@@ -1,0 +1,303 @@
+//! `backupd backup`: the `db-backup` service. A backup at start-up (unless
+//! turned off), then on the schedule; status, health and metrics over HTTP;
+//! a clean stop on SIGTERM/SIGINT, also in the middle of a backup.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::{self, Outcome, WhenBusy};
+use crate::cli::DaemonArgs;
+use crate::clock::{Clock, SystemClock};
+use crate::config::BackupConfig;
+use crate::db::{Database, postgres};
+use crate::error::{Error, Result};
+use crate::http::{self, AppState};
+use crate::metrics::{Metrics, ResultLabel};
+use crate::schedule::{self, CronSchedule, Schedule};
+use crate::state::Status;
+
+const DEFAULT_INTERVAL_SECONDS: u64 = 86_400;
+/// Long sleeps wake up this often to notice wall-clock jumps.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// Builds the schedule: `BACKUP_SCHEDULE` wins over `BACKUP_INTERVAL_SECONDS`.
+pub fn schedule_from_args(args: &DaemonArgs) -> Result<Schedule> {
+    match args.schedule.as_deref().filter(|s| !s.is_empty()) {
+        Some(expression) => {
+            let tz = schedule::parse_time_zone(&args.tz).map_err(Error::Config)?;
+            let cron = CronSchedule::parse(expression, tz)
+                .map_err(|e| Error::Config(format!("BACKUP_SCHEDULE {e}")))?;
+            if args.interval_seconds.is_some() {
+                tracing::info!(
+                    "both BACKUP_SCHEDULE and BACKUP_INTERVAL_SECONDS are set; BACKUP_SCHEDULE wins"
+                );
+            }
+            Ok(Schedule::Cron(cron))
+        }
+        None => {
+            let seconds = args.interval_seconds.unwrap_or(DEFAULT_INTERVAL_SECONDS);
+            if seconds == 0 {
+                return Err(Error::Config(
+                    "BACKUP_INTERVAL_SECONDS must be at least 1".into(),
+                ));
+            }
+            Ok(Schedule::Interval(Duration::from_secs(seconds)))
+        }
+    }
+}
+
+fn status_addr(args: &DaemonArgs) -> Result<SocketAddr> {
+    let ip: IpAddr = args.status_bind.parse().map_err(|_| {
+        Error::Config(format!(
+            "STATUS_BIND '{}' is not an IP address",
+            args.status_bind
+        ))
+    })?;
+    let port = u16::try_from(args.status_port).map_err(|_| {
+        Error::Config(format!(
+            "STATUS_PORT {} is not a port number",
+            args.status_port
+        ))
+    })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+pub async fn run(args: &DaemonArgs) -> Result<()> {
+    let cfg = BackupConfig::from_args(&args.backup)?;
+    let schedule = schedule_from_args(args)?;
+    let addr = status_addr(args)?;
+    let shutdown_grace = Duration::from_secs(args.shutdown_timeout);
+    let retry = Duration::from_secs(args.retry_seconds);
+    let clock = SystemClock;
+    let cancel = crate::shutdown::on_signal();
+
+    let metrics = Arc::new(Metrics::new());
+    if let Ok(Some(status)) = Status::read(&cfg.paths.status_file) {
+        metrics.load_status(&status);
+    }
+    let state = AppState {
+        status_file: cfg.paths.status_file.clone(),
+        max_age_seconds: args.health.health_max_age_seconds,
+        metrics: Arc::clone(&metrics),
+    };
+    let server = http::start(addr, state, cancel.clone()).await?;
+
+    let now = clock.now();
+    let upcoming: Vec<String> = schedule
+        .upcoming(now, 3)
+        .iter()
+        .map(|t| local_time(&schedule, *t))
+        .collect();
+    tracing::info!(
+        database = %cfg.database,
+        backup_dir = %cfg.paths.backup_dir.display(),
+        schedule = %schedule,
+        "backupd {} started; next runs: {}",
+        crate::VERSION,
+        upcoming.join(", ")
+    );
+
+    if let Database::Postgres(target) = &cfg.database {
+        wait_for_postgres(
+            target,
+            Duration::from_secs(args.db_startup_timeout),
+            &cancel,
+        )
+        .await;
+    }
+
+    let mut next = if args.on_start {
+        Some(clock.now())
+    } else {
+        schedule.next_after(clock.now())
+    };
+    let mut retry_at: Option<DateTime<Utc>> = None;
+    loop {
+        let due = match (next, retry_at) {
+            (Some(n), Some(r)) => Some(n.min(r)),
+            (n, r) => n.or(r),
+        };
+        let Some(due) = due else {
+            tracing::warn!(schedule = %schedule, "the schedule has no future runs; idle until stopped");
+            cancel.cancelled().await;
+            break;
+        };
+        metrics.next_run.set(due.timestamp() as f64);
+        if !sleep_until(&clock, due, &cancel).await {
+            break;
+        }
+        let is_retry = retry_at == Some(due) && next.is_none_or(|n| n > due);
+        retry_at = None;
+        metrics.last_attempt.set(clock.now().timestamp() as f64);
+
+        let result = match run_backup(&cfg, &cancel, shutdown_grace).await {
+            Some(result) => result,
+            None => break,
+        };
+        record_metrics(&metrics, &result);
+        if matches!(result, Err(Error::Cancelled)) {
+            break;
+        }
+        if result.is_err() && !matches!(result, Err(Error::Busy)) && !is_retry && !retry.is_zero() {
+            retry_at = Some(
+                clock.now() + chrono::Duration::from_std(retry).unwrap_or(chrono::Duration::MAX),
+            );
+        }
+        if !is_retry {
+            next = advance(&schedule, due, clock.now());
+        } else if let Some(n) = next.filter(|n| *n <= clock.now()) {
+            next = advance(&schedule, n, clock.now());
+        }
+        let upcoming = match (next, retry_at) {
+            (Some(n), Some(r)) if r < n => format!("{} (retry)", local_time(&schedule, r)),
+            (Some(n), _) => local_time(&schedule, n),
+            (None, Some(r)) => format!("{} (retry)", local_time(&schedule, r)),
+            (None, None) => "none".into(),
+        };
+        tracing::info!(next_run = %upcoming, "waiting for the next backup");
+    }
+
+    tracing::info!("backupd stopped");
+    cancel.cancel();
+    let _ = server.await;
+    Ok(())
+}
+
+/// Runs one backup; on shutdown gives it `grace` to stop cleanly. `None`
+/// means shutdown came and the daemon should stop.
+async fn run_backup(
+    cfg: &BackupConfig,
+    cancel: &CancellationToken,
+    grace: Duration,
+) -> Option<Result<Outcome>> {
+    let mut task = {
+        let (cfg, cancel) = (cfg.clone(), cancel.clone());
+        tokio::spawn(async move { backup::run(&cfg, &cancel, &SystemClock, WhenBusy::Skip).await })
+    };
+    let joined = tokio::select! {
+        joined = &mut task => joined,
+        _ = cancel.cancelled() => match tokio::time::timeout(grace, &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                tracing::error!(
+                    grace_seconds = grace.as_secs(),
+                    "the backup did not stop within BACKUP_SHUTDOWN_TIMEOUT; abandoning it"
+                );
+                // Dropping the task kills pg_dump (kill_on_drop) and removes the partial file.
+                task.abort();
+                let _ = task.await;
+                return None;
+            }
+        },
+    };
+    match joined {
+        Ok(result) => Some(result),
+        Err(e) => Some(Err(Error::Other(format!("the backup task failed: {e}")))),
+    }
+}
+
+fn record_metrics(metrics: &Metrics, result: &Result<Outcome>) {
+    match result {
+        Ok(outcome) => {
+            metrics
+                .backups
+                .get_or_create(&ResultLabel { result: "success" })
+                .inc();
+            metrics
+                .last_success
+                .set(outcome.finished.timestamp() as f64);
+            metrics.last_duration.set(outcome.duration_seconds);
+            metrics
+                .last_size
+                .set(i64::try_from(outcome.backup.size).unwrap_or(i64::MAX));
+            metrics
+                .retention_deleted
+                .inc_by(outcome.deleted.len() as u64);
+        }
+        Err(Error::Busy) | Err(Error::Cancelled) => {}
+        Err(_) => {
+            metrics
+                .backups
+                .get_or_create(&ResultLabel { result: "failure" })
+                .inc();
+        }
+    }
+}
+
+/// The first slot after `now`, counting from the slot that just ran; slots
+/// that passed while a backup was still running are skipped, and logged.
+fn advance(schedule: &Schedule, ran: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let mut next = schedule.next_after(ran)?;
+    let mut skipped = 0;
+    while next <= now {
+        skipped += 1;
+        next = schedule.next_after(next)?;
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "skipped runs that fell due while the previous backup was still running"
+        );
+    }
+    Some(next)
+}
+
+/// Sleeps until `due` by the wall clock; false when cancelled first.
+async fn sleep_until(clock: &dyn Clock, due: DateTime<Utc>, cancel: &CancellationToken) -> bool {
+    loop {
+        let now = clock.now();
+        if now >= due {
+            return true;
+        }
+        let wait = (due - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_SLEEP);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => return false,
+        }
+    }
+}
+
+/// Waits up to `timeout` for PostgreSQL to accept connections, as the old
+/// entrypoint did, then goes on: the backup itself reports what is wrong.
+async fn wait_for_postgres(
+    target: &crate::db::PgTarget,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut logged = false;
+    loop {
+        match postgres::server_major(target).await {
+            Ok(version) => {
+                tracing::info!(server = version, "PostgreSQL is accepting connections");
+                return;
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(error = %e, "PostgreSQL is still not reachable after DB_STARTUP_TIMEOUT; going on");
+                return;
+            }
+            Err(e) => {
+                if !logged {
+                    tracing::info!(error = %e, "waiting for PostgreSQL to accept connections");
+                    logged = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+fn local_time(schedule: &Schedule, t: DateTime<Utc>) -> String {
+    t.with_timezone(&schedule.time_zone())
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
