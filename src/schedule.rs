@@ -6,6 +6,8 @@
 //! every form (0 and 7 are Sunday, 1 is Monday); the `cron` crate counts
 //! Sunday as 1, so numbers are translated to names. When both day-of-month
 //! and day-of-week are restricted, a day matching either runs, as in cron(8).
+//! A local time that does not exist on the day clocks go forward has no run
+//! that day (the `cron` crate skips it); this is documented for operators.
 
 use std::collections::BTreeSet;
 use std::fmt;
