@@ -116,11 +116,16 @@ impl CronSchedule {
             let mut probe = vec!["*"; all_fields.len()];
             probe[0] = "0";
             probe[index] = field;
-            if let Err(e) = cron::Schedule::from_str(&probe.join(" ")) {
-                if index == 0 && offset == 1 {
-                    unreachable!("the seconds field is ours");
-                }
-                return Err(field_error(index, e.to_string()));
+            // The crate's own message describes the probe, not the operator's
+            // expression (and its bounds are off by one), so say what fits.
+            if cron::Schedule::from_str(&probe.join(" ")).is_err() {
+                return Err(field_error(
+                    index,
+                    format!(
+                        "expected {} as a value, list (a,b), range (a-b) or step (*/n)",
+                        FIELD_RANGES[index]
+                    ),
+                ));
             }
         }
         let restricted = |f: &str| f != "*" && f != "?";
@@ -151,6 +156,16 @@ impl CronSchedule {
             .min()
     }
 }
+
+const FIELD_RANGES: [&str; 7] = [
+    "0-59",
+    "0-59",
+    "0-23",
+    "1-31",
+    "1-12 or JAN-DEC",
+    "0-7 or SUN-SAT",
+    "1970-2099",
+];
 
 const FIELD_NAMES: [&str; 7] = [
     "seconds",

@@ -659,6 +659,11 @@ pub fn require_postgres() -> Option<PathBuf> {
     Some(bin)
 }
 
+/// The app's role, its password and its database in [`PgCluster::start_with_app`].
+pub const PG_APP_USER: &str = "app";
+pub const PG_APP_PASSWORD: &str = "secret";
+pub const PG_APP_DB: &str = "appdb";
+
 /// The superuser of every test cluster and its password.
 pub const PG_SUPERUSER: &str = "postgres";
 pub const PG_SUPERUSER_PASSWORD: &str = "cluster-admin-pw";
@@ -775,6 +780,61 @@ impl PgCluster {
             );
         }
         panic!("cannot start a PostgreSQL test cluster: {last_error}");
+    }
+
+    /// A cluster with role [`PG_APP_USER`] owning [`PG_APP_DB`], loaded with
+    /// the fixtures at `scale` (none when `None`).
+    pub fn start_with_app(bin: &Path, scale: Option<u32>) -> PgCluster {
+        let cluster = PgCluster::start(bin);
+        cluster.create_role(PG_APP_USER, PG_APP_PASSWORD);
+        cluster.createdb(PG_APP_DB, PG_APP_USER);
+        if let Some(scale) = scale {
+            cluster.load_fixtures(PG_APP_DB, PG_APP_USER, PG_APP_PASSWORD, scale);
+        }
+        cluster
+    }
+
+    /// The SQLAlchemy URL of the app's database as the app's role.
+    pub fn app_url(&self) -> String {
+        self.url(
+            "postgresql+psycopg",
+            PG_APP_USER,
+            PG_APP_PASSWORD,
+            PG_APP_DB,
+        )
+    }
+
+    /// Adds table `big` to the app's database: `rows` rows of ~140 bytes of
+    /// poorly compressible text, so that dumping it at gzip level 9 takes a
+    /// while.
+    pub fn create_big_table(&self, rows: u32) {
+        self.psql_as(
+            PG_APP_DB,
+            PG_APP_USER,
+            PG_APP_PASSWORD,
+            &format!(
+                "CREATE TABLE big (id bigint NOT NULL, payload text NOT NULL); \
+                 INSERT INTO big SELECT i, md5(i::text) || md5((i * 7)::text) \
+                 || md5((i * 13)::text) || md5((i * 31)::text) \
+                 FROM generate_series(1, {rows}) AS i;"
+            ),
+        );
+    }
+
+    /// The server pids of the sessions running a `COPY` in `db` (pg_dump
+    /// dumping a table).
+    pub fn active_copies(&self, db: &str) -> Vec<String> {
+        self.psql(
+            "postgres",
+            &format!(
+                "SELECT pid FROM pg_stat_activity WHERE datname = '{db}' \
+                 AND state = 'active' AND query ILIKE 'COPY %' AND pid <> pg_backend_pid()"
+            ),
+        )
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
     }
 
     /// A server program (initdb, pg_ctl) run as the cluster's owner.
@@ -944,6 +1004,28 @@ impl PgCluster {
     pub fn is_running(&self) -> bool {
         self.running
     }
+
+    /// Starts a stopped cluster again on the same port.
+    pub fn start_again(&mut self) {
+        if self.running {
+            return;
+        }
+        let mut cmd = self.server_command("pg_ctl");
+        cmd.arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args([
+                "-o",
+                &format!("-p {}", self.port),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]);
+        run_ok(&mut cmd);
+        self.running = true;
+    }
 }
 
 impl Drop for PgCluster {
@@ -1016,6 +1098,35 @@ pub fn sqlite_small(path: &Path, rows: u32) {
         [rows],
     )
     .unwrap();
+}
+
+/// An app on SQLite: the fixture database (`app.db`) at `scale` in WAL
+/// mode in a temporary directory, and its backup folder `backups/` next to
+/// it (not created).
+pub struct SqliteApp {
+    pub work: TempDir,
+    pub db: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl SqliteApp {
+    pub fn new(scale: u32) -> Self {
+        let work = temp_dir();
+        let db = work.path().join("app.db");
+        sqlite_fixture(&db, scale, true);
+        let dir = work.path().join("backups");
+        SqliteApp { work, db, dir }
+    }
+
+    /// backupd for this database and backup folder.
+    pub fn backupd(&self) -> Backupd {
+        Backupd::for_database(sqlite_url(&self.db), &self.dir)
+    }
+
+    /// The default status file in the backup folder.
+    pub fn status_file(&self) -> PathBuf {
+        self.dir.join("backup-status.json")
+    }
 }
 
 /// `sqlite:////abs/path.db` for an absolute path.
@@ -1144,4 +1255,535 @@ pub fn poll<T>(
         }
         std::thread::sleep(every);
     }
+}
+
+// ---------------------------------------------------------------- the daemon
+
+/// backupd running in the background (usually `backupd backup`, the
+/// daemon). Its stdout and stderr are collected by threads (so the pipes
+/// never fill); it is killed (SIGKILL) on drop when still running, also when
+/// the test panics.
+pub struct Daemon {
+    child: Child,
+    pid: u32,
+    /// The port of its status server on 127.0.0.1 (0 when not a daemon).
+    pub port: u16,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    exit: Option<RunResult>,
+}
+
+/// A thread that appends everything read from `pipe` to `sink`.
+fn collect_pipe(
+    mut pipe: impl Read + Send + 'static,
+    sink: std::sync::Arc<std::sync::Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    })
+}
+
+impl Backupd {
+    /// backupd for the database at `url`, backing up into `dir`.
+    pub fn for_database(url: impl AsRef<std::ffi::OsStr>, dir: &Path) -> Self {
+        Backupd::new()
+            .env("DATABASE_URL", url)
+            .env("BACKUP_DIR", dir)
+    }
+
+    fn has_env(&self, key: &str) -> bool {
+        self.envs.iter().any(|(k, _)| k == key)
+    }
+
+    /// Starts `backupd ARGS…` in the background, its output collected by
+    /// threads; see [`Daemon`] for waiting and signalling.
+    pub fn background(&self, args: &[&str]) -> Daemon {
+        self.background_on_port(args, 0)
+    }
+
+    fn background_on_port(&self, args: &[&str], port: u16) -> Daemon {
+        let mut child = self.spawn(args);
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let readers = vec![
+            collect_pipe(child.stdout.take().unwrap(), stdout.clone()),
+            collect_pipe(child.stderr.take().unwrap(), stderr.clone()),
+        ];
+        Daemon {
+            pid: child.id(),
+            child,
+            port,
+            stdout,
+            stderr,
+            readers,
+            exit: None,
+        }
+    }
+
+    /// Runs `backupd ARGS…` to completion, waiting at most `give_up` (a
+    /// guard against hanging: panics with the output so far, and kills it).
+    pub fn run_bounded(&self, args: &[&str], give_up: Duration) -> RunResult {
+        let mut run = self.background(args);
+        match run.wait_exit(give_up) {
+            Some(done) => done,
+            None => panic!(
+                "backupd {args:?} still runs after {give_up:?}; stderr so far:\n{}",
+                run.log()
+            ),
+        }
+    }
+
+    /// Starts `backupd backup` (the daemon) in the background. Unless the
+    /// test set them, its status server listens on `STATUS_BIND=127.0.0.1`
+    /// and a free `STATUS_PORT` (see [`Daemon::port`]).
+    pub fn daemon(&self) -> Daemon {
+        let mut cfg = self.clone();
+        if !cfg.has_env("STATUS_BIND") {
+            cfg = cfg.env("STATUS_BIND", "127.0.0.1");
+        }
+        let port = match cfg.envs.iter().rev().find(|(k, _)| k == "STATUS_PORT") {
+            Some((_, v)) => v.parse().expect("STATUS_PORT set by the test is a port"),
+            None => {
+                let port = free_port();
+                cfg = cfg.env("STATUS_PORT", port.to_string());
+                port
+            }
+        };
+        cfg.background_on_port(&["backup"], port)
+    }
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Everything it wrote on stderr (the log) so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Polls the log until `check` accepts it; false after `give_up`.
+    pub fn wait_for_log(&self, give_up: Duration, check: impl Fn(&str) -> bool) -> bool {
+        poll(Duration::from_millis(50), give_up, || {
+            check(&self.log()).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`) with `kill -SIG PID`.
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.pid, signal);
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.exit.is_none() && self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits (polling `try_wait`) up to `give_up` for it to exit; `None` when
+    /// it is still running then. Once it has exited, returns the whole run.
+    pub fn wait_exit(&mut self, give_up: Duration) -> Option<RunResult> {
+        if let Some(done) = &self.exit {
+            return Some(done.clone());
+        }
+        let status = poll(Duration::from_millis(20), give_up, || {
+            self.child.try_wait().expect("try_wait")
+        })?;
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        let done = RunResult {
+            code,
+            stdout: self.stdout.lock().unwrap().clone(),
+            stderr: self.stderr.lock().unwrap().clone(),
+        };
+        self.exit = Some(done.clone());
+        Some(done)
+    }
+
+    /// SIGTERM, then waits up to `give_up` for the exit; panics with the log
+    /// when it is still running then.
+    pub fn terminate(&mut self, give_up: Duration) -> RunResult {
+        self.signal("TERM");
+        match self.wait_exit(give_up) {
+            Some(run) => run,
+            None => panic!(
+                "backupd (pid {}) still runs {give_up:?} after SIGTERM; log so far:\n{}",
+                self.pid,
+                self.log()
+            ),
+        }
+    }
+
+    /// The processes whose parent is the daemon (pid, command name).
+    pub fn children(&self) -> Vec<(u32, String)> {
+        children_of(self.pid)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.exit.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `kill -SIGNAL PID` (no libc needed).
+pub fn send_signal(pid: u32, signal: &str) {
+    run_ok(
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string()),
+    );
+}
+
+/// `/proc/PID/stat` split into (command name, state, parent pid); `None`
+/// when there is no such process.
+pub fn proc_stat(pid: u32) -> Option<(String, char, u32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE PPID …"; COMM may itself hold spaces and parentheses.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_string();
+    let mut rest = stat[close + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((comm, state, ppid))
+}
+
+/// Every process whose parent is `parent` (pid, command name), from /proc.
+pub fn children_of(parent: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some((comm, _, ppid)) = proc_stat(pid)
+            && ppid == parent
+        {
+            found.push((pid, comm));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// True while `pid` exists and is not a zombie (an exited process not yet
+/// reaped is no longer running).
+pub fn process_alive(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(_, state, _)| state != 'Z' && state != 'X')
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of a UTC time (the status file's format).
+pub fn status_timestamp(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Writes a status file as backupd would: every key of [`STATUS_KEYS`],
+/// `last_backup` at `last_backup` (null when `None`), `last_error` as given.
+/// Returns the JSON written.
+pub fn write_status_file(
+    path: &Path,
+    last_backup: Option<chrono::DateTime<chrono::Utc>>,
+    last_error: Option<&str>,
+) -> serde_json::Value {
+    let file = last_backup.map(|t| Kind::Sqlite.name_at(t));
+    let status = serde_json::json!({
+        "last_backup": last_backup.map(status_timestamp),
+        "last_file": file.as_ref().map(|f| path.with_file_name(f).display().to_string()),
+        "backups": file.iter().collect::<Vec<_>>(),
+        "last_attempt": status_timestamp(last_backup.unwrap_or_else(chrono::Utc::now)),
+        "last_error": last_error,
+        "last_duration_seconds": last_backup.map(|_| 0.5),
+        "last_size_bytes": last_backup.map(|_| 1234),
+        "last_sha256": last_backup.map(|_| "0".repeat(64)),
+        "database": "sqlite",
+        "version": "0.1.0",
+    });
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(path, serde_json::to_string_pretty(&status).unwrap()).unwrap();
+    status
+}
+
+// ---------------------------------------------------------------- HTTP
+
+/// One HTTP response, read whole.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON; panics with the response when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("the body is not JSON ({e}):\n{self}"))
+    }
+}
+
+impl fmt::Display for HttpResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "HTTP {}", self.status)?;
+        for (k, v) in &self.headers {
+            writeln!(f, "{k}: {v}")?;
+        }
+        write!(f, "\n{}", self.body)
+    }
+}
+
+/// Sends `METHOD TARGET HTTP/1.1` verbatim (so odd targets such as
+/// `/../x` reach the server unchanged) to 127.0.0.1:`port` over a plain
+/// TcpStream with `Connection: close`, and reads the whole response.
+pub fn http_request(port: u16, method: &str, target: &str) -> std::io::Result<HttpResponse> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(15)))?;
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: backupd-tests\r\n\
+         Accept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_http_response(&raw).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{e}; raw response to {method} {target}:\n{}",
+                String::from_utf8_lossy(&raw)
+            ),
+        )
+    })
+}
+
+fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of the header block")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.split_whitespace();
+    if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
+        return Err(format!("not an HTTP/1.x status line: `{status_line}`"));
+    }
+    let status = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status code in `{status_line}`"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        body = dechunk(&body)?;
+    } else if let Some((_, len)) = headers.iter().find(|(k, _)| k == "content-length") {
+        let len: usize = len.parse().map_err(|_| format!("content-length `{len}`"))?;
+        if body.len() < len {
+            return Err(format!(
+                "body is {} bytes, content-length {len}",
+                body.len()
+            ));
+        }
+        body.truncate(len);
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunk size")?;
+        let size_text = String::from_utf8_lossy(&data[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+            .map_err(|_| format!("bad chunk size `{size_text}`"))?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 {
+            return Err("truncated chunk".into());
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// `GET target`, panicking when no response comes.
+pub fn http_get(port: u16, target: &str) -> HttpResponse {
+    http_request(port, "GET", target)
+        .unwrap_or_else(|e| panic!("GET {target} on 127.0.0.1:{port}: {e}"))
+}
+
+/// Polls until the status server on `port` answers `GET /healthz` at all;
+/// false after `give_up`.
+pub fn wait_for_http(port: u16, give_up: Duration) -> bool {
+    poll(Duration::from_millis(50), give_up, || {
+        http_request(port, "GET", "/healthz").ok()
+    })
+    .is_some()
+}
+
+// ---------------------------------------------------------------- metrics
+
+/// One sample of the Prometheus/OpenMetrics text format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses every non-comment, non-empty line as `name{labels} value
+/// [timestamp]`; panics naming the line when one does not parse.
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            parse_sample(line).unwrap_or_else(|e| panic!("metrics line `{line}`: {e}\n{text}"))
+        })
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line
+        .find(|c: char| c == '{' || c.is_whitespace())
+        .ok_or("no value")?;
+    let name = &line[..name_end];
+    let valid_name = name.chars().enumerate().all(|(i, c)| {
+        c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+    });
+    if name.is_empty() || !valid_name {
+        return Err(format!("`{name}` is not a metric name"));
+    }
+    let mut labels = BTreeMap::new();
+    let mut rest = &line[name_end..];
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut chars = inner.char_indices().peekable();
+        let mut end = None;
+        loop {
+            // label name
+            while chars.peek().is_some_and(|(_, c)| *c == ',' || *c == ' ') {
+                chars.next();
+            }
+            match chars.peek() {
+                Some((i, '}')) => {
+                    end = Some(*i);
+                    break;
+                }
+                None => break,
+                _ => {}
+            }
+            let mut key = String::new();
+            for (_, c) in chars.by_ref() {
+                if c == '=' {
+                    break;
+                }
+                key.push(c);
+            }
+            if chars.next().map(|(_, c)| c) != Some('"') {
+                return Err(format!("label `{key}` has no quoted value"));
+            }
+            let mut value = String::new();
+            let mut closed = false;
+            while let Some((_, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next().map(|(_, c)| c) {
+                        Some('n') => value.push('\n'),
+                        Some(other) => value.push(other),
+                        None => return Err("dangling escape".into()),
+                    },
+                    '"' => {
+                        closed = true;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            if !closed {
+                return Err(format!("label `{key}` value is not closed"));
+            }
+            labels.insert(key.trim().to_string(), value);
+        }
+        let end = end.ok_or("labels not closed with `}`")?;
+        rest = &inner[end + 1..];
+    }
+    let mut fields = rest.split_whitespace();
+    let value_text = fields.next().ok_or("no value")?;
+    let value: f64 = value_text
+        .parse()
+        .map_err(|_| format!("value `{value_text}` is not a number"))?;
+    if let Some(ts) = fields.next() {
+        ts.parse::<f64>()
+            .map_err(|_| format!("timestamp `{ts}` is not a number"))?;
+    }
+    if let Some(extra) = fields.next() {
+        return Err(format!("unexpected `{extra}` after the value"));
+    }
+    Ok(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
+/// The value of the sample `name` whose labels include every pair of
+/// `labels` (the first when several do).
+pub fn metric_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
 }
