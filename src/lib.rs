@@ -16,6 +16,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod modes;
+pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod shutdown;

@@ -1,0 +1,3 @@
+//! Restoring a backup into the live database without ever losing it.
+
+pub mod kind;
