@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod container;
 pub mod db;
 pub mod error;
 pub mod health;
@@ -23,6 +24,7 @@ pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod verify;
+pub mod watch;
 
 pub use error::{Error, Result};
 

@@ -1,3 +1,4 @@
 //! Restoring a backup into the live database without ever losing it.
 
 pub mod kind;
+pub mod postgres;

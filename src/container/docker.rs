@@ -1,0 +1,1 @@
+//! Docker Engine control through bollard (being written).

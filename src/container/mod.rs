@@ -1,0 +1,3 @@
+//! Container control seam.
+
+pub mod docker;

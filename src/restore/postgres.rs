@@ -1,0 +1,1 @@
+//! PostgreSQL restore strategies (being written).

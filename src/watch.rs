@@ -1,0 +1,1 @@
+//! Finding complete backup files in the restore folder (being written).
