@@ -150,7 +150,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// Streams the (optionally gzipped) file into `out`; returns the raw length.
-fn decompress_into(path: &Path, gzipped: bool, out: &mut impl Write) -> Result<u64> {
+pub fn decompress_into(path: &Path, gzipped: bool, out: &mut impl Write) -> Result<u64> {
     let file = BufReader::new(File::open(path).map_err(|e| Error::io("open", path, e))?);
     let mut reader: Box<dyn Read> = if gzipped {
         Box::new(MultiGzDecoder::new(file))
@@ -168,8 +168,8 @@ fn decompress_into(path: &Path, gzipped: bool, out: &mut impl Write) -> Result<u
 }
 
 #[derive(Default)]
-struct TailSink {
-    bytes: Vec<u8>,
+pub struct TailSink {
+    pub bytes: Vec<u8>,
 }
 
 impl Write for TailSink {

@@ -1,4 +1,6 @@
 //! Restoring a backup into the live database without ever losing it.
 
+pub mod check;
 pub mod kind;
 pub mod postgres;
+pub mod sqlite;
