@@ -123,21 +123,67 @@ async fn take_backup(
     let name = local::free_name(&dir, kind, clock.now()).file_name();
     tracing::Span::current().record("file", name.as_str());
     let file = BackupFile::create(&dir, &name, cfg.compression_level)?;
-    let committed = match &cfg.database {
-        Database::Postgres(target) => {
-            db::postgres::backup(target, file, cancel, cfg.timeout).await?
-        }
-        Database::Sqlite(target) => {
-            let (target, cancel, timeout) = (target.clone(), cancel.clone(), cfg.timeout);
-            tokio::task::spawn_blocking(move || db::sqlite::backup(&target, file, &cancel, timeout))
-                .await
-                .map_err(|e| Error::Other(format!("the snapshot task failed: {e}")))??
-        }
-    };
+    let committed = dump_into(cfg, file, cancel).await?;
 
     let deleted = apply_retention(cfg, clock);
     drop(lock);
     Ok((committed, deleted))
+}
+
+/// A backup of the current database taken just before a restore, named
+/// `pre-restore-NAME` so retention never deletes it. No status update.
+pub async fn safety_backup(
+    cfg: &BackupConfig,
+    cancel: &CancellationToken,
+    clock: &dyn Clock,
+) -> Result<Committed> {
+    let dir = cfg.paths.backup_dir.clone();
+    local::ensure_dir(&dir)?;
+    let lock_dir = dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || {
+        DirLock::acquire(&lock_dir, || {
+            tracing::info!("waiting for a running backup before the safety backup")
+        })
+    })
+    .await
+    .map_err(|e| Error::Other(format!("the lock task failed: {e}")))??;
+    let kind = match cfg.database {
+        Database::Postgres(_) => Kind::PgDump,
+        Database::Sqlite(_) => Kind::Sqlite,
+    };
+    let now = clock.now();
+    let name = (0..)
+        .map(|seq| {
+            format!(
+                "{SAFETY_PREFIX}{}",
+                crate::store::BackupName::new(kind, now, seq).file_name()
+            )
+        })
+        .find(|name| !dir.join(name).exists() && !crate::archive::partial_path(&dir, name).exists())
+        .expect("an unbounded range has a free name");
+    let file = BackupFile::create(&dir, &name, cfg.compression_level)?;
+    let committed = dump_into(cfg, file, cancel).await?;
+    tracing::info!(file = %committed.path.display(), bytes = committed.size, "safety backup written");
+    Ok(committed)
+}
+
+/// Name prefix of the backups taken before a restore.
+pub const SAFETY_PREFIX: &str = "pre-restore-";
+
+async fn dump_into(
+    cfg: &BackupConfig,
+    file: BackupFile,
+    cancel: &CancellationToken,
+) -> Result<Committed> {
+    match &cfg.database {
+        Database::Postgres(target) => db::postgres::backup(target, file, cancel, cfg.timeout).await,
+        Database::Sqlite(target) => {
+            let (target, cancel, timeout) = (target.clone(), cancel.clone(), cfg.timeout);
+            tokio::task::spawn_blocking(move || db::sqlite::backup(&target, file, &cancel, timeout))
+                .await
+                .map_err(|e| Error::Other(format!("the snapshot task failed: {e}")))?
+        }
+    }
 }
 
 /// Deletes expired backups. A failure here is logged, not fatal: the new

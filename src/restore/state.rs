@@ -1,0 +1,91 @@
+//! `RESTORE_STATE_FILE`: what the restore service did and is doing. The old
+//! `last_processed` keys are kept; `in_progress` is written before anything
+//! is stopped so a crash can be recovered; `history` keeps recent restores.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::archive::write_atomically;
+use crate::error::{Error, Result};
+
+const HISTORY_LEN: usize = 20;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RestoreState {
+    pub last_processed: Option<LastProcessed>,
+    #[serde(default)]
+    pub in_progress: Option<InProgress>,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastProcessed {
+    pub path: String,
+    /// Seconds since the epoch, as the old helper wrote it.
+    pub mtime: f64,
+    pub completed_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InProgress {
+    pub file: String,
+    pub stamp: String,
+    pub started_at: String,
+    /// `checking`, `stopping`, `safety-backup`, `loading`, `starting`.
+    pub phase: String,
+    /// Containers to stop, and those actually stopped (to start again).
+    pub containers: Vec<String>,
+    #[serde(default)]
+    pub stopped: Vec<String>,
+    pub database: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub file: String,
+    pub sha256: Option<String>,
+    /// `restored`, `failed`, `refused`, `superseded`, `interrupted`.
+    pub result: String,
+    pub error: Option<String>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_seconds: f64,
+    #[serde(default)]
+    pub containers_stopped: Vec<String>,
+    pub previous_database: Option<String>,
+    pub safety_backup: Option<String>,
+}
+
+impl RestoreState {
+    pub fn read(path: &Path) -> Result<Self> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Other(format!(
+                    "cannot parse the restore state file {}: {e}",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(Error::io("read the restore state file", path, e)),
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io("create the directory of", path, e))?;
+        }
+        let mut json = serde_json::to_vec_pretty(self).map_err(|e| Error::Other(e.to_string()))?;
+        json.push(b'\n');
+        write_atomically(path, &json)
+    }
+
+    pub fn push_history(&mut self, entry: HistoryEntry) {
+        self.history.insert(0, entry);
+        self.history.truncate(HISTORY_LEN);
+    }
+}
