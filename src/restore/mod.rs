@@ -1,6 +1,8 @@
 //! Restoring a backup into the live database without ever losing it.
 
 pub mod check;
+pub mod failed;
 pub mod kind;
 pub mod postgres;
 pub mod sqlite;
+pub mod state;
