@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 
-const APP_PASSWORD: &str = "secret";
+const APP_PASSWORD: &str = PG_APP_PASSWORD;
 
 /// The status file, when the failed run wrote one, keeps the password out.
 fn assert_status_hides(status_file: &Path, password: &str) {
@@ -25,18 +25,14 @@ fn assert_status_hides(status_file: &Path, password: &str) {
 
 #[test]
 fn unknown_scheme_is_a_configuration_error_naming_it() {
-    let work = temp_dir();
-    let backup_dir = work.path().join("backups");
-    let run = Backupd::new()
-        .env("DATABASE_URL", "mysql://u:hunter2pw@h/db")
-        .env("BACKUP_DIR", &backup_dir)
-        .once();
+    let (_work, backup_dir) = temp_backup_dir();
+    let run = Backupd::for_database("mysql://u:hunter2pw@h/db", &backup_dir).once();
     eprintln!("{run}");
     run.assert_code(2)
         .assert_stderr_mentions(&["mysql"])
         .assert_not_shown("hunter2pw");
     assert_no_new_backup(&backup_dir, &[]);
-    assert_status_hides(&backup_dir.join("backup-status.json"), "hunter2pw");
+    assert_status_hides(&status_path(&backup_dir), "hunter2pw");
 }
 
 #[test]
@@ -44,23 +40,20 @@ fn unreachable_server_fails_the_backup() {
     let Some(bin) = require_postgres() else {
         return;
     };
-    let work = temp_dir();
-    let backup_dir = work.path().join("backups");
+    let (_work, backup_dir) = temp_backup_dir();
     let port = free_port(); // nothing listens there
-    let run = Backupd::new()
-        .path_prepend(&bin)
-        .env(
-            "DATABASE_URL",
-            format!("postgresql+psycopg://app:unreach-pw-77@127.0.0.1:{port}/appdb"),
-        )
-        .env("BACKUP_DIR", &backup_dir)
-        .once();
+    let run = Backupd::for_database(
+        format!("postgresql+psycopg://app:unreach-pw-77@127.0.0.1:{port}/appdb"),
+        &backup_dir,
+    )
+    .path_prepend(&bin)
+    .once();
     eprintln!("{run}");
     run.assert_code(1)
         .assert_stderr_mentions(&["connect", &port.to_string()])
         .assert_not_shown("unreach-pw-77");
     assert_no_new_backup(&backup_dir, &[]);
-    let status_file = backup_dir.join("backup-status.json");
+    let status_file = status_path(&backup_dir);
     assert_status_hides(&status_file, "unreach-pw-77");
     if status_file.exists() {
         let status = read_status(&status_file);
@@ -77,39 +70,30 @@ fn wrong_password_fails_with_an_authentication_message() {
     let Some(bin) = require_postgres() else {
         return;
     };
-    let cluster = PgCluster::start(&bin);
-    cluster.create_role("app", APP_PASSWORD);
-    cluster.createdb("appdb", "app");
-    let work = temp_dir();
-    let backup_dir = work.path().join("backups");
+    let cluster = PgCluster::start_with_app(&bin, None);
+    let (_work, backup_dir) = temp_backup_dir();
     let wrong = "wrong-pass-4711";
-    let run = Backupd::new()
-        .path_prepend(&bin)
-        .env(
-            "DATABASE_URL",
-            cluster.url("postgresql+psycopg", "app", wrong, "appdb"),
-        )
-        .env("BACKUP_DIR", &backup_dir)
-        .once();
+    let run = Backupd::for_database(
+        cluster.url("postgresql+psycopg", "app", wrong, "appdb"),
+        &backup_dir,
+    )
+    .path_prepend(&bin)
+    .once();
     eprintln!("{run}");
     run.assert_code(1)
         .assert_stderr_mentions(&["authentication"])
         .assert_not_shown(wrong)
         .assert_not_shown(APP_PASSWORD);
     assert_no_new_backup(&backup_dir, &[]);
-    assert_status_hides(&backup_dir.join("backup-status.json"), wrong);
+    assert_status_hides(&status_path(&backup_dir), wrong);
 }
 
 #[test]
 fn missing_sqlite_file_fails_naming_the_path_and_is_not_created() {
-    let work = temp_dir();
-    let backup_dir = work.path().join("backups");
+    let (work, backup_dir) = temp_backup_dir();
     let db = work.path().join("data").join("app.db");
     fs::create_dir(work.path().join("data")).unwrap();
-    let run = Backupd::new()
-        .env("DATABASE_URL", sqlite_url(&db))
-        .env("BACKUP_DIR", &backup_dir)
-        .once();
+    let run = Backupd::for_database(sqlite_url(&db), &backup_dir).once();
     eprintln!("{run}");
     assert!(
         run.code == 1 || run.code == 2,
@@ -126,34 +110,30 @@ fn missing_sqlite_file_fails_naming_the_path_and_is_not_created() {
 
 #[test]
 fn unwritable_backup_dir_fails_naming_the_directory() {
-    let work = temp_dir();
-    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let db = work.path().join("app.db");
-    sqlite_small(&db, 100);
-    fs::set_permissions(&db, fs::Permissions::from_mode(0o644)).unwrap();
-    let backup_dir = work.path().join("backups");
-    fs::create_dir(&backup_dir).unwrap();
+    let app = SqliteApp::small(100);
+    fs::set_permissions(app.work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&app.db, fs::Permissions::from_mode(0o644)).unwrap();
+    let backup_dir = &app.dir;
+    fs::create_dir(backup_dir).unwrap();
 
-    let mut backupd = Backupd::new()
-        .env("DATABASE_URL", sqlite_url(&db))
-        .env("BACKUP_DIR", &backup_dir);
+    let mut backupd = app.backupd();
     if is_root() {
         // Root ignores permissions: run as nobody against a root-owned 0755 dir.
         let Some(_) = require_program("setpriv") else {
             return;
         };
-        fs::set_permissions(&backup_dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(backup_dir, fs::Permissions::from_mode(0o755)).unwrap();
         backupd = backupd.run_as_uid(65534).current_dir("/");
     } else {
-        fs::set_permissions(&backup_dir, fs::Permissions::from_mode(0o555)).unwrap();
+        fs::set_permissions(backup_dir, fs::Permissions::from_mode(0o555)).unwrap();
     }
     let run = backupd.once();
     eprintln!("{run}");
-    fs::set_permissions(&backup_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(backup_dir, fs::Permissions::from_mode(0o755)).unwrap();
 
     run.assert_code(1)
         .assert_stderr_mentions(&[backup_dir.to_str().unwrap()]);
-    assert_no_new_backup(&backup_dir, &[]);
+    assert_no_new_backup(backup_dir, &[]);
 }
 
 #[test]
@@ -161,40 +141,26 @@ fn pg_dump_failing_mid_stream_leaves_no_file_and_keeps_the_last_good_status() {
     let Some(bin) = require_postgres() else {
         return;
     };
-    let cluster = PgCluster::start(&bin);
-    cluster.create_role("app", APP_PASSWORD);
-    cluster.createdb("appdb", "app");
-    cluster.psql_as(
-        "appdb",
-        "app",
-        APP_PASSWORD,
+    let cluster = PgCluster::start_with_app(&bin, None);
+    cluster.psql_app(
         "CREATE TABLE small (id int PRIMARY KEY, note text); \
          INSERT INTO small SELECT g, 'row ' || g FROM generate_series(1, 100) g;",
     );
-    let work = temp_dir();
-    let backup_dir = work.path().join("backups");
-    let status_file = backup_dir.join("backup-status.json");
-    let backupd = Backupd::new()
-        .path_prepend(&bin)
-        .env(
-            "DATABASE_URL",
-            cluster.url("postgresql+psycopg", "app", APP_PASSWORD, "appdb"),
-        )
-        .env("BACKUP_DIR", &backup_dir)
+    let (_work, backup_dir) = temp_backup_dir();
+    let status_file = status_path(&backup_dir);
+    let backupd = cluster
+        .backupd(&backup_dir)
         .env("BACKUP_COMPRESSION_LEVEL", "9");
 
     // An earlier good backup.
     let good = backupd.once().backup_path();
-    let good_name = good.file_name().unwrap().to_str().unwrap().to_string();
+    let good_name = file_name(&good);
     let before = read_status(&status_file);
     assert_success_status(&before, &good, "postgresql");
 
     // A table big enough that pg_dump is still streaming it when we strike:
     // ~400k rows of ~150 bytes.
-    cluster.psql_as(
-        "appdb",
-        "app",
-        APP_PASSWORD,
+    cluster.psql_app(
         "CREATE TABLE bulk_rows AS \
          SELECT g AS id, repeat(md5(g::text), 4) || ' row ' || g AS payload \
          FROM generate_series(1, 400000) g;",
@@ -254,11 +220,9 @@ fn pg_dump_failing_mid_stream_leaves_no_file_and_keeps_the_last_good_status() {
 
 #[test]
 fn stale_partial_files_from_a_crash_are_removed_by_the_next_run() {
-    let work = temp_dir();
-    let db = work.path().join("app.db");
-    sqlite_small(&db, 100);
-    let backup_dir = work.path().join("backups");
-    fs::create_dir(&backup_dir).unwrap();
+    let app = SqliteApp::small(100);
+    let backup_dir = &app.dir;
+    fs::create_dir(backup_dir).unwrap();
     let stale = [
         ".pg_dump-20200101T000000Z.sql.gz.partial",
         ".sqlite-20200101T000000Z.db.gz.partial",
@@ -266,18 +230,15 @@ fn stale_partial_files_from_a_crash_are_removed_by_the_next_run() {
     for name in stale {
         fs::write(backup_dir.join(name), b"half a backup").unwrap();
     }
-    let run = Backupd::new()
-        .env("DATABASE_URL", sqlite_url(&db))
-        .env("BACKUP_DIR", &backup_dir)
-        .once();
+    let run = app.backupd().once();
     let backup = run.backup_path();
     for name in stale {
         assert!(
             !backup_dir.join(name).exists(),
             "the stale {name} survived a successful run: {:?}",
-            dir_names(&backup_dir)
+            dir_names(backup_dir)
         );
     }
-    assert!(work_files(&backup_dir).is_empty());
+    assert!(work_files(backup_dir).is_empty());
     assert_sha256sum_c(&backup);
 }

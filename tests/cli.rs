@@ -47,32 +47,20 @@ fn help_does_not_print_a_password_from_the_environment() {
 
 #[test]
 fn compression_level_out_of_range_is_a_configuration_error() {
-    let work = temp_dir();
-    let db = work.path().join("app.db");
-    sqlite_small(&db, 10);
-    let backup_dir = work.path().join("backups");
-    let run = Backupd::new()
-        .env("DATABASE_URL", sqlite_url(&db))
-        .env("BACKUP_DIR", &backup_dir)
-        .env("BACKUP_COMPRESSION_LEVEL", "12")
-        .once();
+    let app = SqliteApp::small(10);
+    let run = app.backupd().env("BACKUP_COMPRESSION_LEVEL", "12").once();
     run.assert_code(2)
         .assert_stderr_mentions(&["BACKUP_COMPRESSION_LEVEL"]);
-    assert_no_new_backup(&backup_dir, &[]);
+    assert_no_new_backup(&app.dir, &[]);
 }
 
 #[test]
 fn status_and_list_show_the_backup() {
-    let work = temp_dir();
-    let db = work.path().join("app.db");
-    sqlite_small(&db, 100);
-    let backup_dir = work.path().join("backups");
-    let backupd = Backupd::new()
-        .env("DATABASE_URL", sqlite_url(&db))
-        .env("BACKUP_DIR", &backup_dir);
+    let app = SqliteApp::small(100);
+    let backupd = app.backupd();
 
     // Before any backup there is no status to show.
-    std::fs::create_dir(&backup_dir).unwrap();
+    std::fs::create_dir(&app.dir).unwrap();
     let none = backupd.run(&["status"]);
     none.assert_code(1);
     assert!(
@@ -81,7 +69,7 @@ fn status_and_list_show_the_backup() {
     );
 
     let backup = backupd.once().backup_path();
-    let name = backup.file_name().unwrap().to_str().unwrap();
+    let name = file_name(&backup);
 
     let status = backupd.run(&["status"]);
     status.assert_code(0);
@@ -90,14 +78,14 @@ fn status_and_list_show_the_backup() {
     assert_success_status(&printed, &backup, "sqlite");
     assert_eq!(
         printed,
-        read_status(&backup_dir.join("backup-status.json")),
+        read_status(&app.status_file()),
         "`backupd status` differs from the status file"
     );
 
     let list = backupd.run(&["list"]);
     list.assert_code(0);
     assert!(
-        list.stdout.contains(name),
+        list.stdout.contains(&name),
         "`backupd list` does not show {name}:\n{list}"
     );
     assert!(
@@ -108,25 +96,19 @@ fn status_and_list_show_the_backup() {
 
 #[test]
 fn two_backups_in_the_same_second_get_distinct_files() {
-    let work = temp_dir();
-    let db = work.path().join("app.db");
-    sqlite_small(&db, 100);
-    let backup_dir = work.path().join("backups");
-    let backupd = Backupd::new()
-        .env("DATABASE_URL", sqlite_url(&db))
-        .env("BACKUP_DIR", &backup_dir)
-        .env("BACKUP_KEEP_MIN", "100");
+    let app = SqliteApp::small(100);
+    let backupd = app.backupd().env("BACKUP_KEEP_MIN", "100");
 
     // Back to back until two land in the same second (a few tries at most).
     let mut paths: Vec<PathBuf> = Vec::new();
     let mut same_second = None;
     for _ in 0..10 {
         let path = backupd.once().backup_path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let name = file_name(&path);
         let (_, stamp, suffix) =
             parse_backup_name(&name).unwrap_or_else(|| panic!("`{name}` is not a backup name"));
         if let Some(prev) = paths.last() {
-            let prev_name = prev.file_name().unwrap().to_str().unwrap().to_string();
+            let prev_name = file_name(prev);
             let (_, prev_stamp, prev_suffix) = parse_backup_name(&prev_name).unwrap();
             if prev_stamp == stamp {
                 assert_eq!(

@@ -26,15 +26,6 @@ const REQUIRED_METRICS: &[(&str, &[(&str, &str)])] = &[
     ("backupd_build_info", &[]),
 ];
 
-fn started(daemon: &Daemon) {
-    assert!(
-        wait_for_http(daemon.port, Duration::from_secs(15)),
-        "the status server on 127.0.0.1:{} never answered:\n{}",
-        daemon.port,
-        daemon.log()
-    );
-}
-
 fn assert_json_content_type(resp: &HttpResponse, what: &str) {
     let ct = resp.header("content-type").unwrap_or_default();
     assert!(
@@ -145,7 +136,7 @@ fn status_is_404_until_the_first_backup_and_then_the_status_json() {
         .env("BACKUP_ON_START", "false")
         .env("BACKUP_INTERVAL_SECONDS", "3600");
     let mut daemon = cfg.daemon();
-    started(&daemon);
+    daemon.wait_until_serving();
 
     for target in ["/status", "/"] {
         let resp = http_get(daemon.port, target);
@@ -191,9 +182,7 @@ fn status_is_404_until_the_first_backup_and_then_the_status_json() {
     assert_json_content_type(&healthz, "GET /healthz");
     healthz.json();
 
-    let run = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{run}");
-    run.assert_code(0);
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -201,7 +190,7 @@ fn status_healthz_and_metrics_while_the_daemon_backs_up() {
     let app = SqliteApp::new(1);
     let before = Utc::now().timestamp() as f64;
     let mut daemon = app.backupd().env("BACKUP_INTERVAL_SECONDS", "2").daemon();
-    started(&daemon);
+    daemon.wait_until_serving();
 
     wait_for_code(&daemon, "/status", 200);
     assert_serves_status_file(&daemon, "/status", &app.status_file());
@@ -268,9 +257,7 @@ fn status_healthz_and_metrics_while_the_daemon_backs_up() {
         0.0
     );
 
-    let run = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{run}");
-    run.assert_code(0);
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -278,8 +265,7 @@ fn failed_backups_count_as_failures_and_healthz_gives_the_reason() {
     let Some(bin) = require_postgres() else {
         return;
     };
-    let work = temp_dir();
-    let dir = work.path().join("backups");
+    let (_work, dir) = temp_backup_dir();
     let port = free_port(); // nothing listens there
     let mut daemon = Backupd::for_database(
         format!("postgresql+psycopg://app:down-pw-31@127.0.0.1:{port}/appdb"),
@@ -290,7 +276,7 @@ fn failed_backups_count_as_failures_and_healthz_gives_the_reason() {
     .env("BACKUP_INTERVAL_SECONDS", "2")
     .env("BACKUP_RETRY_SECONDS", "0")
     .daemon();
-    started(&daemon);
+    daemon.wait_until_serving();
 
     let mut samples = Vec::new();
     let failed = poll(Duration::from_millis(200), Duration::from_secs(30), || {
@@ -321,9 +307,8 @@ fn failed_backups_count_as_failures_and_healthz_gives_the_reason() {
     let reason = assert_unhealthy(&http_get(daemon.port, "/healthz"), "every backup failed");
     assert!(!reason.contains("down-pw-31"), "the password in the reason");
 
-    let run = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{run}");
-    run.assert_code(0).assert_not_shown("down-pw-31");
+    let run = daemon.stop_cleanly();
+    run.assert_not_shown("down-pw-31");
     assert!(
         run.stderr.contains("backup failed"),
         "no `backup failed` log line:\n{run}"
@@ -347,7 +332,7 @@ fn only_the_four_paths_with_get_are_served_and_no_path_reaches_a_file() {
         .env("BACKUP_ON_START", "false")
         .env("BACKUP_INTERVAL_SECONDS", "3600")
         .daemon();
-    started(&daemon);
+    daemon.wait_until_serving();
     assert_eq!(http_get(daemon.port, "/status").status, 200);
 
     let leaks = |resp: &HttpResponse| {
@@ -389,9 +374,7 @@ fn only_the_four_paths_with_get_are_served_and_no_path_reaches_a_file() {
     // Still serving after all that.
     assert_eq!(http_get(daemon.port, "/healthz").status, 200);
 
-    let run = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{run}");
-    run.assert_code(0);
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -402,7 +385,7 @@ fn healthz_is_503_once_the_last_backup_is_older_than_the_max_age() {
         .env("HEALTH_MAX_AGE_SECONDS", "1")
         .env("BACKUP_INTERVAL_SECONDS", "3600");
     let mut daemon = cfg.daemon();
-    started(&daemon);
+    daemon.wait_until_serving();
     assert!(
         daemon.wait_for_log(GIVE_UP, |log| log.contains("backup finished")),
         "the start-up backup did not finish:\n{}",
@@ -426,7 +409,5 @@ fn healthz_is_503_once_the_last_backup_is_older_than_the_max_age() {
         .run_bounded(&["healthcheck"], Duration::from_secs(30));
     check.assert_code(0);
 
-    let run = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{run}");
-    run.assert_code(0);
+    daemon.stop_cleanly();
 }

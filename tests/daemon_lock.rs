@@ -80,9 +80,7 @@ fn daemon_skips_runs_while_the_lock_is_held_and_backs_up_after_release() {
         "{}",
         daemon.log()
     );
-    let run = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{run}");
-    run.assert_code(0);
+    daemon.stop_cleanly();
     assert_sha256sum_c(&dir.join(&files[0]));
 }
 
@@ -125,10 +123,9 @@ fn once_started_during_the_daemons_backup_waits_for_it_then_backs_up() {
     };
     let cluster = PgCluster::start_with_app(&bin, Some(1));
     cluster.create_big_table(150_000);
-    let work = temp_dir();
-    let dir = work.path().join("backups");
-    let cfg = Backupd::for_database(cluster.app_url(), &dir)
-        .path_prepend(&bin)
+    let (_work, dir) = temp_backup_dir();
+    let cfg = cluster
+        .backupd(&dir)
         .env("BACKUP_COMPRESSION_LEVEL", "9")
         .env("BACKUP_INTERVAL_SECONDS", "3600");
     let mut daemon = cfg.daemon();
@@ -180,19 +177,12 @@ fn once_started_during_the_daemons_backup_waits_for_it_then_backs_up() {
     eprintln!("{run}");
     let from_once = run.backup_path();
 
-    let done = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{done}");
-    done.assert_code(0);
+    daemon.stop_cleanly();
     let files = backup_files(&dir);
     assert_eq!(files.len(), 2, "{:?}", dir_names(&dir));
-    let once_name = from_once
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let once_name = file_name(&from_once);
     assert!(files.contains(&once_name), "{files:?}");
     for name in &files {
-        assert_gunzip_t(&dir.join(name));
-        assert_sha256sum_c(&dir.join(name));
+        assert_sound_backup(&dir.join(name));
     }
 }

@@ -59,10 +59,7 @@ fn run_until_backups(daemon: &mut Daemon, dir: &Path, old: &[String], count: usi
             daemon.log()
         );
     }
-    let run = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{run}");
-    run.assert_code(0);
-    run
+    daemon.stop_cleanly()
 }
 
 /// Every new backup is complete, has its sidecar and is listed in the
@@ -75,9 +72,7 @@ fn assert_backups_and_retention(dir: &Path, old: &[String], run: &RunResult, cou
         dir_names(dir)
     );
     for name in &new {
-        let path = dir.join(name);
-        assert_gunzip_t(&path);
-        assert_sha256sum_c(&path);
+        assert_sound_backup(&dir.join(name));
     }
     for name in old {
         let path = dir.join(name);
@@ -93,7 +88,7 @@ fn assert_backups_and_retention(dir: &Path, old: &[String], run: &RunResult, cou
         "work files left: {:?}",
         dir_names(dir)
     );
-    let status = read_status(&dir.join("backup-status.json"));
+    let status = read_status(&status_path(dir));
     let listed: Vec<&str> = status["backups"]
         .as_array()
         .unwrap_or_else(|| panic!("backups is not an array: {status:#}"))
@@ -179,19 +174,15 @@ fn postgres_daemon_backs_up_every_interval_applies_retention_and_stops_on_sigter
     let Some(bin) = require_postgres() else {
         return;
     };
-    let Some(_) = require_program("gunzip") else {
-        return;
-    };
-    let Some(_) = require_program("sha256sum") else {
+    let Some(_) = require_programs(&["gunzip", "sha256sum"]) else {
         return;
     };
     let cluster = PgCluster::start_with_app(&bin, Some(1));
-    let work = temp_dir();
-    let dir = work.path().join("backups");
+    let (_work, dir) = temp_backup_dir();
     let old = old_backups(&dir, Kind::Postgres);
 
-    let mut daemon = Backupd::for_database(cluster.app_url(), &dir)
-        .path_prepend(&bin)
+    let mut daemon = cluster
+        .backupd(&dir)
         .env("BACKUP_INTERVAL_SECONDS", "2")
         .env("BACKUP_RETENTION_DAYS", "1")
         .env("BACKUP_KEEP_MIN", "2")
@@ -303,19 +294,26 @@ fn schedule_is_read_in_the_tz_time_zone() {
     }
 }
 
-#[test]
-fn invalid_schedule_exits_2_naming_the_variable_and_the_field() {
-    let app = SqliteApp::new(1);
-    let mut daemon = app.backupd().env("BACKUP_SCHEDULE", "0 25 * * *").daemon();
+/// Waits for a daemon with a configuration error (`what`) to exit at
+/// start-up; asserts exit code 2 and returns the run.
+fn exits_at_start_up(mut daemon: Daemon, what: &str) -> RunResult {
     let Some(run) = daemon.wait_exit(Duration::from_secs(15)) else {
         panic!(
-            "an invalid BACKUP_SCHEDULE must stop the daemon at start-up; still running:\n{}",
+            "{what} must stop the daemon at start-up; still running:\n{}",
             daemon.log()
         );
     };
     eprintln!("{run}");
-    run.assert_code(2)
-        .assert_stderr_mentions(&["BACKUP_SCHEDULE", "hour"]);
+    run.assert_code(2);
+    run
+}
+
+#[test]
+fn invalid_schedule_exits_2_naming_the_variable_and_the_field() {
+    let app = SqliteApp::new(1);
+    let daemon = app.backupd().env("BACKUP_SCHEDULE", "0 25 * * *").daemon();
+    let run = exits_at_start_up(daemon, "an invalid BACKUP_SCHEDULE");
+    run.assert_stderr_mentions(&["BACKUP_SCHEDULE", "hour"]);
     assert!(
         backup_files(&app.dir).is_empty(),
         "a backup was taken despite the configuration error:\n{run}"
@@ -330,11 +328,7 @@ fn on_start_false_takes_no_backup_at_start_up() {
         .env("BACKUP_ON_START", "false")
         .env("BACKUP_INTERVAL_SECONDS", "3600")
         .daemon();
-    assert!(
-        wait_for_http(daemon.port, Duration::from_secs(15)),
-        "the status server never answered:\n{}",
-        daemon.log()
-    );
+    daemon.wait_until_serving();
     // An observation window, not a timing assertion: nothing may happen in it.
     std::thread::sleep(Duration::from_secs(2));
     assert!(daemon.is_running(), "the daemon exited:\n{}", daemon.log());
@@ -349,9 +343,7 @@ fn on_start_false_takes_no_backup_at_start_up() {
         "a backup ran:\n{}",
         daemon.log()
     );
-    let run = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{run}");
-    run.assert_code(0);
+    let run = daemon.stop_cleanly();
     assert!(backup_files(&app.dir).is_empty(), "{run}");
 }
 
@@ -359,17 +351,22 @@ fn failed_lines(log: &str) -> usize {
     log.lines().filter(|l| l.contains("backup failed")).count()
 }
 
+/// A daemon on the SQLite database `db` (which may not exist) backing up
+/// into `dir`: an interval of an hour, BACKUP_RETRY_SECONDS=`retry`.
+fn retrying_daemon(db: &Path, dir: &Path, retry: &str) -> Daemon {
+    Backupd::for_database(sqlite_url(db), dir)
+        .env("BACKUP_INTERVAL_SECONDS", "3600")
+        .env("BACKUP_RETRY_SECONDS", retry)
+        .daemon()
+}
+
 #[test]
 fn a_failed_run_is_retried_once_after_retry_seconds() {
     // The database file does not exist yet: the start-up run fails; it is
     // there by the time of the retry, which succeeds.
-    let work = temp_dir();
+    let (work, dir) = temp_backup_dir();
     let db = work.path().join("app.db");
-    let dir = work.path().join("backups");
-    let mut daemon = Backupd::for_database(sqlite_url(&db), &dir)
-        .env("BACKUP_INTERVAL_SECONDS", "3600")
-        .env("BACKUP_RETRY_SECONDS", "2")
-        .daemon();
+    let mut daemon = retrying_daemon(&db, &dir, "2");
     assert!(
         daemon.wait_for_log(GIVE_UP, |log| failed_lines(log) >= 1),
         "the start-up run on a missing database did not fail:\n{}",
@@ -386,24 +383,18 @@ fn a_failed_run_is_retried_once_after_retry_seconds() {
         "the failed run was not retried (BACKUP_RETRY_SECONDS=2, interval 3600):\n{}",
         daemon.log()
     );
-    let run = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{run}");
-    run.assert_code(0);
+    let run = daemon.stop_cleanly();
     assert_eq!(failed_lines(&run.stderr), 1, "{run}");
     assert_eq!(backup_files(&dir).len(), 1, "{:?}", dir_names(&dir));
-    let status = read_status(&dir.join("backup-status.json"));
+    let status = read_status(&status_path(&dir));
     assert!(status["last_error"].is_null(), "{status:#}");
 }
 
 #[test]
 fn a_failed_retry_is_not_retried_again() {
-    let work = temp_dir();
+    let (work, dir) = temp_backup_dir();
     let db = work.path().join("missing.db");
-    let dir = work.path().join("backups");
-    let mut daemon = Backupd::for_database(sqlite_url(&db), &dir)
-        .env("BACKUP_INTERVAL_SECONDS", "3600")
-        .env("BACKUP_RETRY_SECONDS", "1")
-        .daemon();
+    let mut daemon = retrying_daemon(&db, &dir, "1");
     assert!(
         daemon.wait_for_log(GIVE_UP, |log| failed_lines(log) >= 2),
         "no retry after the failed start-up run (BACKUP_RETRY_SECONDS=1):\n{}",
@@ -411,15 +402,13 @@ fn a_failed_retry_is_not_retried_again() {
     );
     // An observation window of three retry periods: no third attempt.
     std::thread::sleep(Duration::from_secs(3));
-    let run = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{run}");
-    run.assert_code(0);
+    let run = daemon.stop_cleanly();
     assert_eq!(
         failed_lines(&run.stderr),
         2,
         "a failed run is retried once, then waits for the schedule:\n{run}"
     );
-    let status = read_status(&dir.join("backup-status.json"));
+    let status = read_status(&status_path(&dir));
     assert!(status["last_error"].is_string(), "{status:#}");
     assert!(status["last_backup"].is_null(), "{status:#}");
 }
@@ -431,19 +420,14 @@ fn daemon_waits_for_postgresql_at_start_up() {
     };
     let mut cluster = PgCluster::start_with_app(&bin, Some(1));
     cluster.stop(StopMode::Fast);
-    let work = temp_dir();
-    let dir = work.path().join("backups");
-    let mut daemon = Backupd::for_database(cluster.app_url(), &dir)
-        .path_prepend(&bin)
+    let (_work, dir) = temp_backup_dir();
+    let mut daemon = cluster
+        .backupd(&dir)
         .env("DB_STARTUP_TIMEOUT", "60")
         .env("BACKUP_INTERVAL_SECONDS", "3600")
         .env("BACKUP_RETRY_SECONDS", "0")
         .daemon();
-    assert!(
-        wait_for_http(daemon.port, Duration::from_secs(15)),
-        "the status server never answered:\n{}",
-        daemon.log()
-    );
+    daemon.wait_until_serving();
     // The database comes up a little after backupd (as in `docker compose up`).
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -459,9 +443,8 @@ fn daemon_waits_for_postgresql_at_start_up() {
         "no start-up backup after PostgreSQL came up:\n{}",
         daemon.log()
     );
-    let run = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{run}");
-    run.assert_code(0).assert_not_shown(PG_APP_PASSWORD);
+    let run = daemon.stop_cleanly();
+    run.assert_not_shown(PG_APP_PASSWORD);
     assert_eq!(
         failed_lines(&run.stderr),
         0,
@@ -477,8 +460,7 @@ fn daemon_goes_on_after_db_startup_timeout() {
     };
     // Nothing listens: after DB_STARTUP_TIMEOUT the daemon stops waiting,
     // the run fails, and the daemon keeps running (and serving /healthz).
-    let work = temp_dir();
-    let dir = work.path().join("backups");
+    let (_work, dir) = temp_backup_dir();
     let port = free_port();
     let mut daemon = Backupd::for_database(
         format!("postgresql://app:pw-8812@127.0.0.1:{port}/appdb"),
@@ -496,9 +478,7 @@ fn daemon_goes_on_after_db_startup_timeout() {
     );
     assert!(daemon.is_running(), "{}", daemon.log());
     assert_eq!(http_get(daemon.port, "/healthz").status, 503);
-    let run = daemon.terminate(Duration::from_secs(15));
-    eprintln!("{run}");
-    run.assert_code(0).assert_not_shown("pw-8812");
+    daemon.stop_cleanly().assert_not_shown("pw-8812");
 }
 
 /// Asserts the first three run times of `schedule` are `step` seconds apart,
@@ -585,18 +565,10 @@ fn day_of_month_and_day_of_week_both_restricted_means_either_as_in_crontab() {
 #[test]
 fn invalid_time_zone_exits_2_naming_tz() {
     let app = SqliteApp::new(1);
-    let mut daemon = app
+    let daemon = app
         .backupd()
         .env("BACKUP_SCHEDULE", "0 3 * * *")
         .env("TZ", "Mars/Olympus_Mons")
         .daemon();
-    let Some(run) = daemon.wait_exit(Duration::from_secs(15)) else {
-        panic!(
-            "an unknown TZ must stop the daemon at start-up; still running:\n{}",
-            daemon.log()
-        );
-    };
-    eprintln!("{run}");
-    run.assert_code(2)
-        .assert_stderr_mentions(&["TZ", "Mars/Olympus_Mons"]);
+    exits_at_start_up(daemon, "an unknown TZ").assert_stderr_mentions(&["TZ", "Mars/Olympus_Mons"]);
 }

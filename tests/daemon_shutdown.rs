@@ -14,26 +14,21 @@ const SHUTDOWN_TIMEOUT: u64 = 8;
 /// A bound for an idle shutdown (a guard against hanging, not a timing test).
 const IDLE_BOUND: Duration = Duration::from_secs(SHUTDOWN_TIMEOUT + 2);
 
-fn sqlite_daemon(work: &std::path::Path, on_start: bool) -> (Daemon, std::path::PathBuf) {
-    let db = work.join("app.db");
-    sqlite_small(&db, 100);
-    let dir = work.join("backups");
-    let daemon = Backupd::for_database(sqlite_url(&db), &dir)
+fn sqlite_daemon(app: &SqliteApp, on_start: bool) -> Daemon {
+    let daemon = app
+        .backupd()
         .env("BACKUP_ON_START", if on_start { "true" } else { "false" })
         .env("BACKUP_INTERVAL_SECONDS", "3600")
         .env("BACKUP_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT.to_string())
         .daemon();
-    assert!(
-        wait_for_http(daemon.port, Duration::from_secs(15)),
-        "the status server never answered:\n{}",
-        daemon.log()
-    );
-    (daemon, dir)
+    daemon.wait_until_serving();
+    daemon
 }
 
 fn idle_signal_exits_0(signal: &str) {
-    let work = temp_dir();
-    let (mut daemon, dir) = sqlite_daemon(work.path(), false);
+    let app = SqliteApp::small(100);
+    let dir = &app.dir;
+    let mut daemon = sqlite_daemon(&app, false);
     daemon.signal(signal);
     let Some(run) = daemon.wait_exit(IDLE_BOUND) else {
         panic!(
@@ -43,7 +38,7 @@ fn idle_signal_exits_0(signal: &str) {
     };
     eprintln!("{run}");
     run.assert_code(0);
-    assert!(backup_files(&dir).is_empty(), "{:?}", dir_names(&dir));
+    assert!(backup_files(dir).is_empty(), "{:?}", dir_names(dir));
 }
 
 #[test]
@@ -58,8 +53,9 @@ fn sigint_while_idle_exits_0_promptly() {
 
 #[test]
 fn sigterm_after_a_backup_exits_0_and_keeps_the_good_status() {
-    let work = temp_dir();
-    let (mut daemon, dir) = sqlite_daemon(work.path(), true);
+    let app = SqliteApp::small(100);
+    let dir = &app.dir;
+    let mut daemon = sqlite_daemon(&app, true);
     assert!(
         daemon.wait_for_log(Duration::from_secs(20), |l| l.contains("backup finished")),
         "the start-up backup did not finish:\n{}",
@@ -68,9 +64,9 @@ fn sigterm_after_a_backup_exits_0_and_keeps_the_good_status() {
     let run = daemon.terminate(IDLE_BOUND);
     eprintln!("{run}");
     run.assert_code(0);
-    let backups = backup_files(&dir);
-    assert_eq!(backups.len(), 1, "{:?}", dir_names(&dir));
-    let status = read_status(&dir.join("backup-status.json"));
+    let backups = backup_files(dir);
+    assert_eq!(backups.len(), 1, "{:?}", dir_names(dir));
+    let status = read_status(&app.status_file());
     assert_success_status(&status, &dir.join(&backups[0]), "sqlite");
 }
 
@@ -83,10 +79,9 @@ fn sigterm_during_a_long_pg_dump_stops_it_and_records_the_cancellation() {
     // ~400k rows of ~140 bytes of poorly compressible text: at gzip level 9
     // the COPY lasts long enough to be caught in the act.
     cluster.create_big_table(400_000);
-    let work = temp_dir();
-    let dir = work.path().join("backups");
-    let mut daemon = Backupd::for_database(cluster.app_url(), &dir)
-        .path_prepend(&bin)
+    let (_work, dir) = temp_backup_dir();
+    let mut daemon = cluster
+        .backupd(&dir)
         .env("BACKUP_COMPRESSION_LEVEL", "9")
         .env("BACKUP_INTERVAL_SECONDS", "3600")
         .env("BACKUP_RETRY_SECONDS", "0")
@@ -171,7 +166,7 @@ fn sigterm_during_a_long_pg_dump_stops_it_and_records_the_cancellation() {
         "the cancelled backup left a file under a final name: {:?}",
         dir_names(&dir)
     );
-    let status = read_status(&dir.join("backup-status.json"));
+    let status = read_status(&status_path(&dir));
     assert_eq!(
         status["last_error"].as_str(),
         Some("cancelled by shutdown"),

@@ -30,18 +30,16 @@ fn assert_reason(run: &RunResult, any_of: &[&str]) {
 
 #[test]
 fn fresh_backup_is_healthy() {
-    let work = temp_dir();
-    let dir = work.path().join("backups");
-    write_status_file(&dir.join("backup-status.json"), Some(Utc::now()), None);
+    let (_work, dir) = temp_backup_dir();
+    write_status_file(&status_path(&dir), Some(Utc::now()), None);
     healthcheck(in_dir(&dir)).assert_code(0);
 }
 
 #[test]
 fn backup_three_days_old_is_stale_with_the_default_max_age() {
-    let work = temp_dir();
-    let dir = work.path().join("backups");
+    let (_work, dir) = temp_backup_dir();
     let when = Utc::now() - chrono::Duration::days(3);
-    write_status_file(&dir.join("backup-status.json"), Some(when), None);
+    write_status_file(&status_path(&dir), Some(when), None);
     let run = healthcheck(in_dir(&dir));
     run.assert_code(1);
     assert_reason(
@@ -59,8 +57,7 @@ fn backup_three_days_old_is_stale_with_the_default_max_age() {
 
 #[test]
 fn missing_status_file_is_unhealthy() {
-    let work = temp_dir();
-    let dir = work.path().join("backups");
+    let (work, dir) = temp_backup_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let run = healthcheck(in_dir(&dir));
     run.assert_code(1);
@@ -82,10 +79,9 @@ fn missing_status_file_is_unhealthy() {
 
 #[test]
 fn never_succeeded_is_unhealthy_and_says_why() {
-    let work = temp_dir();
-    let dir = work.path().join("backups");
+    let (_work, dir) = temp_backup_dir();
     let error = "pg_dump: connection to 127.0.0.1:5432 refused (err-5521)";
-    write_status_file(&dir.join("backup-status.json"), None, Some(error));
+    write_status_file(&status_path(&dir), None, Some(error));
     let run = healthcheck(in_dir(&dir));
     run.assert_code(1);
     assert!(
@@ -96,8 +92,7 @@ fn never_succeeded_is_unhealthy_and_says_why() {
 
 #[test]
 fn max_age_and_status_file_location_come_from_the_environment() {
-    let work = temp_dir();
-    let dir = work.path().join("backups");
+    let (work, dir) = temp_backup_dir();
     let elsewhere = work.path().join("state").join("status.json");
     let ten_minutes_ago = Utc::now() - chrono::Duration::minutes(10);
     write_status_file(&elsewhere, Some(ten_minutes_ago), None);
@@ -118,10 +113,9 @@ fn max_age_and_status_file_location_come_from_the_environment() {
 fn a_later_failure_does_not_hide_a_recent_success() {
     // A failed run keeps the last good values: still healthy while the last
     // success is young enough.
-    let work = temp_dir();
-    let dir = work.path().join("backups");
+    let (_work, dir) = temp_backup_dir();
     write_status_file(
-        &dir.join("backup-status.json"),
+        &status_path(&dir),
         Some(Utc::now() - chrono::Duration::hours(1)),
         Some("pg_dump failed"),
     );
@@ -130,9 +124,8 @@ fn a_later_failure_does_not_hide_a_recent_success() {
 
 #[test]
 fn unreadable_status_is_unhealthy() {
-    let work = temp_dir();
-    let dir = work.path().join("backups");
+    let (_work, dir) = temp_backup_dir();
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("backup-status.json"), "{ not json").unwrap();
+    std::fs::write(status_path(&dir), "{ not json").unwrap();
     healthcheck(in_dir(&dir)).assert_code(1);
 }

@@ -5,19 +5,17 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
 
 use common::*;
 
-const APP_PASSWORD: &str = "secret";
+const APP_PASSWORD: &str = PG_APP_PASSWORD;
 
-/// A cluster with role `app` (password `secret`) owning `appdb`, loaded with
-/// the fixtures at `scale`.
-fn app_cluster(bin: &std::path::Path, scale: u32) -> PgCluster {
-    let cluster = PgCluster::start(bin);
-    cluster.create_role("app", APP_PASSWORD);
-    cluster.createdb("appdb", "app");
-    cluster.load_fixtures("appdb", "app", APP_PASSWORD, scale);
-    cluster
+/// Gunzips a `.sql.gz` backup into `work/dump.sql` and returns its text.
+fn dump_text(backup: &Path, work: &Path) -> String {
+    let sql = work.join("dump.sql");
+    gunzip_to(backup, &sql);
+    fs::read_to_string(&sql).unwrap()
 }
 
 #[test]
@@ -25,37 +23,29 @@ fn pg_backup_restores_every_table_identically_and_never_shows_the_password() {
     let Some(bin) = require_postgres() else {
         return;
     };
-    let Some(_) = require_program("gunzip") else {
+    let Some(_) = require_programs(&["gunzip", "sha256sum"]) else {
         return;
     };
-    let Some(_) = require_program("sha256sum") else {
-        return;
-    };
-    let cluster = app_cluster(&bin, 2);
+    let cluster = PgCluster::start_with_app(&bin, Some(2));
 
-    let work = temp_dir();
-    let backup_dir = work.path().join("backups");
+    let (work, backup_dir) = temp_backup_dir();
     let wrappers = work.path().join("wrappers");
     let argv_log = work.path().join("argv.log");
     argv_logging_wrappers(&wrappers, &bin, &argv_log);
 
-    let url = cluster.url("postgresql+psycopg", "app", APP_PASSWORD, "appdb");
-    let run = Backupd::new()
+    let run = Backupd::for_database(cluster.app_url(), &backup_dir)
         .path_prepend(&wrappers)
-        .env("DATABASE_URL", &url)
-        .env("BACKUP_DIR", &backup_dir)
         .once();
     let backup = run.backup_path();
     run.assert_not_shown(APP_PASSWORD);
 
     // The file: where and how it is named, sound, with its checksum.
     assert_eq!(backup.parent(), Some(backup_dir.as_path()), "\n{run}");
-    let name = backup.file_name().unwrap().to_str().unwrap();
-    let (kind, _, _) = parse_backup_name(name)
+    let name = file_name(&backup);
+    let (kind, _, _) = parse_backup_name(&name)
         .unwrap_or_else(|| panic!("`{name}` is not pg_dump-YYYYMMDDTHHMMSSZ.sql.gz"));
     assert_eq!(kind, Kind::Postgres);
-    assert_gunzip_t(&backup);
-    assert_sha256sum_c(&backup);
+    assert_sound_backup(&backup);
     assert!(
         work_files(&backup_dir).is_empty(),
         "work files left behind: {:?}",
@@ -90,7 +80,7 @@ fn pg_backup_restores_every_table_identically_and_never_shows_the_password() {
     );
 
     // The status file.
-    let status_path = backup_dir.join("backup-status.json");
+    let status_path = status_path(&backup_dir);
     let status = read_status(&status_path);
     assert_success_status(&status, &backup, "postgresql");
 
@@ -125,9 +115,8 @@ fn pg_backup_reads_the_url_from_a_secret_file_with_quotes_and_cr() {
     let Some(_) = require_program("gunzip") else {
         return;
     };
-    let cluster = app_cluster(&bin, 1);
-    let work = temp_dir();
-    let backup_dir = work.path().join("backups");
+    let cluster = PgCluster::start_with_app(&bin, Some(1));
+    let (work, backup_dir) = temp_backup_dir();
 
     // A Docker secret written on Windows: quoted, CRLF line end.
     let secret_file = work.path().join("database_url");
@@ -144,18 +133,8 @@ fn pg_backup_reads_the_url_from_a_secret_file_with_quotes_and_cr() {
         .once();
     let backup = run.backup_path();
     run.assert_not_shown(APP_PASSWORD);
-    assert!(
-        backup
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with("pg_dump-"),
-        "\n{run}"
-    );
-    let sql = work.path().join("dump.sql");
-    gunzip_to(&backup, &sql);
-    let sql = fs::read_to_string(&sql).unwrap();
+    assert!(file_name(&backup).starts_with("pg_dump-"), "\n{run}");
+    let sql = dump_text(&backup, work.path());
     assert!(
         sql.contains("CREATE TABLE public.users"),
         "the dump lacks the fixture's users table"
@@ -168,17 +147,9 @@ fn pg_sqlalchemy_uri_takes_precedence_over_database_url() {
     let Some(bin) = require_postgres() else {
         return;
     };
-    let cluster = PgCluster::start(&bin);
-    cluster.create_role("app", APP_PASSWORD);
-    cluster.createdb("appdb", "app");
-    cluster.psql_as(
-        "appdb",
-        "app",
-        APP_PASSWORD,
-        "CREATE TABLE marker (id int PRIMARY KEY); INSERT INTO marker VALUES (42);",
-    );
-    let work = temp_dir();
-    let backup_dir = work.path().join("backups");
+    let cluster = PgCluster::start_with_app(&bin, None);
+    cluster.psql_app("CREATE TABLE marker (id int PRIMARY KEY); INSERT INTO marker VALUES (42);");
+    let (work, backup_dir) = temp_backup_dir();
 
     // DATABASE_URL points at a database that does not exist; the
     // SQLAlchemy variable (plain postgres:// form) wins.
@@ -196,9 +167,7 @@ fn pg_sqlalchemy_uri_takes_precedence_over_database_url() {
         .once();
     let backup = run.backup_path();
     run.assert_not_shown(APP_PASSWORD);
-    let sql = work.path().join("dump.sql");
-    gunzip_to(&backup, &sql);
-    let sql = fs::read_to_string(&sql).unwrap();
+    let sql = dump_text(&backup, work.path());
     assert!(
         sql.contains("CREATE TABLE public.marker"),
         "the dump is not of appdb"

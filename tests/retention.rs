@@ -60,10 +60,8 @@ fn populate(dir: &Path, now: DateTime<Utc>) -> OldBackups {
     old
 }
 
-fn run_backup(dir: &Path, db: &Path, retention_days: &str) -> RunResult {
-    Backupd::new()
-        .env("DATABASE_URL", sqlite_url(db))
-        .env("BACKUP_DIR", dir)
+fn run_backup(app: &SqliteApp, retention_days: &str) -> RunResult {
+    app.backupd()
         .env("BACKUP_RETENTION_DAYS", retention_days)
         .env("BACKUP_KEEP_MIN", "3")
         .once()
@@ -83,7 +81,7 @@ fn assert_unrelated_files_survive(dir: &Path) {
 
 /// The backup names in the status file, checked to be newest first.
 fn status_backups(dir: &Path) -> Vec<String> {
-    let status = read_status(&dir.join("backup-status.json"));
+    let status = read_status(&status_path(dir));
     status["backups"]
         .as_array()
         .unwrap_or_else(|| panic!("backups is not an array: {status:#}"))
@@ -102,15 +100,13 @@ fn newest_first(mut names: Vec<String>) -> Vec<String> {
 
 #[test]
 fn old_backups_go_with_their_sidecars_the_newest_three_of_each_kind_stay() {
-    let work = temp_dir();
-    let db = work.path().join("app.db");
-    sqlite_small(&db, 50);
-    let dir = work.path().join("backups");
-    let old = populate(&dir, Utc::now());
+    let app = SqliteApp::small(50);
+    let dir = &app.dir;
+    let old = populate(dir, Utc::now());
 
-    let run = run_backup(&dir, &db, "2");
+    let run = run_backup(&app, "2");
     let new = run.backup_path();
-    let new_name = new.file_name().unwrap().to_str().unwrap().to_string();
+    let new_name = file_name(&new);
 
     // SQLite: the new one plus the two newest old ones (6 and 7 days).
     // PostgreSQL: the three newest old ones (6, 7, 8 days); no new one.
@@ -124,28 +120,28 @@ fn old_backups_go_with_their_sidecars_the_newest_three_of_each_kind_stay() {
             assert!(
                 path.exists(),
                 "{name} ({days} days old) is among the newest 3 of its kind and must stay; dir: {:?}",
-                dir_names(&dir)
+                dir_names(dir)
             );
             assert!(sidecar_path(&path).exists(), "{name}.sha256 was deleted");
         } else {
             assert!(
                 !path.exists(),
                 "{name} ({days} days old) should have been deleted; dir: {:?}",
-                dir_names(&dir)
+                dir_names(dir)
             );
             assert!(
                 !sidecar_path(&path).exists(),
                 "{name}.sha256 outlived its backup; dir: {:?}",
-                dir_names(&dir)
+                dir_names(dir)
             );
         }
     }
-    assert_unrelated_files_survive(&dir);
+    assert_unrelated_files_survive(dir);
     let expected_kept = newest_first(expected_kept);
-    assert_eq!(newest_first(backup_files(&dir)), expected_kept);
+    assert_eq!(newest_first(backup_files(dir)), expected_kept);
 
     // No orphan sidecars.
-    for name in dir_names(&dir) {
+    for name in dir_names(dir) {
         if let Some(base) = name.strip_suffix(".sha256") {
             assert!(dir.join(base).exists(), "orphan sidecar {name}");
         }
@@ -153,7 +149,7 @@ fn old_backups_go_with_their_sidecars_the_newest_three_of_each_kind_stay() {
 
     // The status file lists exactly the backups, newest first.
     assert_eq!(
-        status_backups(&dir),
+        status_backups(dir),
         expected_kept,
         "status `backups` must list the remaining backup files, newest first"
     );
@@ -161,28 +157,26 @@ fn old_backups_go_with_their_sidecars_the_newest_three_of_each_kind_stay() {
 
 #[test]
 fn retention_days_zero_deletes_nothing() {
-    let work = temp_dir();
-    let db = work.path().join("app.db");
-    sqlite_small(&db, 50);
-    let dir = work.path().join("backups");
-    let old = populate(&dir, Utc::now());
+    let app = SqliteApp::small(50);
+    let dir = &app.dir;
+    let old = populate(dir, Utc::now());
 
-    let run = run_backup(&dir, &db, "0");
+    let run = run_backup(&app, "0");
     let new = run.backup_path();
     for (name, _) in old.sqlite.iter().chain(&old.postgres) {
         let path = dir.join(name);
         assert!(path.exists(), "{name} deleted with retention off");
         assert!(sidecar_path(&path).exists(), "{name}.sha256 deleted");
     }
-    assert_unrelated_files_survive(&dir);
+    assert_unrelated_files_survive(dir);
     let mut all: Vec<String> = old
         .sqlite
         .iter()
         .chain(&old.postgres)
         .map(|(n, _)| n.clone())
         .collect();
-    all.push(new.file_name().unwrap().to_str().unwrap().to_string());
+    all.push(file_name(&new));
     let all = newest_first(all);
-    assert_eq!(newest_first(backup_files(&dir)), all);
-    assert_eq!(status_backups(&dir), all);
+    assert_eq!(newest_first(backup_files(dir)), all);
+    assert_eq!(status_backups(dir), all);
 }

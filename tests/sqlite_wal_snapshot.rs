@@ -45,11 +45,10 @@ fn snapshot_contains_commits_that_live_only_in_the_wal() {
     let Some(_) = require_program("gunzip") else {
         return;
     };
-    let work = temp_dir();
-    let db = work.path().join("app.db");
-    sqlite_fixture(&db, 1, true);
+    let app = SqliteApp::new(1);
+    let (work, db) = (&app.work, &app.db);
 
-    let writer = app_writer(&db);
+    let writer = app_writer(db);
     writer.execute_batch("BEGIN").unwrap();
     for seq in 0..200 {
         insert_audit(&writer, seq);
@@ -61,22 +60,18 @@ fn snapshot_contains_commits_that_live_only_in_the_wal() {
             [],
         )
         .unwrap();
-    let wal_len = fs::metadata(wal_path(&db)).map(|m| m.len()).unwrap_or(0);
+    let wal_len = fs::metadata(wal_path(db)).map(|m| m.len()).unwrap_or(0);
     assert!(
         wal_len > 0,
         "the writer's commits should be in the -wal file, which is empty"
     );
     let expected = sqlite_contents(&writer);
 
-    let backup_dir = work.path().join("backups");
-    let run = Backupd::new()
-        .env("DATABASE_URL", sqlite_url(&db))
-        .env("BACKUP_DIR", &backup_dir)
-        .once();
+    let run = app.backupd().once();
     let backup = run.backup_path();
-    let name = backup.file_name().unwrap().to_str().unwrap();
+    let name = file_name(&backup);
     assert_eq!(
-        parse_backup_name(name).map(|(k, _, _)| k),
+        parse_backup_name(&name).map(|(k, _, _)| k),
         Some(Kind::Sqlite),
         "`{name}` is not sqlite-YYYYMMDDTHHMMSSZ.db.gz"
     );
@@ -93,7 +88,7 @@ fn snapshot_contains_commits_that_live_only_in_the_wal() {
 
     // The app's database is untouched and the app can go on writing.
     insert_audit(&writer, 1000);
-    let status = read_status(&backup_dir.join("backup-status.json"));
+    let status = read_status(&app.status_file());
     assert_success_status(&status, &backup, "sqlite");
 }
 
@@ -102,9 +97,8 @@ fn snapshot_taken_while_the_app_keeps_writing_is_consistent() {
     let Some(_) = require_program("gunzip") else {
         return;
     };
-    let work = temp_dir();
-    let db = work.path().join("app.db");
-    sqlite_fixture(&db, 2, true);
+    let app = SqliteApp::new(2);
+    let (work, db) = (&app.work, &app.db);
 
     let committed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -131,11 +125,7 @@ fn snapshot_taken_while_the_app_keeps_writing_is_consistent() {
     .expect("the writer thread commits nothing");
     let before = committed.load(Ordering::SeqCst);
 
-    let backup_dir = work.path().join("backups");
-    let run = Backupd::new()
-        .env("DATABASE_URL", sqlite_url(&db))
-        .env("BACKUP_DIR", &backup_dir)
-        .once();
+    let run = app.backupd().once();
     stop.store(true, Ordering::SeqCst);
     let total = writer.join().expect("the writer thread panicked");
     let backup = run.backup_path();

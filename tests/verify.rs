@@ -42,7 +42,8 @@ fn damaged_copy(src: &Path, dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u
 
 /// The same damage cases for a real backup of either kind.
 fn check_damage_is_detected(backup: &Path, work: &Path, kind: Kind) {
-    let name = backup.file_name().unwrap().to_str().unwrap();
+    let name = file_name(backup);
+    let name = name.as_str();
     let ok = verify(backup);
     assert_eq!(ok.code, 0, "a fresh backup must verify:\n{ok}");
 
@@ -82,18 +83,13 @@ fn check_damage_is_detected(backup: &Path, work: &Path, kind: Kind) {
 
 #[test]
 fn sqlite_backup_verifies_and_damage_is_detected() {
-    let work = temp_dir();
-    let db = work.path().join("app.db");
-    sqlite_fixture(&db, 1, false);
-    let run = Backupd::new()
-        .env("DATABASE_URL", sqlite_url(&db))
-        .env("BACKUP_DIR", work.path().join("backups"))
-        .once();
+    let app = SqliteApp::fixture(1, false);
+    let run = app.backupd().once();
     let backup = run.backup_path();
-    check_damage_is_detected(&backup, work.path(), Kind::Sqlite);
+    check_damage_is_detected(&backup, app.work.path(), Kind::Sqlite);
 
     // A sound gzip whose content is not a SQLite database.
-    let not_db = work.path().join("sqlite-20260103T000000Z.db.gz");
+    let not_db = app.work.path().join("sqlite-20260103T000000Z.db.gz");
     write_gzip(&not_db, &b"this is not a database\n".repeat(500));
     assert_rejected(&not_db, "a .db.gz that holds no SQLite database");
 }
@@ -103,19 +99,9 @@ fn pg_backup_verifies_and_damage_is_detected() {
     let Some(bin) = require_postgres() else {
         return;
     };
-    let cluster = PgCluster::start(&bin);
-    cluster.create_role("app", "secret");
-    cluster.createdb("appdb", "app");
-    cluster.load_fixtures("appdb", "app", "secret", 1);
-    let work = temp_dir();
-    let run = Backupd::new()
-        .path_prepend(&bin)
-        .env(
-            "DATABASE_URL",
-            cluster.url("postgresql+psycopg", "app", "secret", "appdb"),
-        )
-        .env("BACKUP_DIR", work.path().join("backups"))
-        .once();
+    let cluster = PgCluster::start_with_app(&bin, Some(1));
+    let (work, backup_dir) = temp_backup_dir();
+    let run = cluster.backupd(&backup_dir).once();
     let backup = run.backup_path();
     check_damage_is_detected(&backup, work.path(), Kind::Postgres);
 }

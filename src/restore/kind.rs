@@ -72,11 +72,24 @@ mod tests {
     #[test]
     fn every_accepted_extension_is_recognised() {
         let sql_gz = classify("pg_dump-20260101T000000Z.sql.gz").unwrap();
-        assert_eq!((sql_gz.payload, sql_gz.gzip, sql_gz.encrypted), (Payload::PlainSql, true, false));
+        assert_eq!(
+            (sql_gz.payload, sql_gz.gzip, sql_gz.encrypted),
+            (Payload::PlainSql, true, false)
+        );
         let enc = classify("app.dump.gz.enc").unwrap();
-        assert_eq!((enc.payload, enc.gzip, enc.encrypted), (Payload::CustomDump, true, true));
+        assert_eq!(
+            (enc.payload, enc.gzip, enc.encrypted),
+            (Payload::CustomDump, true, true)
+        );
         assert_eq!(classify("my backup ü.db").unwrap().payload, Payload::Sqlite);
-        for name in ["notes.txt", ".sql", ".hidden.sql.gz", "x.sql.gz.partial", "x.gz", "x.tmp"] {
+        for name in [
+            "notes.txt",
+            ".sql",
+            ".hidden.sql.gz",
+            "x.sql.gz.partial",
+            "x.gz",
+            "x.tmp",
+        ] {
             assert_eq!(classify(name), None, "{name}");
         }
     }

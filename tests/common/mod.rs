@@ -67,6 +67,15 @@ pub fn require_program(program: &str) -> Option<PathBuf> {
     require(&format!("`{program}` on PATH"), which(program))
 }
 
+/// `require_program` for each of `programs`, in order (stops at the first
+/// missing one).
+pub fn require_programs(programs: &[&str]) -> Option<()> {
+    for program in programs {
+        require_program(program)?;
+    }
+    Some(())
+}
+
 /// The effective user id of this test process (from /proc; Linux only).
 pub fn euid() -> u32 {
     let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
@@ -110,6 +119,18 @@ pub fn temp_dir() -> TempDir {
         .prefix("backupd-test-")
         .tempdir()
         .expect("create a temporary directory")
+}
+
+/// A fresh temporary directory and its (not yet created) `backups/` folder.
+pub fn temp_backup_dir() -> (TempDir, PathBuf) {
+    let work = temp_dir();
+    let dir = work.path().join("backups");
+    (work, dir)
+}
+
+/// The final component of `path` as a `String`.
+pub fn file_name(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
 }
 
 /// A localhost TCP port that nothing listens on right now.
@@ -318,6 +339,17 @@ pub fn assert_sha256sum_c(backup: &Path) {
             .arg(side.file_name().unwrap())
             .current_dir(dir),
     );
+}
+
+/// A backup is sound: `gunzip -t` and `sha256sum -c` accept it.
+pub fn assert_sound_backup(backup: &Path) {
+    assert_gunzip_t(backup);
+    assert_sha256sum_c(backup);
+}
+
+/// The default status file in the backup folder `dir`.
+pub fn status_path(dir: &Path) -> PathBuf {
+    dir.join("backup-status.json")
 }
 
 /// Reads and parses the status JSON.
@@ -804,21 +836,27 @@ impl PgCluster {
         )
     }
 
+    /// backupd for the app's database (as the app's role), backing up into
+    /// `dir`, with this PostgreSQL's programs first on PATH.
+    pub fn backupd(&self, dir: &Path) -> Backupd {
+        Backupd::for_database(self.app_url(), dir).path_prepend(&self.bin)
+    }
+
+    /// Runs SQL in the app's database as the app's role.
+    pub fn psql_app(&self, sql: &str) -> String {
+        self.psql_as(PG_APP_DB, PG_APP_USER, PG_APP_PASSWORD, sql)
+    }
+
     /// Adds table `big` to the app's database: `rows` rows of ~140 bytes of
     /// poorly compressible text, so that dumping it at gzip level 9 takes a
     /// while.
     pub fn create_big_table(&self, rows: u32) {
-        self.psql_as(
-            PG_APP_DB,
-            PG_APP_USER,
-            PG_APP_PASSWORD,
-            &format!(
-                "CREATE TABLE big (id bigint NOT NULL, payload text NOT NULL); \
-                 INSERT INTO big SELECT i, md5(i::text) || md5((i * 7)::text) \
-                 || md5((i * 13)::text) || md5((i * 31)::text) \
-                 FROM generate_series(1, {rows}) AS i;"
-            ),
-        );
+        self.psql_app(&format!(
+            "CREATE TABLE big (id bigint NOT NULL, payload text NOT NULL); \
+             INSERT INTO big SELECT i, md5(i::text) || md5((i * 7)::text) \
+             || md5((i * 13)::text) || md5((i * 31)::text) \
+             FROM generate_series(1, {rows}) AS i;"
+        ));
     }
 
     /// The server pids of the sessions running a `COPY` in `db` (pg_dump
@@ -1100,9 +1138,8 @@ pub fn sqlite_small(path: &Path, rows: u32) {
     .unwrap();
 }
 
-/// An app on SQLite: the fixture database (`app.db`) at `scale` in WAL
-/// mode in a temporary directory, and its backup folder `backups/` next to
-/// it (not created).
+/// An app on SQLite: its database (`app.db`) in a temporary directory, and
+/// its backup folder `backups/` next to it (not created).
 pub struct SqliteApp {
     pub work: TempDir,
     pub db: PathBuf,
@@ -1110,11 +1147,26 @@ pub struct SqliteApp {
 }
 
 impl SqliteApp {
+    /// The fixture database at `scale` in WAL mode.
     pub fn new(scale: u32) -> Self {
-        let work = temp_dir();
+        Self::fixture(scale, true)
+    }
+
+    /// The fixture database at `scale`, in WAL mode when `wal`
+    /// (journal_mode=DELETE otherwise).
+    pub fn fixture(scale: u32, wal: bool) -> Self {
+        Self::with_db(|db| sqlite_fixture(db, scale, wal))
+    }
+
+    /// A small database of `rows` rows ([`sqlite_small`]).
+    pub fn small(rows: u32) -> Self {
+        Self::with_db(|db| sqlite_small(db, rows))
+    }
+
+    fn with_db(create: impl FnOnce(&Path)) -> Self {
+        let (work, dir) = temp_backup_dir();
         let db = work.path().join("app.db");
-        sqlite_fixture(&db, scale, true);
-        let dir = work.path().join("backups");
+        create(&db);
         SqliteApp { work, db, dir }
     }
 
@@ -1125,7 +1177,7 @@ impl SqliteApp {
 
     /// The default status file in the backup folder.
     pub fn status_file(&self) -> PathBuf {
-        self.dir.join("backup-status.json")
+        status_path(&self.dir)
     }
 }
 
@@ -1428,6 +1480,25 @@ impl Daemon {
                 self.log()
             ),
         }
+    }
+
+    /// Asserts that its status server answers within 15 s.
+    pub fn wait_until_serving(&self) {
+        assert!(
+            wait_for_http(self.port, Duration::from_secs(15)),
+            "the status server on 127.0.0.1:{} never answered:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// SIGTERM, waits up to 15 s for the exit, prints the run and asserts
+    /// exit code 0.
+    pub fn stop_cleanly(&mut self) -> RunResult {
+        let run = self.terminate(Duration::from_secs(15));
+        eprintln!("{run}");
+        run.assert_code(0);
+        run
     }
 
     /// The processes whose parent is the daemon (pid, command name).
