@@ -1,1 +1,1306 @@
-//! PostgreSQL restore strategies (being written).
+//! Restoring a checked PostgreSQL dump into the live database.
+//!
+//! **Staging** (the default): the dump is loaded into a new database
+//! `<db>_restore_<stamp>`; only when that load succeeded are the live
+//! database and the new one swapped by two renames in one transaction, the
+//! old one staying as `<db>_pre_restore_<stamp>`. A failed or cancelled load
+//! drops the staging database, so the live one is never changed.
+//!
+//! **Inplace** (for roles without `CREATEDB`, or without room for a second
+//! copy): the live database is dropped and created again (or, without
+//! `CREATEDB`, emptied with `DROP OWNED BY CURRENT_USER`) and then loaded.
+//! A failed load leaves it empty; the safety backup is the way back.
+//!
+//! Every child gets its connection settings as libpq environment variables
+//! (the password never reaches an argv), and everything it prints passes
+//! through [`PgTarget::mask`] before it is logged or returned.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::time::Duration;
+
+use flate2::read::MultiGzDecoder;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::process::{ChildStdin, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::PgTarget;
+use crate::error::{Error, Result};
+use crate::restore::kind::{FileKind, Payload};
+
+/// PostgreSQL's identifier limit (NAMEDATALEN - 1 bytes).
+const MAX_IDENTIFIER: usize = 63;
+const STAGING_SUFFIX: &str = "_restore_";
+const PREVIOUS_SUFFIX: &str = "_pre_restore_";
+/// `YYYYMMDDTHHMMSSZ`.
+const STAMP_LEN: usize = 16;
+/// How often the swap is tried when sessions reconnect to the live database
+/// between their termination and the rename.
+const SWAP_ATTEMPTS: u32 = 4;
+const CHUNK: usize = 256 * 1024;
+/// Separates fields in the maintenance queries' output.
+const FIELD_SEP: &str = "\u{1f}";
+const STDERR_TAIL: usize = 10;
+
+/// How the dump reaches the live database (`RESTORE_PG_STRATEGY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Load into a new database, then swap it in by renaming.
+    #[default]
+    Staging,
+    /// Drop (or empty) the live database, then load into it.
+    Inplace,
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+
+    /// `staging` or `inplace` (case-insensitive); empty means the default.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "staging" => Ok(Strategy::Staging),
+            "inplace" => Ok(Strategy::Inplace),
+            _ => Err(format!(
+                "unknown PostgreSQL restore strategy '{}': use 'staging' (load into a new database, then swap it in; the default) or 'inplace' (drop, create, load: a failed load leaves an empty or partial database)",
+                s.trim()
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::Staging => "staging",
+            Strategy::Inplace => "inplace",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub strategy: Strategy,
+    /// How many `<db>_pre_restore_*` databases to keep (`RESTORE_KEEP_PREVIOUS`).
+    pub keep_previous: usize,
+    /// `YYYYMMDDTHHMMSSZ` of this run, used in the database names.
+    pub stamp: String,
+}
+
+impl Options {
+    /// The defaults: staging, one previous database kept.
+    pub fn new(stamp: impl Into<String>) -> Self {
+        Options {
+            strategy: Strategy::Staging,
+            keep_previous: 1,
+            stamp: stamp.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The live database that now holds the dump's contents.
+    pub database: String,
+    /// The replaced database, kept under this name.
+    pub previous: Option<String>,
+    /// Older previous databases dropped by `keep_previous`.
+    pub dropped: Vec<String>,
+    /// Bytes fed to psql/pg_restore (decompressed).
+    pub bytes_loaded: u64,
+}
+
+/// `<db>_restore_<stamp>`, the base shortened (at a character boundary) so
+/// the whole name fits PostgreSQL's 63 bytes.
+pub fn staging_name(db: &str, stamp: &str) -> String {
+    suffixed(db, STAGING_SUFFIX, stamp)
+}
+
+/// `<db>_pre_restore_<stamp>`, shortened like [`staging_name`].
+pub fn previous_name(db: &str, stamp: &str) -> String {
+    suffixed(db, PREVIOUS_SUFFIX, stamp)
+}
+
+fn suffixed(db: &str, suffix: &str, stamp: &str) -> String {
+    let room = MAX_IDENTIFIER.saturating_sub(suffix.len() + stamp.len());
+    let mut end = db.len().min(room);
+    while !db.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}{stamp}", &db[..end])
+}
+
+/// `YYYYMMDDTHHMMSSZ`, digits where digits belong.
+fn is_stamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == STAMP_LEN
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+}
+
+fn check_stamp(stamp: &str) -> Result<()> {
+    if is_stamp(stamp) {
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "internal: restore stamp '{stamp}' is not of the form YYYYMMDDTHHMMSSZ"
+        )))
+    }
+}
+
+/// The stamp of a previous database of `db`, when `name` is exactly
+/// `<db>_pre_restore_<stamp>`.
+fn previous_stamp<'n>(db: &str, name: &'n str) -> Option<&'n str> {
+    let prefix = suffixed(db, PREVIOUS_SUFFIX, &"0".repeat(STAMP_LEN));
+    let prefix = &prefix[..prefix.len() - STAMP_LEN];
+    name.strip_prefix(prefix).filter(|s| is_stamp(s))
+}
+
+/// `"name"` with embedded quotes doubled.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A string literal that reads the same whatever standard_conforming_strings is.
+fn literal(value: &str) -> String {
+    if value.contains('\\') {
+        format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", value.replace('\'', "''"))
+    }
+}
+
+/// `dbname='…'` for `-d`: a connection string, so a name containing `=` is
+/// never read as one, while every other setting still comes from the
+/// environment.
+fn conninfo(dbname: &str) -> String {
+    format!(
+        "dbname='{}'",
+        dbname.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
+/// A libpq program for database `dbname` of `target`: settings from the
+/// environment only, killed when dropped.
+fn pg_command(program: &str, target: &PgTarget, dbname: &str) -> Command {
+    let mut cmd = Command::new(program);
+    for var in [
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGDATABASE",
+        "PGSERVICE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(target.libpq_env())
+        .env("PGDATABASE", dbname)
+        .arg("-d")
+        .arg(conninfo(dbname))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn failed(target: &PgTarget, reason: impl fmt::Display) -> Error {
+    Error::Other(format!("restore of {target} failed: {reason}"))
+}
+
+/// Adds what went wrong while cleaning up to an error.
+fn with_note(err: Error, note: Option<String>) -> Error {
+    match (err, note) {
+        (Error::Other(msg), Some(note)) => Error::Other(format!("{msg}; {note}")),
+        (err, Some(note)) => {
+            tracing::error!("{note}");
+            err
+        }
+        (err, None) => err,
+    }
+}
+
+// ------------------------------------------------------------------ stderr
+
+/// What a child printed on stderr, already masked: the first error (with
+/// its DETAIL/HINT lines) and the last few lines.
+#[derive(Debug, Default)]
+struct StderrLog {
+    first_error: Option<String>,
+    context: Vec<String>,
+    after_error: bool,
+    tail: VecDeque<String>,
+}
+
+impl StderrLog {
+    fn push(&mut self, line: &str) {
+        let line = line.trim();
+        if line.is_empty() {
+            return;
+        }
+        let is_context = line.starts_with("DETAIL:") || line.starts_with("HINT:");
+        if self.first_error.is_none() {
+            if line.contains("ERROR:") || line.contains("FATAL:") || line.contains("error:") {
+                self.first_error = Some(line.to_string());
+                self.after_error = true;
+            }
+        } else if self.after_error && is_context && self.context.len() < 2 {
+            self.context.push(line.to_string());
+        } else if !line.starts_with("LINE ") && !line.ends_with('^') {
+            self.after_error = false;
+        }
+        if self.tail.len() == STDERR_TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+    }
+
+    fn summary(&self) -> String {
+        match &self.first_error {
+            Some(first) => {
+                let mut parts = vec![first.clone()];
+                parts.extend(self.context.iter().cloned());
+                parts.join(" ")
+            }
+            None if self.tail.is_empty() => "no error message".to_string(),
+            None => self.tail.iter().cloned().collect::<Vec<_>>().join(" | "),
+        }
+    }
+
+    fn contains(&self, needle: &str) -> bool {
+        self.first_error
+            .as_deref()
+            .is_some_and(|l| l.contains(needle))
+            || self.context.iter().any(|l| l.contains(needle))
+            || self.tail.iter().any(|l| l.contains(needle))
+    }
+}
+
+/// Reads a child's stderr to the end (bytes, so invalid UTF-8 never stops
+/// the reading and blocks the child), logging each line masked.
+async fn read_stderr(
+    stderr: tokio::process::ChildStderr,
+    target: PgTarget,
+    program: &'static str,
+) -> StderrLog {
+    let mut log = StderrLog::default();
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = target.mask(String::from_utf8_lossy(&buf).trim_end());
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.contains("NOTICE:") {
+            tracing::debug!(target: "backupd::restore", "{program}: {line}");
+        } else {
+            tracing::warn!(target: "backupd::restore", "{program}: {line}");
+        }
+        log.push(&line);
+    }
+    log
+}
+
+// ------------------------------------------------------------------ SQL
+
+/// A maintenance statement that failed; `log` is masked.
+#[derive(Debug)]
+struct SqlFailure {
+    log: StderrLog,
+}
+
+impl SqlFailure {
+    fn summary(&self) -> String {
+        self.log.summary()
+    }
+}
+
+/// Runs `script` through psql in `dbname`, statement by statement (so
+/// CREATE/DROP DATABASE work), stopping at the first error. Returns the
+/// rows: unaligned, tuples only, fields separated by [`FIELD_SEP`].
+async fn run_sql(
+    target: &PgTarget,
+    dbname: &str,
+    script: &str,
+) -> std::result::Result<String, SqlFailure> {
+    let mut child = pg_command("psql", target, dbname)
+        .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1", "-F"])
+        .arg(FIELD_SEP)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            let mut log = StderrLog::default();
+            log.push(&format!(
+                "error: cannot run psql: {e} (is the PostgreSQL client installed and on PATH?)"
+            ));
+            SqlFailure { log }
+        })?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // psql that cannot connect exits without reading: its stderr says why.
+    let written = stdin.write_all(script.as_bytes()).await;
+    drop(stdin);
+    let out = child.wait_with_output().await;
+    let mut log = StderrLog::default();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            log.push(&format!("error: waiting for psql: {e}"));
+            return Err(SqlFailure { log });
+        }
+    };
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        let line = target.mask(line);
+        tracing::debug!(target: "backupd::restore", "psql: {line}");
+        log.push(&line);
+    }
+    if !out.status.success() {
+        if log.first_error.is_none() {
+            log.push(&format!("error: psql exited with {}", out.status));
+        }
+        return Err(SqlFailure { log });
+    }
+    if let Err(e) = written {
+        log.push(&format!("error: writing to psql: {e}"));
+        return Err(SqlFailure { log });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Encoding and locale of an existing database, copied to the one that
+/// replaces it.
+#[derive(Debug, Clone)]
+struct DbInfo {
+    encoding: String,
+    collate: String,
+    ctype: String,
+    /// `c` libc, `i` icu, `b` builtin.
+    provider: String,
+    locale: String,
+    /// The current role may rename and drop it.
+    owned: bool,
+}
+
+/// The server as seen from a maintenance database.
+struct Server<'a> {
+    target: &'a PgTarget,
+    /// The live database.
+    db: String,
+    maintenance: &'static str,
+    version: u32,
+    user: String,
+    superuser: bool,
+    createdb: bool,
+}
+
+impl<'a> Server<'a> {
+    /// Connects to `postgres` (or `template1` when that is missing, not
+    /// allowed, or the live database itself) and asks who we are.
+    async fn connect(target: &'a PgTarget) -> Result<Server<'a>> {
+        let db = target
+            .dbname
+            .clone()
+            .or_else(|| target.user.clone())
+            .ok_or_else(|| failed(target, "the database URL names no database"))?;
+        let candidates: &[&'static str] = if db == "postgres" {
+            &["template1"]
+        } else {
+            &["postgres", "template1"]
+        };
+        let probe = "SELECT current_setting('server_version_num'), current_user, rolsuper, rolcreatedb \
+                     FROM pg_roles WHERE rolname = current_user;\n";
+        let mut last = None;
+        for &maintenance in candidates {
+            match run_sql(target, maintenance, probe).await {
+                Ok(out) => {
+                    let line = out.lines().next().unwrap_or_default();
+                    let fields: Vec<&str> = line.split(FIELD_SEP).collect();
+                    let [version, user, superuser, createdb] = fields[..] else {
+                        return Err(failed(
+                            target,
+                            format!("unexpected answer from the server: '{line}'"),
+                        ));
+                    };
+                    let version = version.parse().map_err(|_| {
+                        failed(target, format!("unexpected server_version_num '{version}'"))
+                    })?;
+                    return Ok(Server {
+                        target,
+                        db,
+                        maintenance,
+                        version,
+                        user: user.to_string(),
+                        superuser: superuser == "t",
+                        createdb: createdb == "t",
+                    });
+                }
+                Err(f)
+                    if f.log.contains("does not exist")
+                        || f.log.contains("permission denied for database")
+                        || f.log.contains("not allowed") =>
+                {
+                    tracing::debug!(
+                        maintenance,
+                        "maintenance database not usable: {}",
+                        f.summary()
+                    );
+                    last = Some((maintenance, f));
+                }
+                Err(f) => {
+                    return Err(failed(
+                        target,
+                        format!("cannot connect to the server: {}", f.summary()),
+                    ));
+                }
+            }
+        }
+        let (name, f) = last.expect("at least one maintenance database was tried");
+        Err(failed(
+            target,
+            format!(
+                "cannot connect to a maintenance database (tried postgres and template1; {name}: {})",
+                f.summary()
+            ),
+        ))
+    }
+
+    async fn sql(&self, script: &str) -> std::result::Result<String, SqlFailure> {
+        run_sql(self.target, self.maintenance, script).await
+    }
+
+    fn fail(&self, reason: impl fmt::Display) -> Error {
+        failed(self.target, reason)
+    }
+
+    /// Every database name on the server.
+    async fn databases(&self) -> Result<Vec<String>> {
+        let out = self
+            .sql("SELECT datname FROM pg_database;\n")
+            .await
+            .map_err(|f| self.fail(format!("cannot list the databases: {}", f.summary())))?;
+        Ok(out.lines().map(str::to_string).collect())
+    }
+
+    async fn info(&self, name: &str) -> Result<Option<DbInfo>> {
+        let locale = if self.version >= 170_000 {
+            "datlocprovider::text, coalesce(datlocale, '')"
+        } else if self.version >= 150_000 {
+            "datlocprovider::text, coalesce(daticulocale, '')"
+        } else {
+            "'c', ''"
+        };
+        let out = self
+            .sql(&format!(
+                "SELECT pg_encoding_to_char(encoding), datcollate, datctype, {locale}, \
+                 pg_has_role(datdba, 'USAGE') FROM pg_database WHERE datname = {};\n",
+                literal(name)
+            ))
+            .await
+            .map_err(|f| {
+                self.fail(format!(
+                    "cannot inspect database \"{name}\": {}",
+                    f.summary()
+                ))
+            })?;
+        let Some(line) = out.lines().next() else {
+            return Ok(None);
+        };
+        let fields: Vec<&str> = line.split(FIELD_SEP).collect();
+        let [encoding, collate, ctype, provider, locale, owned] = fields[..] else {
+            return Err(self.fail(format!(
+                "unexpected answer about database \"{name}\": '{line}'"
+            )));
+        };
+        Ok(Some(DbInfo {
+            encoding: encoding.into(),
+            collate: collate.into(),
+            ctype: ctype.into(),
+            provider: provider.into(),
+            locale: locale.into(),
+            owned: owned == "t",
+        }))
+    }
+
+    /// A statement terminating the other sessions on `name` that this role
+    /// may terminate (others would make pg_terminate_backend fail).
+    fn terminate_sql(&self, name: &str) -> String {
+        let allowed = if self.superuser {
+            String::new()
+        } else {
+            " AND (pg_has_role(a.usesysid, 'USAGE') OR (pg_has_role('pg_signal_backend', 'USAGE') \
+             AND NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.oid = a.usesysid), true)))"
+                .to_string()
+        };
+        format!(
+            "SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a \
+             WHERE a.datname = {} AND a.pid <> pg_backend_pid(){allowed};\n",
+            literal(name)
+        )
+    }
+
+    fn can_create(&self) -> bool {
+        self.superuser || self.createdb
+    }
+
+    fn no_createdb(&self, detail: &str) -> Error {
+        self.fail(format!(
+            "permission denied to create database: the role \"{user}\" lacks CREATEDB, which RESTORE_PG_STRATEGY=staging needs to load into a new database and swap it in. Grant it (ALTER ROLE {role} CREATEDB) or set RESTORE_PG_STRATEGY=inplace (empties the live database before loading: a failed load leaves it empty or partial); {detail}",
+            user = self.user,
+            role = ident(&self.user),
+        ))
+    }
+
+    /// `CREATE DATABASE name` owned by this role, from template0 with the
+    /// encoding and locale of `like` (the database it replaces).
+    async fn create(&self, name: &str, like: Option<&DbInfo>) -> Result<()> {
+        let mut sql = format!(
+            "CREATE DATABASE {} OWNER {} TEMPLATE template0",
+            ident(name),
+            ident(&self.user)
+        );
+        if let Some(info) = like {
+            sql.push_str(&format!(
+                " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+                literal(&info.encoding),
+                literal(&info.collate),
+                literal(&info.ctype)
+            ));
+            if self.version >= 150_000 {
+                match info.provider.as_str() {
+                    "i" => sql.push_str(&format!(
+                        " LOCALE_PROVIDER icu ICU_LOCALE {}",
+                        literal(&info.locale)
+                    )),
+                    "b" => sql.push_str(&format!(
+                        " LOCALE_PROVIDER builtin BUILTIN_LOCALE {}",
+                        literal(&info.locale)
+                    )),
+                    _ => sql.push_str(" LOCALE_PROVIDER libc"),
+                }
+            }
+        }
+        sql.push_str(";\n");
+        self.sql(&sql).await.map_err(|f| {
+            if f.log.contains("permission denied to create database") {
+                self.no_createdb(&format!("the server said: {}", f.summary()))
+            } else {
+                self.fail(format!(
+                    "cannot create database \"{name}\": {}",
+                    f.summary()
+                ))
+            }
+        })?;
+        Ok(())
+    }
+
+    /// `DROP DATABASE IF EXISTS`, its sessions terminated first (`force`)
+    /// or not.
+    async fn drop_database(&self, name: &str, force: bool) -> std::result::Result<(), SqlFailure> {
+        let sql = if !force {
+            format!("DROP DATABASE IF EXISTS {};\n", ident(name))
+        } else if self.version >= 130_000 {
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE);\n", ident(name))
+        } else {
+            format!(
+                "{}DROP DATABASE IF EXISTS {};\n",
+                self.terminate_sql(name),
+                ident(name)
+            )
+        };
+        self.sql(&sql).await.map(drop)
+    }
+
+    /// Drops the staging database after a failure; `Some(note)` when that
+    /// failed too.
+    async fn discard(&self, staging: &str) -> Option<String> {
+        match self.drop_database(staging, true).await {
+            Ok(()) => {
+                tracing::info!(database = staging, "dropped the staging database");
+                None
+            }
+            Err(f) => Some(format!(
+                "the staging database \"{staging}\" could not be dropped either ({}); drop it by hand",
+                f.summary()
+            )),
+        }
+    }
+
+    /// Renames the live database to `previous` (when it exists) and
+    /// `staging` to the live name, in one transaction, after terminating
+    /// the live database's sessions. Retried when sessions came back.
+    async fn swap(
+        &self,
+        staging: &str,
+        previous: &str,
+        live_exists: bool,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let mut script = String::from("BEGIN;\n");
+        if live_exists {
+            script.push_str(&self.terminate_sql(&self.db));
+            script.push_str(&format!(
+                "ALTER DATABASE {} RENAME TO {};\n",
+                ident(&self.db),
+                ident(previous)
+            ));
+        }
+        script.push_str(&format!(
+            "ALTER DATABASE {} RENAME TO {};\nCOMMIT;\n",
+            ident(staging),
+            ident(&self.db)
+        ));
+        let mut attempt = 1;
+        loop {
+            match self.sql(&script).await {
+                Ok(_) => return Ok(()),
+                Err(f)
+                    if attempt < SWAP_ATTEMPTS
+                        && f.log.contains("is being accessed by other users") =>
+                {
+                    tracing::warn!(
+                        attempt,
+                        "sessions reconnected to the live database before the swap; trying again: {}",
+                        f.summary()
+                    );
+                }
+                Err(f) => {
+                    return Err(self.fail(format!(
+                        "cannot swap the restored database into place (the live database was not changed): {}",
+                        f.summary()
+                    )));
+                }
+            }
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            attempt += 1;
+        }
+    }
+
+    /// Drops all but the newest `keep` `<db>_pre_restore_<stamp>` databases.
+    async fn prune(&self, keep: usize) -> Result<Vec<String>> {
+        let mut previous: Vec<(String, String)> = self
+            .databases()
+            .await?
+            .into_iter()
+            .filter_map(|name| {
+                previous_stamp(&self.db, &name).map(|stamp| (stamp.to_string(), name.clone()))
+            })
+            .collect();
+        previous.sort_by(|a, b| b.cmp(a));
+        let mut dropped = Vec::new();
+        for (_, name) in previous.into_iter().skip(keep) {
+            match self.drop_database(&name, false).await {
+                Ok(()) => {
+                    tracing::info!(database = %name, "dropped an older previous database (RESTORE_KEEP_PREVIOUS)");
+                    dropped.push(name);
+                }
+                Err(f) => tracing::warn!(
+                    database = %name,
+                    "cannot drop an older previous database: {}",
+                    f.summary()
+                ),
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+// ------------------------------------------------------------------ loading
+
+/// Blanks `SET transaction_timeout` statements (pg_dump ≥ 17 writes one;
+/// older servers reject it) outside COPY data, line by line. The line
+/// break stays, so psql's line numbers still match the file.
+#[derive(Debug, Default)]
+struct SqlFilter {
+    in_copy: bool,
+    blanked: u64,
+}
+
+impl SqlFilter {
+    fn apply(&mut self, line: &mut Vec<u8>) {
+        let content_len = line
+            .iter()
+            .rposition(|&b| b != b'\n' && b != b'\r')
+            .map_or(0, |i| i + 1);
+        let content = &line[..content_len];
+        if self.in_copy {
+            if content == b"\\." {
+                self.in_copy = false;
+            }
+            return;
+        }
+        if content.starts_with(b"COPY ") && content.ends_with(b" FROM stdin;") {
+            self.in_copy = true;
+            return;
+        }
+        const SET: &[u8] = b"SET transaction_timeout";
+        if content.starts_with(SET) && matches!(content.get(SET.len()), Some(b' ' | b'=' | b'\t')) {
+            line.drain(..content_len);
+            self.blanked += 1;
+        }
+    }
+}
+
+/// Reads `path` (gunzipping it when `gzip`), filters plain SQL when
+/// `filter`, and sends it in chunks; stops quietly when the receiver is gone.
+fn produce(path: &Path, gzip: bool, filter: bool, tx: mpsc::Sender<Vec<u8>>) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let raw: Box<dyn Read> = if gzip {
+        Box::new(MultiGzDecoder::new(BufReader::with_capacity(CHUNK, file)))
+    } else {
+        Box::new(file)
+    };
+    let mut reader = BufReader::with_capacity(CHUNK, raw);
+    let read_err = |e| Error::io("read", path, e);
+    if !filter {
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let n = reader.read(&mut buf).map_err(read_err)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.truncate(n);
+            if tx.blocking_send(buf).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    let mut sql = SqlFilter::default();
+    let mut line = Vec::new();
+    let mut out = Vec::with_capacity(CHUNK);
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        sql.apply(&mut line);
+        out.extend_from_slice(&line);
+        if out.len() >= CHUNK
+            && tx
+                .blocking_send(std::mem::replace(&mut out, Vec::with_capacity(CHUNK)))
+                .is_err()
+        {
+            return Ok(());
+        }
+    }
+    if !out.is_empty() && tx.blocking_send(out).is_err() {
+        return Ok(());
+    }
+    if sql.blanked > 0 {
+        tracing::info!(
+            lines = sql.blanked,
+            "left out `SET transaction_timeout` (written by pg_dump 17 and newer)"
+        );
+    }
+    Ok(())
+}
+
+/// Writes every chunk to the child; returns the bytes written and the
+/// write error that stopped it, if any.
+async fn feed(
+    stdin: &mut ChildStdin,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) -> (u64, Option<std::io::Error>) {
+    let mut written = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = stdin.write_all(&chunk).await {
+            return (written, Some(e));
+        }
+        written += chunk.len() as u64;
+    }
+    match stdin.flush().await {
+        Ok(()) => (written, None),
+        Err(e) => (written, Some(e)),
+    }
+}
+
+/// Loads `file` into `dbname`: plain SQL through psql in one transaction,
+/// custom format through pg_restore, both fed on stdin. Returns the bytes
+/// fed. The child is killed (so nothing is committed) when reading the
+/// file fails or `cancel` fires.
+async fn load(
+    target: &PgTarget,
+    dbname: &str,
+    file: &Path,
+    kind: FileKind,
+    cancel: &CancellationToken,
+) -> Result<u64> {
+    let (program, args): (&'static str, &[&str]) = match kind.payload {
+        Payload::PlainSql => (
+            "psql",
+            &[
+                "-X",
+                "-q",
+                "-w",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "--single-transaction",
+                // `-f -` rather than bare stdin: psql then names the line
+                // of an error (`psql:<stdin>:LINE: ERROR: …`).
+                "-f",
+                "-",
+            ],
+        ),
+        Payload::CustomDump => (
+            "pg_restore",
+            &[
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                "--single-transaction",
+                "-w",
+            ],
+        ),
+        Payload::Sqlite => {
+            return Err(failed(
+                target,
+                "a SQLite database cannot be restored into PostgreSQL",
+            ));
+        }
+    };
+    tracing::info!(file = %file.display(), database = dbname, program, "loading the dump");
+    let mut child = pg_command(program, target, dbname)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            failed(
+                target,
+                format!(
+                    "cannot run {program}: {e} (is the PostgreSQL client installed and on PATH?)"
+                ),
+            )
+        })?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let stderr = tokio::spawn(read_stderr(
+        child.stderr.take().expect("stderr is piped"),
+        target.clone(),
+        program,
+    ));
+    let (tx, rx) = mpsc::channel(4);
+    let path: PathBuf = file.to_path_buf();
+    let (gzip, filter) = (kind.gzip, kind.payload == Payload::PlainSql);
+    let producer = tokio::task::spawn_blocking(move || produce(&path, gzip, filter, tx));
+
+    let fed = tokio::select! {
+        fed = feed(&mut stdin, rx) => Some(fed),
+        _ = cancel.cancelled() => None,
+    };
+    // The receiver is gone now, so the producer finishes promptly.
+    let produced = producer
+        .await
+        .unwrap_or_else(|e| Err(Error::Other(format!("the reading task failed: {e}"))));
+    let Some((bytes, write_error)) = fed else {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        let _ = stderr.await;
+        return Err(Error::Cancelled);
+    };
+    if let Err(e) = produced {
+        // Closing stdin now would let psql commit what it has: kill it.
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        let _ = stderr.await;
+        return Err(failed(target, format!("{e}; nothing was loaded")));
+    }
+    drop(stdin);
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = cancel.cancelled() => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            let _ = stderr.await;
+            return Err(Error::Cancelled);
+        }
+    };
+    let log = stderr.await.unwrap_or_default();
+    let status = status.map_err(|e| failed(target, format!("waiting for {program}: {e}")))?;
+    if !status.success() {
+        return Err(failed(
+            target,
+            format!(
+                "loading {} into database \"{dbname}\" failed ({program} exited with {status}): {}",
+                file.display(),
+                log.summary()
+            ),
+        ));
+    }
+    if let Some(e) = write_error {
+        return Err(failed(
+            target,
+            format!(
+                "{program} stopped reading {} before its end ({e})",
+                file.display()
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+// ------------------------------------------------------------------ restore
+
+/// Restores `file` (plain SQL or custom format, optionally gzipped; never
+/// encrypted here) into the live database of `target`.
+pub async fn restore(
+    target: &PgTarget,
+    file: &Path,
+    kind: FileKind,
+    opts: &Options,
+    cancel: &CancellationToken,
+) -> Result<Report> {
+    if kind.encrypted {
+        return Err(failed(
+            target,
+            format!("{} is encrypted; decrypt it before loading", file.display()),
+        ));
+    }
+    if !kind.payload.is_postgres() {
+        return Err(failed(
+            target,
+            format!(
+                "{} is a {}, not a PostgreSQL dump",
+                file.display(),
+                kind.payload.describe()
+            ),
+        ));
+    }
+    check_stamp(&opts.stamp)?;
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let server = Server::connect(target).await?;
+    match opts.strategy {
+        Strategy::Staging => staging(&server, file, kind, opts, cancel).await,
+        Strategy::Inplace => inplace(&server, file, kind, cancel).await,
+    }
+}
+
+async fn staging(
+    server: &Server<'_>,
+    file: &Path,
+    kind: FileKind,
+    opts: &Options,
+    cancel: &CancellationToken,
+) -> Result<Report> {
+    let db = server.db.as_str();
+    let staging = staging_name(db, &opts.stamp);
+    let previous = previous_name(db, &opts.stamp);
+    if !server.can_create() {
+        return Err(server.no_createdb("nothing was changed"));
+    }
+    let live = server.info(db).await?;
+    if let Some(info) = &live
+        && !info.owned
+        && !server.superuser
+    {
+        return Err(server.fail(format!(
+            "the role \"{}\" does not own database \"{db}\", so it cannot rename it; RESTORE_PG_STRATEGY=staging needs the owner (or use RESTORE_PG_STRATEGY=inplace)",
+            server.user
+        )));
+    }
+    let existing = server.databases().await?;
+    for name in [&staging, &previous] {
+        if existing.contains(name) {
+            return Err(server.fail(format!(
+                "database \"{name}\" already exists (left by an interrupted restore with the same stamp?); nothing was changed"
+            )));
+        }
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+
+    server.create(&staging, live.as_ref()).await?;
+    tracing::info!(database = %staging, "created the staging database");
+    let bytes = match load(server.target, &staging, file, kind, cancel).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let note = server.discard(&staging).await;
+            let e = match e {
+                Error::Other(msg) => {
+                    Error::Other(format!("{msg}; the live database was not changed"))
+                }
+                e => e,
+            };
+            return Err(with_note(e, note));
+        }
+    };
+    if cancel.is_cancelled() {
+        let note = server.discard(&staging).await;
+        return Err(with_note(Error::Cancelled, note));
+    }
+    if let Err(e) = server
+        .swap(&staging, &previous, live.is_some(), cancel)
+        .await
+    {
+        let note = server.discard(&staging).await;
+        return Err(with_note(e, note));
+    }
+    tracing::info!(
+        database = db,
+        previous = live.is_some().then_some(previous.as_str()),
+        "the restored database is in place"
+    );
+    let dropped = match server.prune(opts.keep_previous).await {
+        Ok(dropped) => dropped,
+        Err(e) => {
+            tracing::warn!("cannot clean up older previous databases: {e}");
+            Vec::new()
+        }
+    };
+    let previous = (live.is_some() && !dropped.contains(&previous)).then_some(previous);
+    Ok(Report {
+        database: db.to_string(),
+        previous,
+        dropped,
+        bytes_loaded: bytes,
+    })
+}
+
+async fn inplace(
+    server: &Server<'_>,
+    file: &Path,
+    kind: FileKind,
+    cancel: &CancellationToken,
+) -> Result<Report> {
+    let db = server.db.as_str();
+    tracing::warn!(
+        database = db,
+        "RESTORE_PG_STRATEGY=inplace: the live database is emptied before loading; a failed load leaves it empty or partial (the safety backup is the way back)"
+    );
+    let live = server.info(db).await?;
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    if server.can_create() {
+        server
+            .drop_database(db, true)
+            .await
+            .map_err(|f| server.fail(format!("cannot drop database \"{db}\": {}", f.summary())))?;
+        server.create(db, live.as_ref()).await?;
+    } else {
+        // Without CREATEDB the database stays; everything this role owns in
+        // it goes (the schema public of PostgreSQL 15+ belongs to
+        // pg_database_owner and stays).
+        if live.is_none() {
+            return Err(server.fail(format!(
+                "database \"{db}\" does not exist and the role \"{}\" may not create it (no CREATEDB)",
+                server.user
+            )));
+        }
+        let _ = server.sql(&server.terminate_sql(db)).await;
+        run_sql(
+            server.target,
+            db,
+            "DROP OWNED BY CURRENT_USER;\nCREATE SCHEMA IF NOT EXISTS public;\n",
+        )
+        .await
+        .map_err(|f| {
+            server.fail(format!(
+                "cannot empty database \"{db}\" (DROP OWNED BY CURRENT_USER): {}",
+                f.summary()
+            ))
+        })?;
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let bytes = load(server.target, db, file, kind, cancel).await?;
+    Ok(Report {
+        database: db.to_string(),
+        previous: None,
+        dropped: Vec::new(),
+        bytes_loaded: bytes,
+    })
+}
+
+/// Crash recovery after an interrupted run with `stamp`: when the live
+/// database is missing but `<db>_pre_restore_<stamp>` exists, it is renamed
+/// back; a leftover `<db>_restore_<stamp>` is dropped. Returns what it did.
+pub async fn recover(target: &PgTarget, stamp: &str) -> Result<String> {
+    check_stamp(stamp)?;
+    let server = Server::connect(target).await?;
+    let db = server.db.as_str();
+    let staging = staging_name(db, stamp);
+    let previous = previous_name(db, stamp);
+    let names = server.databases().await?;
+    let mut done = Vec::new();
+    if !names.iter().any(|n| n == db) {
+        if names.contains(&previous) {
+            let script = format!(
+                "BEGIN;\n{}ALTER DATABASE {} RENAME TO {};\nCOMMIT;\n",
+                server.terminate_sql(&previous),
+                ident(&previous),
+                ident(db)
+            );
+            server.sql(&script).await.map_err(|f| {
+                server.fail(format!(
+                    "database \"{db}\" is missing and \"{previous}\" could not be renamed back: {}",
+                    f.summary()
+                ))
+            })?;
+            tracing::warn!(database = db, from = %previous, "put the previous database back");
+            done.push(format!("renamed \"{previous}\" back to \"{db}\""));
+        } else {
+            done.push(format!(
+                "database \"{db}\" does not exist and there is no \"{previous}\" to put back"
+            ));
+        }
+    }
+    if names.contains(&staging) {
+        server.drop_database(&staging, true).await.map_err(|f| {
+            server.fail(format!(
+                "cannot drop the leftover staging database \"{staging}\": {}",
+                f.summary()
+            ))
+        })?;
+        tracing::info!(database = %staging, "dropped the leftover staging database");
+        done.push(format!(
+            "dropped the leftover staging database \"{staging}\""
+        ));
+    }
+    if done.is_empty() {
+        done.push(format!("nothing to recover: database \"{db}\" is in place"));
+    }
+    Ok(done.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAMP: &str = "20261129T030405Z";
+
+    #[test]
+    fn strategies_parse_with_a_clear_error() {
+        assert_eq!("staging".parse::<Strategy>(), Ok(Strategy::Staging));
+        assert_eq!(" InPlace ".parse::<Strategy>(), Ok(Strategy::Inplace));
+        assert_eq!("".parse::<Strategy>(), Ok(Strategy::Staging));
+        let err = "swap".parse::<Strategy>().unwrap_err();
+        assert!(
+            err.contains("'swap'") && err.contains("staging") && err.contains("inplace"),
+            "{err}"
+        );
+        assert_eq!(Strategy::Inplace.to_string(), "inplace");
+    }
+
+    #[test]
+    fn names_fit_postgres_identifiers_deterministically() {
+        assert_eq!(
+            staging_name("appdb", STAMP),
+            "appdb_restore_20261129T030405Z"
+        );
+        assert_eq!(
+            previous_name("appdb", STAMP),
+            "appdb_pre_restore_20261129T030405Z"
+        );
+        let long = "d".repeat(80);
+        let staging = staging_name(&long, STAMP);
+        let previous = previous_name(&long, STAMP);
+        assert_eq!(staging.len(), 63);
+        assert_eq!(previous.len(), 63);
+        assert!(previous.ends_with("_pre_restore_20261129T030405Z"));
+        assert_eq!(staging, staging_name(&long, STAMP));
+        // Never cut inside a character.
+        let wide = "é".repeat(40);
+        let name = previous_name(&wide, STAMP);
+        assert!(name.len() <= 63 && name.ends_with(STAMP), "{name}");
+    }
+
+    #[test]
+    fn only_exact_previous_names_are_recognised() {
+        assert_eq!(
+            previous_stamp("appdb", "appdb_pre_restore_20261129T030405Z"),
+            Some(STAMP)
+        );
+        for other in [
+            "appdb",
+            "appdb_pre_restore_20261129T030405",
+            "appdb_pre_restore_20261129T030405Z_x",
+            "appdb_pre_restore_2026112XT030405Z",
+            "xappdb_pre_restore_20261129T030405Z",
+            "appdb_restore_20261129T030405Z",
+            "appdb2_pre_restore_20261129T030405Z",
+        ] {
+            assert_eq!(previous_stamp("appdb", other), None, "{other}");
+        }
+        let long = "d".repeat(80);
+        assert_eq!(
+            previous_stamp(&long, &previous_name(&long, STAMP)),
+            Some(STAMP)
+        );
+        assert!(check_stamp("2026-11-29").is_err());
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(ident(r#"we"ird"#), r#""we""ird""#);
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal(r"a\b'"), r"E'a\\b'''");
+        assert_eq!(conninfo(r"x' y\z"), r"dbname='x\' y\\z'");
+    }
+
+    fn filtered(text: &str) -> String {
+        let mut filter = SqlFilter::default();
+        let mut out = Vec::new();
+        for line in text.split_inclusive('\n') {
+            let mut line = line.as_bytes().to_vec();
+            filter.apply(&mut line);
+            out.extend(line);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn transaction_timeout_is_blanked_outside_copy_data_only() {
+        let dump = "SET statement_timeout = 0;\nSET transaction_timeout = 0;\r\nSET lock_timeout = 0;\n\
+                    COPY public.t (a) FROM stdin;\nSET transaction_timeout = 0;\n\\.\n\
+                    SET transaction_timeout=0;\nSET transaction_timeouts = 1;";
+        assert_eq!(
+            filtered(dump),
+            "SET statement_timeout = 0;\n\r\nSET lock_timeout = 0;\n\
+             COPY public.t (a) FROM stdin;\nSET transaction_timeout = 0;\n\\.\n\
+             \nSET transaction_timeouts = 1;"
+        );
+    }
+
+    #[test]
+    fn stderr_summaries_name_the_first_error_with_its_detail() {
+        let mut log = StderrLog::default();
+        for line in [
+            "NOTICE:  something",
+            "psql:<stdin>:120: ERROR:  relation \"no_such_table\" does not exist",
+            "LINE 1: SELECT * FROM no_such_table;",
+            "                      ^",
+            "DETAIL:  more",
+            "psql:<stdin>:130: ERROR:  current transaction is aborted",
+        ] {
+            log.push(line);
+        }
+        assert_eq!(
+            log.summary(),
+            "psql:<stdin>:120: ERROR:  relation \"no_such_table\" does not exist DETAIL:  more"
+        );
+        assert!(log.contains("aborted"));
+        let mut quiet = StderrLog::default();
+        quiet.push("killed");
+        assert_eq!(quiet.summary(), "killed");
+    }
+}
