@@ -54,8 +54,8 @@ pub fn classify(name: &str) -> Option<FileKind> {
     } else {
         return None;
     };
-    // A bare extension (".sql") is a dotfile, not a backup.
-    if rest.len() <= 4 || rest.starts_with('.') {
+    // A dotfile (".sql", ".x.sql.gz") is not a backup.
+    if rest.starts_with('.') {
         return None;
     }
     Some(FileKind {
@@ -82,6 +82,7 @@ mod tests {
             (Payload::CustomDump, true, true)
         );
         assert_eq!(classify("my backup ü.db").unwrap().payload, Payload::Sqlite);
+        assert_eq!(classify("b.db").unwrap().payload, Payload::Sqlite);
         for name in [
             "notes.txt",
             ".sql",
