@@ -44,6 +44,30 @@ Database URLs: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB
 
 Exit codes: 0 success, 1 the job failed, 2 usage or configuration error.";
 
+/// The restore service's environment variables, with defaults.
+pub const RESTORE_HELP: &str = "\
+Restore environment variables (besides the database URL variables above):
+  RESTORE_WATCH_DIR             folder to watch       [default: /restore/incoming]
+  RESTORE_STATE_FILE            state JSON   [default: /restore/state/restore-state.json]
+  RESTORE_POLL_INTERVAL         sweep every N s       [default: 30]
+  RESTORE_USE_NOTIFY            inotify wake-ups      [default: true]
+  RESTORE_SETTLE_SECONDS        unchanged this long   [default: 5]
+  RESTORE_FAILED_DIR            refused files go here [default: <watch dir>/../failed]
+  RESTORE_STOP_CONTAINERS       names to stop, comma-separated
+  RESTORE_START_CONTAINERS      extra names to start afterwards
+  RESTORE_ALLOW_MISSING_CONTAINERS  go on if one is missing [default: false]
+  RESTORE_STOP_TIMEOUT          docker stop grace     [default: 30]
+  RESTORE_STOP_WAIT_SECONDS     wait after stopping   [default: 5]
+  RESTORE_START_WAIT_SECONDS    wait after starting   [default: 5]
+  RESTORE_HEALTH_TIMEOUT        wait for healthy      [default: 120]
+  RESTORE_SAFETY_BACKUP         back up before restoring [default: true]
+  RESTORE_PG_STRATEGY           staging or inplace    [default: staging]
+  RESTORE_KEEP_PREVIOUS         previous databases kept [default: 1]
+  RESTORE_SQLITE_PATH           SQLite file to replace [default: BASE + URL path]
+  RESTORE_SQLITE_BASE           base for the URL path  [default: /app]
+  DOCKER_HOST                   Docker socket [default: unix:///var/run/docker.sock]
+  BACKUP_DIR                    safety backups go here [default: /backups]";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "backupd",
@@ -70,6 +94,11 @@ pub enum Command {
     /// status, health and metrics over HTTP, until SIGTERM or SIGINT.
     #[command(after_help = ENVIRONMENT_HELP)]
     Backup(DaemonArgs),
+
+    /// Watch RESTORE_WATCH_DIR and restore dropped backups (the db-restore
+    /// service); with --file, restore one file and exit.
+    #[command(after_help = RESTORE_HELP)]
+    Restore(RestoreArgs),
 
     /// Exit 0 when the status file shows a successful backup younger than
     /// HEALTH_MAX_AGE_SECONDS, 1 otherwise (for Docker's HEALTHCHECK).
@@ -228,4 +257,101 @@ pub struct DaemonArgs {
     /// On SIGTERM during a backup, give it this long to stop cleanly.
     #[arg(long, env = "BACKUP_SHUTDOWN_TIMEOUT", default_value = "8", value_parser = whole_number("BACKUP_SHUTDOWN_TIMEOUT", 8))]
     pub shutdown_timeout: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub dir: DirArgs,
+
+    /// Restore this one file and exit (0 restored, 1 failed) instead of watching.
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+
+    /// With --file: print the plan (containers, target, strategy) and change nothing.
+    #[arg(long, requires = "file")]
+    pub dry_run: bool,
+
+    /// Folder watched for backups to restore.
+    #[arg(long, env = "RESTORE_WATCH_DIR", default_value = "/restore/incoming", value_parser = clean_value)]
+    pub watch_dir: String,
+
+    /// Restore state JSON.
+    #[arg(long, env = "RESTORE_STATE_FILE", default_value = "/restore/state/restore-state.json", value_parser = clean_value)]
+    pub state_file: String,
+
+    /// Seconds between sweeps of the watch folder.
+    #[arg(long, env = "RESTORE_POLL_INTERVAL", default_value = "30", value_parser = whole_number("RESTORE_POLL_INTERVAL", 30))]
+    pub poll_interval: u64,
+
+    /// Wake up on inotify events as well as the sweep (off for polling only).
+    #[arg(long, env = "RESTORE_USE_NOTIFY", default_value = "true", value_parser = boolean("RESTORE_USE_NOTIFY", true))]
+    pub use_notify: bool,
+
+    /// A file counts once its size and mtime are unchanged this long.
+    #[arg(long, env = "RESTORE_SETTLE_SECONDS", default_value = "5", value_parser = whole_number("RESTORE_SETTLE_SECONDS", 5))]
+    pub settle_seconds: u64,
+
+    /// Where refused and superseded files go [default: <parent of watch dir>/failed].
+    #[arg(long, env = "RESTORE_FAILED_DIR", value_parser = clean_value)]
+    pub failed_dir: Option<String>,
+
+    /// Containers to stop during a restore, comma-separated.
+    #[arg(long, env = "RESTORE_STOP_CONTAINERS", default_value = "", value_parser = clean_value)]
+    pub stop_containers: String,
+
+    /// Containers to start after a restore besides those stopped, comma-separated.
+    #[arg(long, env = "RESTORE_START_CONTAINERS", default_value = "", value_parser = clean_value)]
+    pub start_containers: String,
+
+    /// Go on when a named container does not exist.
+    #[arg(long, env = "RESTORE_ALLOW_MISSING_CONTAINERS", default_value = "false", value_parser = boolean("RESTORE_ALLOW_MISSING_CONTAINERS", false))]
+    pub allow_missing_containers: bool,
+
+    /// Grace period of `docker stop`, seconds.
+    #[arg(long, env = "RESTORE_STOP_TIMEOUT", default_value = "30", value_parser = whole_number("RESTORE_STOP_TIMEOUT", 30))]
+    pub stop_timeout: u64,
+
+    /// Seconds to wait after stopping.
+    #[arg(long, env = "RESTORE_STOP_WAIT_SECONDS", default_value = "5", value_parser = whole_number("RESTORE_STOP_WAIT_SECONDS", 5))]
+    pub stop_wait_seconds: u64,
+
+    /// Seconds to wait after starting.
+    #[arg(long, env = "RESTORE_START_WAIT_SECONDS", default_value = "5", value_parser = whole_number("RESTORE_START_WAIT_SECONDS", 5))]
+    pub start_wait_seconds: u64,
+
+    /// Seconds to wait for containers with a healthcheck to become healthy.
+    #[arg(long, env = "RESTORE_HEALTH_TIMEOUT", default_value = "120", value_parser = whole_number("RESTORE_HEALTH_TIMEOUT", 120))]
+    pub health_timeout: u64,
+
+    /// Take a backup of the current database before restoring (name prefix pre-restore-).
+    #[arg(long, env = "RESTORE_SAFETY_BACKUP", default_value = "true", value_parser = boolean("RESTORE_SAFETY_BACKUP", true))]
+    pub safety_backup: bool,
+
+    /// PostgreSQL: `staging` (load into a new database, then swap) or `inplace` (drop, create, load).
+    #[arg(long, env = "RESTORE_PG_STRATEGY", default_value = "staging", value_parser = clean_value)]
+    pub pg_strategy: String,
+
+    /// PostgreSQL: previous databases kept after a staging restore.
+    #[arg(long, env = "RESTORE_KEEP_PREVIOUS", default_value = "1", value_parser = whole_number("RESTORE_KEEP_PREVIOUS", 1))]
+    pub keep_previous: u64,
+
+    /// SQLite file to replace (overrides RESTORE_SQLITE_BASE + the URL's path).
+    #[arg(long, env = "RESTORE_SQLITE_PATH", value_parser = clean_value)]
+    pub sqlite_path: Option<String>,
+
+    /// Base folder the SQLite URL's relative path is taken from.
+    #[arg(long, env = "RESTORE_SQLITE_BASE", default_value = "/app", value_parser = clean_value)]
+    pub sqlite_base: String,
+
+    /// Docker socket.
+    #[arg(long, env = "DOCKER_HOST", value_parser = clean_value)]
+    pub docker_host: Option<String>,
+
+    /// gzip level of the safety backup.
+    #[arg(long, env = "BACKUP_COMPRESSION_LEVEL", default_value = "6", value_parser = compression_level)]
+    pub compression_level: u32,
 }

@@ -35,6 +35,7 @@ pub async fn run(cli: cli::Cli) -> Result<()> {
     match &cli.command {
         cli::Command::Once(args) => modes::once::run(args).await,
         cli::Command::Backup(args) => modes::daemon::run(args).await,
+        cli::Command::Restore(args) => modes::restore::run(args).await,
         cli::Command::Healthcheck { dir, health } => modes::healthcheck::run(dir, health),
         cli::Command::Verify { file } => modes::verify::run(file),
         cli::Command::List { dir, verify } => modes::list::run(dir, *verify),

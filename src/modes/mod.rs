@@ -4,5 +4,6 @@ pub mod daemon;
 pub mod healthcheck;
 pub mod list;
 pub mod once;
+pub mod restore;
 pub mod status;
 pub mod verify;

@@ -1858,3 +1858,5 @@ pub fn metric_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> 
         })
         .map(|s| s.value)
 }
+
+pub mod docker;

@@ -1,0 +1,649 @@
+//! `backupd restore`: the `db-restore` service. Watches the incoming folder,
+//! checks a dropped backup completely, stops the app's containers, takes a
+//! safety backup, restores without risking the live database, starts the
+//! containers again (also after a failure) and records everything.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backup;
+use crate::cli::RestoreArgs;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{BackupConfig, Paths, resolve_database};
+use crate::container::docker::{DockerControl, HealthOutcome, StopOutcome};
+use crate::db::{Database, SqliteTarget};
+use crate::error::{Error, Result};
+use crate::restore::check::{self, Checked};
+use crate::restore::failed::move_to_failed;
+use crate::restore::kind;
+use crate::restore::postgres::{self as pg_restore, Strategy};
+use crate::restore::sqlite as sqlite_restore;
+use crate::restore::state::{HistoryEntry, InProgress, LastProcessed, RestoreState};
+use crate::retention::Policy;
+use crate::state::timestamp;
+use crate::watch::{Found, WatchConfig, Watcher};
+
+/// Everything the restore service needs, validated at start.
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    pub database: Database,
+    pub backup: BackupConfig,
+    pub watch_dir: PathBuf,
+    pub failed_dir: PathBuf,
+    pub state_file: PathBuf,
+    pub poll_interval: Duration,
+    pub settle: Duration,
+    pub use_notify: bool,
+    pub stop_containers: Vec<String>,
+    pub start_containers: Vec<String>,
+    pub allow_missing_containers: bool,
+    pub stop_timeout: Duration,
+    pub stop_wait: Duration,
+    pub start_wait: Duration,
+    pub health_timeout: Duration,
+    pub safety_backup: bool,
+    pub strategy: Strategy,
+    pub keep_previous: usize,
+    pub docker_host: Option<String>,
+}
+
+fn names(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl RestoreConfig {
+    pub fn from_args(args: &RestoreArgs) -> Result<Self> {
+        let database = match resolve_database(&args.database)? {
+            // The app's URL path is relative to its working folder; here the
+            // file is reached through RESTORE_SQLITE_BASE or RESTORE_SQLITE_PATH.
+            Database::Sqlite(target) => Database::Sqlite(SqliteTarget {
+                path: match args.sqlite_path.as_deref().filter(|p| !p.is_empty()) {
+                    Some(path) => PathBuf::from(path),
+                    None => Path::new(&args.sqlite_base).join(&target.path),
+                },
+            }),
+            pg => pg,
+        };
+        let watch_dir = PathBuf::from(&args.watch_dir);
+        let failed_dir = match args.failed_dir.as_deref().filter(|d| !d.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => watch_dir.parent().unwrap_or(Path::new("/")).join("failed"),
+        };
+        let strategy = args
+            .pg_strategy
+            .parse::<Strategy>()
+            .map_err(|e| Error::Config(format!("RESTORE_PG_STRATEGY: {e}")))?;
+        if args.poll_interval == 0 {
+            return Err(Error::Config(
+                "RESTORE_POLL_INTERVAL must be at least 1".into(),
+            ));
+        }
+        let backup = BackupConfig {
+            database: database.clone(),
+            paths: Paths::from_args(&args.dir)?,
+            retention: Policy {
+                days: 0,
+                keep_min: 0,
+            },
+            compression_level: args.compression_level,
+            timeout: Duration::from_secs(6 * 3600),
+        };
+        Ok(RestoreConfig {
+            database,
+            backup,
+            watch_dir,
+            failed_dir,
+            state_file: PathBuf::from(&args.state_file),
+            poll_interval: Duration::from_secs(args.poll_interval),
+            settle: Duration::from_secs(args.settle_seconds),
+            use_notify: args.use_notify,
+            stop_containers: names(&args.stop_containers),
+            start_containers: names(&args.start_containers),
+            allow_missing_containers: args.allow_missing_containers,
+            stop_timeout: Duration::from_secs(args.stop_timeout),
+            stop_wait: Duration::from_secs(args.stop_wait_seconds),
+            start_wait: Duration::from_secs(args.start_wait_seconds),
+            health_timeout: Duration::from_secs(args.health_timeout),
+            safety_backup: args.safety_backup,
+            strategy,
+            keep_previous: usize::try_from(args.keep_previous).unwrap_or(usize::MAX),
+            docker_host: args.docker_host.clone().filter(|h| !h.is_empty()),
+        })
+    }
+
+    fn uses_containers(&self) -> bool {
+        !self.stop_containers.is_empty() || !self.start_containers.is_empty()
+    }
+}
+
+pub async fn run(args: &RestoreArgs) -> Result<()> {
+    let cfg = RestoreConfig::from_args(args)?;
+    let cancel = crate::shutdown::on_signal();
+    let docker = if cfg.uses_containers() {
+        let docker = DockerControl::connect(cfg.docker_host.as_deref()).await?;
+        tracing::info!(api_version = %docker.api_version(), "connected to the Docker engine");
+        Some(docker)
+    } else {
+        None
+    };
+    let service = Service { cfg, docker };
+    service.recover_interrupted().await?;
+
+    if let Some(file) = &args.file {
+        return service.one_shot(file, args.dry_run, &cancel).await;
+    }
+
+    let mut watcher = Watcher::start(WatchConfig {
+        dir: service.cfg.watch_dir.clone(),
+        poll_interval: service.cfg.poll_interval,
+        settle: service.cfg.settle,
+        use_notify: service.cfg.use_notify,
+    })?;
+    tracing::info!(
+        watch_dir = %service.cfg.watch_dir.display(),
+        database = %service.cfg.database,
+        containers = ?service.cfg.stop_containers,
+        "restore service watching for backups"
+    );
+    while let Some(batch) = watcher.next_batch(&cancel).await {
+        for handled in service.handle_batch(batch, &cancel).await {
+            watcher.forget(&handled);
+        }
+        if cancel.is_cancelled() {
+            break;
+        }
+    }
+    tracing::info!("restore service stopped");
+    Ok(())
+}
+
+struct Service {
+    cfg: RestoreConfig,
+    docker: Option<DockerControl>,
+}
+
+/// How one restore attempt ended.
+struct Attempt {
+    result: Result<(), String>,
+    containers_stopped: Vec<String>,
+    previous_database: Option<String>,
+    safety_backup: Option<String>,
+    sha256: Option<String>,
+}
+
+impl Service {
+    fn state(&self) -> RestoreState {
+        RestoreState::read(&self.cfg.state_file).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "starting a fresh restore state file");
+            RestoreState::default()
+        })
+    }
+
+    fn save(&self, state: &RestoreState) {
+        if let Err(e) = state.write(&self.cfg.state_file) {
+            tracing::error!(error = %e, "cannot write the restore state file");
+        }
+    }
+
+    /// Returns the paths it moved or deleted, for the watcher to forget.
+    async fn handle_batch(&self, batch: Vec<Found>, cancel: &CancellationToken) -> Vec<PathBuf> {
+        let mut handled = Vec::new();
+        let mut ready = Vec::new();
+        for found in batch {
+            match found {
+                Found::Refused { path, reason } => {
+                    self.refuse(&path, &reason, None);
+                    handled.push(path);
+                }
+                Found::Ready(file) => ready.push(file),
+            }
+        }
+        // The newest wins; older ones are superseded and never restored later.
+        ready.sort_by(|a, b| b.mtime.cmp(&a.mtime).then_with(|| b.name.cmp(&a.name)));
+        let mut ready = ready.into_iter();
+        let Some(newest) = ready.next() else {
+            return handled;
+        };
+        for older in ready {
+            self.refuse(
+                &older.path,
+                &format!("superseded by {}", newest.name),
+                Some("superseded"),
+            );
+            handled.push(older.path);
+        }
+        let mtime = newest
+            .mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let _ = self.restore_file(&newest.path, mtime, cancel).await;
+        handled.push(newest.path);
+        handled
+    }
+
+    fn refuse(&self, path: &Path, reason: &str, result: Option<&str>) {
+        if let Err(e) = move_to_failed(path, &self.cfg.failed_dir, reason) {
+            tracing::error!(error = %e, file = %path.display(), "cannot move the file to the failed folder");
+        }
+        let now = timestamp(Utc::now());
+        let mut state = self.state();
+        state.push_history(HistoryEntry {
+            file: crate::archive::file_name(path),
+            sha256: None,
+            result: result.unwrap_or("refused").into(),
+            error: Some(reason.into()),
+            started_at: now.clone(),
+            finished_at: now,
+            duration_seconds: 0.0,
+            containers_stopped: vec![],
+            previous_database: None,
+            safety_backup: None,
+        });
+        self.save(&state);
+    }
+
+    async fn one_shot(&self, file: &Path, dry_run: bool, cancel: &CancellationToken) -> Result<()> {
+        let name = crate::archive::file_name(file);
+        let kind = kind::classify(&name).ok_or_else(|| {
+            Error::Other(format!(
+                "{}: not a backup file name (.sql, .sql.gz, .dump, .dump.gz, .db, .db.gz)",
+                file.display()
+            ))
+        })?;
+        if dry_run {
+            println!("file:       {}", file.display());
+            println!(
+                "content:    {}{}",
+                kind.payload.describe(),
+                if kind.gzip { ", gzip" } else { "" }
+            );
+            println!("target:     {}", self.cfg.database);
+            if kind.payload.is_postgres() {
+                println!("strategy:   {:?}", self.cfg.strategy);
+            }
+            println!("stop:       {}", self.cfg.stop_containers.join(", "));
+            println!(
+                "start:      {}",
+                self.start_list(&self.cfg.stop_containers).join(", ")
+            );
+            println!(
+                "safety:     {}",
+                if self.cfg.safety_backup {
+                    "backup first"
+                } else {
+                    "none"
+                }
+            );
+            return Ok(());
+        }
+        let mtime = std::fs::metadata(file)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.restore_file(file, mtime, cancel)
+            .await
+            .map_err(Error::Other)
+    }
+
+    fn start_list(&self, stopped: &[String]) -> Vec<String> {
+        let mut list: Vec<String> = stopped.to_vec();
+        for name in &self.cfg.start_containers {
+            if !list.contains(name) {
+                list.push(name.clone());
+            }
+        }
+        list
+    }
+
+    /// Restores one file; the error is the reason recorded.
+    async fn restore_file(
+        &self,
+        path: &Path,
+        mtime: f64,
+        cancel: &CancellationToken,
+    ) -> std::result::Result<(), String> {
+        let span = tracing::info_span!("restore", file = %crate::archive::file_name(path));
+        self.restore_file_in_span(path, mtime, cancel)
+            .instrument(span)
+            .await
+    }
+
+    async fn restore_file_in_span(
+        &self,
+        path: &Path,
+        mtime: f64,
+        cancel: &CancellationToken,
+    ) -> std::result::Result<(), String> {
+        let started = Instant::now();
+        let started_at = Utc::now();
+        let stamp = started_at.format("%Y%m%dT%H%M%SZ").to_string();
+        let name = crate::archive::file_name(path);
+        tracing::info!("restore requested");
+
+        let attempt = self.attempt(path, &stamp, cancel).await;
+        let duration = started.elapsed().as_secs_f64();
+        let mut state = self.state();
+        state.in_progress = None;
+        let (result_word, error) = match &attempt.result {
+            Ok(()) => ("restored", None),
+            Err(reason) => ("failed", Some(reason.clone())),
+        };
+        state.push_history(HistoryEntry {
+            file: name.clone(),
+            sha256: attempt.sha256.clone(),
+            result: result_word.into(),
+            error: error.clone(),
+            started_at: timestamp(started_at),
+            finished_at: timestamp(Utc::now()),
+            duration_seconds: (duration * 1000.0).round() / 1000.0,
+            containers_stopped: attempt.containers_stopped.clone(),
+            previous_database: attempt.previous_database.clone(),
+            safety_backup: attempt.safety_backup.clone(),
+        });
+        match &attempt.result {
+            Ok(()) => {
+                state.last_processed = Some(LastProcessed {
+                    path: path.display().to_string(),
+                    mtime,
+                    completed_at: timestamp(Utc::now()),
+                });
+                self.save(&state);
+                if let Err(e) = std::fs::remove_file(path) {
+                    tracing::warn!(error = %e, "restored, but cannot delete the file");
+                }
+                tracing::info!(
+                    result = "restored",
+                    duration_seconds = format!("{duration:.2}"),
+                    "restore finished"
+                );
+            }
+            Err(reason) => {
+                self.save(&state);
+                if path.exists()
+                    && let Err(e) = move_to_failed(path, &self.cfg.failed_dir, reason)
+                {
+                    tracing::error!(error = %e, "cannot move the file to the failed folder");
+                }
+                tracing::error!(result = "failed", error = %reason, "restore failed");
+            }
+        }
+        attempt.result
+    }
+
+    async fn attempt(&self, path: &Path, stamp: &str, cancel: &CancellationToken) -> Attempt {
+        let mut attempt = Attempt {
+            result: Ok(()),
+            containers_stopped: vec![],
+            previous_database: None,
+            safety_backup: None,
+            sha256: None,
+        };
+        let name = crate::archive::file_name(path);
+        let Some(kind) = kind::classify(&name) else {
+            attempt.result = Err("not a backup file name".into());
+            return attempt;
+        };
+        // 1. Check everything before touching the stack.
+        let mut checked = match check::check(path, kind, &self.cfg.database, stamp).await {
+            Ok(checked) => checked,
+            Err(reason) => {
+                attempt.result = Err(reason);
+                return attempt;
+            }
+        };
+        attempt.sha256 = Some(checked.sha256.clone());
+        let to_stop = match self.plan_containers().await {
+            Ok(list) => list,
+            Err(reason) => {
+                attempt.result = Err(reason);
+                return attempt;
+            }
+        };
+
+        // 2. Record the intent before anything is stopped.
+        let mut state = self.state();
+        state.in_progress = Some(InProgress {
+            file: path.display().to_string(),
+            stamp: stamp.to_string(),
+            started_at: timestamp(Utc::now()),
+            phase: "stopping".into(),
+            containers: to_stop.clone(),
+            stopped: vec![],
+            database: self.cfg.database.to_string(),
+        });
+        self.save(&state);
+
+        let result = self
+            .stop_restore(
+                &mut checked,
+                &to_stop,
+                stamp,
+                &mut attempt,
+                &mut state,
+                cancel,
+            )
+            .await;
+        // 6. Start again what was stopped, also after a failure.
+        self.set_phase(&mut state, "starting");
+        if let Err(e) = self.start_containers(&attempt.containers_stopped).await {
+            tracing::error!(error = %e, "could not start every container");
+            if result.is_ok() {
+                attempt.result = Err(e);
+                return attempt;
+            }
+        }
+        attempt.result = result;
+        attempt
+    }
+
+    async fn stop_restore(
+        &self,
+        checked: &mut Checked,
+        to_stop: &[String],
+        stamp: &str,
+        attempt: &mut Attempt,
+        state: &mut RestoreState,
+        cancel: &CancellationToken,
+    ) -> std::result::Result<(), String> {
+        if let Some(docker) = &self.docker {
+            for name in to_stop {
+                match docker.stop(name, self.cfg.stop_timeout).await {
+                    Ok(StopOutcome::Stopped) => {
+                        attempt.containers_stopped.push(name.clone());
+                        if let Some(p) = state.in_progress.as_mut() {
+                            p.stopped.push(name.clone());
+                        }
+                        self.save(state);
+                    }
+                    Ok(StopOutcome::AlreadyStopped) => {
+                        tracing::info!(container = %name, "already stopped")
+                    }
+                    Err(e) => return Err(format!("cannot stop container {name}: {e}")),
+                }
+            }
+            if !to_stop.is_empty() {
+                tokio::time::sleep(self.cfg.stop_wait).await;
+            }
+        }
+
+        // 3. A way back for the operator.
+        if self.cfg.safety_backup {
+            self.set_phase(state, "safety-backup");
+            match backup::safety_backup(&self.cfg.backup, cancel, &SystemClock).await {
+                Ok(done) => attempt.safety_backup = Some(done.path.display().to_string()),
+                Err(Error::Database { reason, .. }) if reason.contains("does not exist") => {
+                    tracing::info!("no current database to back up first");
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "the safety backup failed, so nothing was restored: {e}"
+                    ));
+                }
+            }
+        }
+
+        // 4./5. The restore itself.
+        self.set_phase(state, "loading");
+        match &self.cfg.database {
+            Database::Postgres(target) => {
+                let opts = pg_restore::Options {
+                    strategy: self.cfg.strategy,
+                    keep_previous: self.cfg.keep_previous,
+                    stamp: stamp.to_string(),
+                };
+                let report =
+                    pg_restore::restore(target, &checked.path, checked.kind, &opts, cancel)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                attempt.previous_database = report.previous;
+            }
+            Database::Sqlite(target) => {
+                let prepared = checked
+                    .prepared
+                    .take()
+                    .ok_or("internal: no prepared SQLite file")?;
+                let swapped = sqlite_restore::swap(prepared, &target.path, stamp)
+                    .map_err(|e| e.to_string())?;
+                attempt.previous_database = swapped.previous.map(|p| p.display().to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn set_phase(&self, state: &mut RestoreState, phase: &str) {
+        if let Some(p) = state.in_progress.as_mut() {
+            p.phase = phase.into();
+        }
+        self.save(state);
+    }
+
+    /// The containers to stop: every named one must exist (unless allowed
+    /// missing), and backupd never stops the container it runs in.
+    async fn plan_containers(&self) -> std::result::Result<Vec<String>, String> {
+        let Some(docker) = &self.docker else {
+            return Ok(vec![]);
+        };
+        let own = docker.own_container_id().await;
+        let mut plan = Vec::new();
+        for name in &self.cfg.stop_containers {
+            match docker.inspect(name).await.map_err(|e| e.to_string())? {
+                Some(state)
+                    if own.as_deref().is_some_and(|own| {
+                        state.id.starts_with(own) || own.starts_with(&state.id)
+                    }) =>
+                {
+                    tracing::warn!(container = %name, "not stopping the container backupd runs in");
+                }
+                Some(_) => plan.push(name.clone()),
+                None if self.cfg.allow_missing_containers => {
+                    tracing::warn!(container = %name, "container does not exist; going on (RESTORE_ALLOW_MISSING_CONTAINERS)");
+                }
+                None => {
+                    return Err(format!(
+                        "container '{name}' (RESTORE_STOP_CONTAINERS) does not exist; nothing was stopped (set RESTORE_ALLOW_MISSING_CONTAINERS=true to go on without it)"
+                    ));
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    async fn start_containers(&self, stopped: &[String]) -> std::result::Result<(), String> {
+        let Some(docker) = &self.docker else {
+            return Ok(());
+        };
+        let mut errors = Vec::new();
+        let list = self.start_list(stopped);
+        for name in &list {
+            if let Err(e) = docker.start(name).await {
+                errors.push(format!("cannot start {name}: {e}"));
+            }
+        }
+        if !list.is_empty() {
+            tokio::time::sleep(self.cfg.start_wait).await;
+        }
+        for name in &list {
+            match docker.wait_healthy(name, self.cfg.health_timeout).await {
+                Ok(HealthOutcome::Healthy) => tracing::info!(container = %name, "healthy"),
+                Ok(HealthOutcome::NoHealthcheck) => {}
+                Ok(other) => {
+                    tracing::warn!(container = %name, outcome = ?other, "container not healthy after the restore")
+                }
+                Err(e) => {
+                    tracing::warn!(container = %name, error = %e, "cannot read the container's health")
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// An `in_progress` entry means the last run died mid-way: start the
+    /// containers it named, put the database back in one piece, record it.
+    async fn recover_interrupted(&self) -> Result<()> {
+        let mut state = self.state();
+        let Some(interrupted) = state.in_progress.take() else {
+            return Ok(());
+        };
+        tracing::warn!(file = %interrupted.file, phase = %interrupted.phase, "the previous restore was interrupted; recovering");
+        let database = match &self.cfg.database {
+            Database::Postgres(target) => pg_restore::recover(target, &interrupted.stamp)
+                .await
+                .map_err(|e| e.to_string()),
+            Database::Sqlite(target) => {
+                sqlite_restore::recover(&target.path, &interrupted.stamp).map_err(|e| e.to_string())
+            }
+        };
+        let mut containers = interrupted.containers.clone();
+        for name in &interrupted.stopped {
+            if !containers.contains(name) {
+                containers.push(name.clone());
+            }
+        }
+        let started = self.start_containers(&containers).await;
+        let file = PathBuf::from(&interrupted.file);
+        if file.exists() {
+            let _ = move_to_failed(
+                &file,
+                &self.cfg.failed_dir,
+                "the restore was interrupted (backupd stopped mid-way)",
+            );
+        }
+        let mut notes = vec![format!("interrupted in phase {}", interrupted.phase)];
+        match &database {
+            Ok(what) => notes.push(what.clone()),
+            Err(e) => notes.push(format!("database recovery failed: {e}")),
+        }
+        if let Err(e) = &started {
+            notes.push(e.clone());
+        }
+        state.push_history(HistoryEntry {
+            file: crate::archive::file_name(&file),
+            sha256: None,
+            result: "interrupted".into(),
+            error: Some(notes.join("; ")),
+            started_at: interrupted.started_at.clone(),
+            finished_at: timestamp(SystemClock.now()),
+            duration_seconds: 0.0,
+            containers_stopped: interrupted.stopped.clone(),
+            previous_database: None,
+            safety_backup: None,
+        });
+        self.save(&state);
+        database.map(|_| ()).map_err(Error::Other)
+    }
+}
