@@ -1,0 +1,216 @@
+//! The operator drops a backup; backupd stops the app's containers through
+//! the real Docker engine, restores, and starts them again — and refuses
+//! before stopping anything when a named container does not exist, and
+//! brings the app back after being killed mid-restore.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::docker::{TestContainer, require_test_image};
+use common::*;
+
+struct Stack {
+    app: SqliteApp,
+    incoming: PathBuf,
+    failed: PathBuf,
+    state: PathBuf,
+}
+
+impl Stack {
+    fn new() -> Stack {
+        let app = SqliteApp::small(50);
+        let root = app.work.path().join("restore");
+        let incoming = root.join("incoming");
+        fs::create_dir_all(&incoming).unwrap();
+        Stack {
+            failed: root.join("failed"),
+            state: root.join("state").join("restore-state.json"),
+            incoming,
+            app,
+        }
+    }
+
+    /// A good backup of the current database, dropped into the incoming folder.
+    fn drop_backup(&self) -> PathBuf {
+        let run = self.app.backupd().once();
+        run.assert_code(0);
+        let made = PathBuf::from(run.stdout.lines().last().unwrap().trim());
+        let dropped = self.incoming.join(file_name(&made));
+        fs::copy(&made, &dropped).unwrap();
+        dropped
+    }
+
+    fn restore(&self, stop: &str, stop_wait: &str) -> Backupd {
+        self.app
+            .backupd()
+            .env("RESTORE_SQLITE_PATH", &self.app.db)
+            .env("RESTORE_WATCH_DIR", &self.incoming)
+            .env("RESTORE_STATE_FILE", &self.state)
+            .env("RESTORE_SETTLE_SECONDS", "1")
+            .env("RESTORE_POLL_INTERVAL", "1")
+            .env("RESTORE_STOP_CONTAINERS", stop)
+            .env("RESTORE_STOP_TIMEOUT", "5")
+            .env("RESTORE_STOP_WAIT_SECONDS", stop_wait)
+            .env("RESTORE_START_WAIT_SECONDS", "0")
+            .env("RESTORE_HEALTH_TIMEOUT", "20")
+    }
+
+    fn state_json(&self) -> serde_json::Value {
+        fs::read_to_string(&self.state)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn history_results(&self) -> Vec<String> {
+        self.state_json()["history"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .map(|e| e["result"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn web_container(image: &str) -> TestContainer {
+    TestContainer::run_fast_stop(
+        image,
+        &[
+            "--health-cmd",
+            "/bin/busybox true",
+            "--health-interval",
+            "1s",
+        ],
+    )
+}
+
+fn rows(db: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn containers_are_stopped_during_the_restore_and_running_after() {
+    let Some(image) = require_test_image() else {
+        return;
+    };
+    let stack = Stack::new();
+    let web = web_container(image);
+    let dropped = stack.drop_backup();
+    let before = rows(&stack.app.db);
+
+    let mut service = stack.restore(&web.name, "3").background(&["restore"]);
+    let seen_stopped = poll(Duration::from_millis(100), Duration::from_secs(30), || {
+        (!web.cli_running()).then_some(())
+    });
+    assert!(
+        seen_stopped.is_some(),
+        "the web container was never seen stopped:\n{}",
+        service.log()
+    );
+    let restored = poll(Duration::from_millis(200), Duration::from_secs(60), || {
+        stack
+            .history_results()
+            .first()
+            .filter(|r| *r == "restored")
+            .cloned()
+    });
+    assert!(
+        restored.is_some(),
+        "no restore recorded:\n{}",
+        service.log()
+    );
+    assert!(
+        web.cli_running(),
+        "web is not running again after the restore"
+    );
+    let health = web.cli_inspect("{{.State.Health.Status}}");
+    assert!(
+        health == "healthy" || health == "starting",
+        "health after restore: {health}"
+    );
+    let entry = &stack.state_json()["history"][0];
+    assert_eq!(
+        entry["containers_stopped"][0].as_str(),
+        Some(web.name.as_str())
+    );
+    assert!(stack.state_json()["in_progress"].is_null());
+    assert!(!dropped.exists(), "the restored file was not deleted");
+    assert_eq!(rows(&stack.app.db), before);
+    let done = service.terminate(Duration::from_secs(15));
+    assert_eq!(done.code, 0, "{done}");
+}
+
+#[test]
+fn a_missing_container_refuses_the_restore_with_nothing_stopped() {
+    let Some(image) = require_test_image() else {
+        return;
+    };
+    let stack = Stack::new();
+    let web = web_container(image);
+    let started_at = web.cli_inspect("{{.State.StartedAt}}");
+    let dropped = stack.drop_backup();
+
+    let mut service = stack
+        .restore(&format!("{},backupd-no-such-container", web.name), "0")
+        .background(&["restore"]);
+    let reason = poll(Duration::from_millis(200), Duration::from_secs(30), || {
+        let file = stack
+            .failed
+            .join(format!("{}.reason.json", file_name(&dropped)));
+        fs::read_to_string(file).ok()
+    });
+    let reason = reason.unwrap_or_else(|| panic!("the file was not refused:\n{}", service.log()));
+    assert!(reason.contains("backupd-no-such-container"), "{reason}");
+    assert!(web.cli_running());
+    assert_eq!(
+        web.cli_inspect("{{.State.StartedAt}}"),
+        started_at,
+        "the web container was restarted"
+    );
+    let _ = service.terminate(Duration::from_secs(15));
+}
+
+#[test]
+fn after_kill_9_mid_restore_the_next_start_brings_the_app_back() {
+    let Some(image) = require_test_image() else {
+        return;
+    };
+    let stack = Stack::new();
+    let web = web_container(image);
+    stack.drop_backup();
+    let before = rows(&stack.app.db);
+
+    // A long wait after stopping leaves backupd sitting with the app down.
+    let mut service = stack.restore(&web.name, "60").background(&["restore"]);
+    let stopped = poll(Duration::from_millis(100), Duration::from_secs(30), || {
+        (!web.cli_running()).then_some(())
+    });
+    assert!(stopped.is_some(), "web never stopped:\n{}", service.log());
+    service.signal("KILL");
+    let _ = service.wait_exit(Duration::from_secs(10));
+    assert!(
+        !web.cli_running(),
+        "web should still be down after the crash"
+    );
+    assert!(
+        !stack.state_json()["in_progress"].is_null(),
+        "the intent was not recorded before stopping"
+    );
+
+    let mut again = stack.restore(&web.name, "0").background(&["restore"]);
+    let recovered = poll(Duration::from_millis(200), Duration::from_secs(60), || {
+        (web.cli_running() && stack.history_results().iter().any(|r| r == "interrupted"))
+            .then_some(())
+    });
+    assert!(recovered.is_some(), "not recovered:\n{}", again.log());
+    assert!(stack.state_json()["in_progress"].is_null());
+    assert_eq!(rows(&stack.app.db), before, "the database is not intact");
+    let _ = again.terminate(Duration::from_secs(15));
+}
