@@ -170,6 +170,14 @@ struct Service {
     docker: Option<DockerControl>,
 }
 
+/// Where the file came from: a file dropped into the watch folder is the
+/// service's to delete or move; a file named with `--file` stays where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Dropped,
+    Given,
+}
+
 /// How one restore attempt ended.
 struct Attempt {
     result: Result<(), String>,
@@ -225,7 +233,9 @@ impl Service {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        let _ = self.restore_file(&newest.path, mtime, cancel).await;
+        let _ = self
+            .restore_file(&newest.path, mtime, Origin::Dropped, cancel)
+            .await;
         handled.push(newest.path);
         handled
     }
@@ -291,7 +301,7 @@ impl Service {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        self.restore_file(file, mtime, cancel)
+        self.restore_file(file, mtime, Origin::Given, cancel)
             .await
             .map_err(Error::Other)
     }
@@ -311,10 +321,11 @@ impl Service {
         &self,
         path: &Path,
         mtime: f64,
+        origin: Origin,
         cancel: &CancellationToken,
     ) -> std::result::Result<(), String> {
         let span = tracing::info_span!("restore", file = %crate::archive::file_name(path));
-        self.restore_file_in_span(path, mtime, cancel)
+        self.restore_file_in_span(path, mtime, origin, cancel)
             .instrument(span)
             .await
     }
@@ -323,6 +334,7 @@ impl Service {
         &self,
         path: &Path,
         mtime: f64,
+        origin: Origin,
         cancel: &CancellationToken,
     ) -> std::result::Result<(), String> {
         let started = Instant::now();
@@ -359,7 +371,9 @@ impl Service {
                     completed_at: timestamp(Utc::now()),
                 });
                 self.save(&state);
-                if let Err(e) = std::fs::remove_file(path) {
+                if origin == Origin::Dropped
+                    && let Err(e) = std::fs::remove_file(path)
+                {
                     tracing::warn!(error = %e, "restored, but cannot delete the file");
                 }
                 tracing::info!(
@@ -370,7 +384,8 @@ impl Service {
             }
             Err(reason) => {
                 self.save(&state);
-                if path.exists()
+                if origin == Origin::Dropped
+                    && path.exists()
                     && let Err(e) = move_to_failed(path, &self.cfg.failed_dir, reason)
                 {
                     tracing::error!(error = %e, "cannot move the file to the failed folder");
