@@ -1006,7 +1006,10 @@ fn one_shot_dry_run_changes_nothing_and_a_bad_file_exits_1_with_the_reason() {
         "stderr should say the file is empty:\n{run}"
     );
     assert_eq!(stack.app_fingerprint(), before, "the database changed");
-    assert!(empty.exists(), "--file must leave a refused file where it is");
+    assert!(
+        empty.exists(),
+        "--file must leave a refused file where it is"
+    );
 
     // The good file restores and exits 0.
     let run = stack
