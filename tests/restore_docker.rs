@@ -214,3 +214,75 @@ fn after_kill_9_mid_restore_the_next_start_brings_the_app_back() {
     assert_eq!(rows(&stack.app.db), before, "the database is not intact");
     let _ = again.terminate(Duration::from_secs(15));
 }
+
+#[test]
+fn a_postgres_dump_failing_half_way_leaves_the_live_rows_and_restarts_the_app() {
+    let Some(image) = require_test_image() else {
+        return;
+    };
+    let Some(bin) = require_postgres() else {
+        return;
+    };
+    let cluster = PgCluster::start_with_app(&bin, Some(1));
+    cluster.psql("postgres", "ALTER ROLE app CREATEDB");
+    let work = temp_dir();
+    let backups = work.path().join("backups");
+    let made = cluster.backupd(&backups).once();
+    made.assert_code(0);
+    let good = PathBuf::from(made.stdout.lines().last().unwrap().trim());
+    let broken = insert_in_middle(
+        &String::from_utf8(gunzip_bytes(&good)).unwrap(),
+        "SELECT * FROM no_such_table;",
+    );
+    let incoming = work.path().join("restore").join("incoming");
+    fs::create_dir_all(&incoming).unwrap();
+    let staged = work.path().join("pg_dump-broken.sql.gz");
+    write_gzip(&staged, broken.as_bytes());
+    let live = cluster.table_checksums("appdb");
+    let web = web_container(image);
+
+    let mut service = cluster
+        .backupd(&backups)
+        .env("RESTORE_WATCH_DIR", &incoming)
+        .env(
+            "RESTORE_STATE_FILE",
+            work.path().join("restore/state/restore-state.json"),
+        )
+        .env("RESTORE_SETTLE_SECONDS", "1")
+        .env("RESTORE_POLL_INTERVAL", "1")
+        .env("RESTORE_STOP_CONTAINERS", &web.name)
+        .env("RESTORE_STOP_WAIT_SECONDS", "1")
+        .env("RESTORE_START_WAIT_SECONDS", "0")
+        .background(&["restore"]);
+    fs::rename(&staged, incoming.join("pg_dump-broken.sql.gz")).unwrap();
+    let seen_stopped = poll(Duration::from_millis(100), Duration::from_secs(30), || {
+        (!web.cli_running()).then_some(())
+    });
+    assert!(
+        seen_stopped.is_some(),
+        "web never stopped:\n{}",
+        service.log()
+    );
+    let reason = poll(Duration::from_millis(200), Duration::from_secs(60), || {
+        fs::read_to_string(
+            work.path()
+                .join("restore/failed/pg_dump-broken.sql.gz.reason.json"),
+        )
+        .ok()
+    })
+    .unwrap_or_else(|| panic!("the broken dump was not failed:\n{}", service.log()));
+    assert!(reason.contains("no_such_table"), "{reason}");
+    let running = poll(Duration::from_millis(200), Duration::from_secs(30), || {
+        web.cli_running().then_some(())
+    });
+    assert!(
+        running.is_some(),
+        "web is not running again after the failure"
+    );
+    assert_eq!(
+        cluster.table_checksums("appdb"),
+        live,
+        "the live rows changed"
+    );
+    let _ = service.terminate(Duration::from_secs(15));
+}

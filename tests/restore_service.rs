@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -372,15 +372,6 @@ fn notes_count(path: &Path) -> i64 {
     let conn = Connection::open(path).unwrap();
     conn.query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
         .unwrap()
-}
-
-/// The whole decompressed content of a gzip file.
-fn gunzip_bytes(path: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(fs::File::open(path).unwrap())
-        .read_to_end(&mut out)
-        .unwrap();
-    out
 }
 
 fn mtime_seconds(path: &Path) -> f64 {
@@ -837,23 +828,6 @@ fn databases_like(cluster: &PgCluster, prefix: &str) -> Vec<String> {
         .filter(|n| n.starts_with(prefix))
         .map(str::to_string)
         .collect()
-}
-
-/// Inserts `line` before the COPY statement in the middle of a plain dump.
-fn insert_in_middle(sql: &str, line: &str) -> String {
-    let lines: Vec<&str> = sql.lines().collect();
-    let copies: Vec<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.starts_with("COPY ") && l.ends_with(" FROM stdin;"))
-        .map(|(i, _)| i)
-        .collect();
-    assert!(copies.len() >= 3, "the dump has too few COPY statements");
-    let at = copies[copies.len() / 2];
-    let mut out: Vec<&str> = lines[..at].to_vec();
-    out.push(line);
-    out.extend_from_slice(&lines[at..]);
-    out.join("\n") + "\n"
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! safety backup, restores without risking the live database, starts the
 //! containers again (also after a failure) and records everything.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -182,6 +183,7 @@ enum Origin {
 struct Attempt {
     result: Result<(), String>,
     containers_stopped: Vec<String>,
+    container_health: BTreeMap<String, String>,
     previous_database: Option<String>,
     safety_backup: Option<String>,
     sha256: Option<String>,
@@ -255,6 +257,7 @@ impl Service {
             finished_at: now,
             duration_seconds: 0.0,
             containers_stopped: vec![],
+            container_health: BTreeMap::new(),
             previous_database: None,
             safety_backup: None,
         });
@@ -360,6 +363,7 @@ impl Service {
             finished_at: timestamp(Utc::now()),
             duration_seconds: (duration * 1000.0).round() / 1000.0,
             containers_stopped: attempt.containers_stopped.clone(),
+            container_health: attempt.container_health.clone(),
             previous_database: attempt.previous_database.clone(),
             safety_backup: attempt.safety_backup.clone(),
         });
@@ -400,6 +404,7 @@ impl Service {
         let mut attempt = Attempt {
             result: Ok(()),
             containers_stopped: vec![],
+            container_health: BTreeMap::new(),
             previous_database: None,
             safety_backup: None,
             sha256: None,
@@ -451,7 +456,10 @@ impl Service {
             .await;
         // 6. Start again what was stopped, also after a failure.
         self.set_phase(&mut state, "starting");
-        if let Err(e) = self.start_containers(&attempt.containers_stopped).await {
+        if let Err(e) = self
+            .start_containers(&attempt.containers_stopped, &mut attempt.container_health)
+            .await
+        {
             tracing::error!(error = %e, "could not start every container");
             if result.is_ok() {
                 attempt.result = Err(e);
@@ -574,7 +582,13 @@ impl Service {
         Ok(plan)
     }
 
-    async fn start_containers(&self, stopped: &[String]) -> std::result::Result<(), String> {
+    /// Starts the containers and waits for those with a healthcheck; their
+    /// health is written into `health` for the history.
+    async fn start_containers(
+        &self,
+        stopped: &[String],
+        health: &mut BTreeMap<String, String>,
+    ) -> std::result::Result<(), String> {
         let Some(docker) = &self.docker else {
             return Ok(());
         };
@@ -589,7 +603,17 @@ impl Service {
             tokio::time::sleep(self.cfg.start_wait).await;
         }
         for name in &list {
-            match docker.wait_healthy(name, self.cfg.health_timeout).await {
+            let outcome = docker.wait_healthy(name, self.cfg.health_timeout).await;
+            let word = match &outcome {
+                Ok(HealthOutcome::Healthy) => "healthy",
+                Ok(HealthOutcome::NoHealthcheck) => "no healthcheck",
+                Ok(HealthOutcome::Unhealthy) => "unhealthy",
+                Ok(HealthOutcome::TimedOut) => "not healthy within RESTORE_HEALTH_TIMEOUT",
+                Ok(HealthOutcome::NotRunning) => "not running",
+                Err(_) => "unknown",
+            };
+            health.insert(name.clone(), word.to_string());
+            match outcome {
                 Ok(HealthOutcome::Healthy) => tracing::info!(container = %name, "healthy"),
                 Ok(HealthOutcome::NoHealthcheck) => {}
                 Ok(other) => {
@@ -629,7 +653,8 @@ impl Service {
                 containers.push(name.clone());
             }
         }
-        let started = self.start_containers(&containers).await;
+        let mut health = BTreeMap::new();
+        let started = self.start_containers(&containers, &mut health).await;
         let file = PathBuf::from(&interrupted.file);
         if file.exists() {
             let _ = move_to_failed(
@@ -655,6 +680,7 @@ impl Service {
             finished_at: timestamp(SystemClock.now()),
             duration_seconds: 0.0,
             containers_stopped: interrupted.stopped.clone(),
+            container_health: health,
             previous_database: None,
             safety_backup: None,
         });

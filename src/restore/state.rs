@@ -56,6 +56,9 @@ pub struct HistoryEntry {
     pub duration_seconds: f64,
     #[serde(default)]
     pub containers_stopped: Vec<String>,
+    /// Health of each started container after the restore.
+    #[serde(default)]
+    pub container_health: std::collections::BTreeMap<String, String>,
     pub previous_database: Option<String>,
     pub safety_backup: Option<String>,
 }

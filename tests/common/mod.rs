@@ -1860,3 +1860,32 @@ pub fn metric_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> 
 }
 
 pub mod docker;
+
+// ---------------------------------------------------------------- dump editing
+
+/// The decompressed bytes of a gzip file.
+pub fn gunzip_bytes(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(fs::File::open(path).unwrap())
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// `sql` with `line` inserted before the middle `COPY … FROM stdin;` of a
+/// plain dump: an error half way through the load.
+pub fn insert_in_middle(sql: &str, line: &str) -> String {
+    let lines: Vec<&str> = sql.lines().collect();
+    let copies: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("COPY ") && l.ends_with(" FROM stdin;"))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(copies.len() >= 3, "the dump has too few COPY statements");
+    let at = copies[copies.len() / 2];
+    let mut out: Vec<&str> = lines[..at].to_vec();
+    out.push(line);
+    out.extend_from_slice(&lines[at..]);
+    out.join("\n") + "\n"
+}
