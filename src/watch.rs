@@ -134,6 +134,9 @@ impl Tracked {
     }
 }
 
+/// The shortest time ready files are held back for others still settling.
+const MAX_HOLD_FLOOR: Duration = Duration::from_secs(30);
+
 /// Watches the restore folder; see the module documentation.
 pub struct Watcher {
     cfg: WatchConfig,
@@ -149,6 +152,8 @@ pub struct Watcher {
     /// The last sweep could not read the folder itself.
     sweep_failing: bool,
     sweeps: u64,
+    /// Since when ready files have been held back for others still settling.
+    holding_since: Option<Instant>,
 }
 
 impl Watcher {
@@ -178,6 +183,7 @@ impl Watcher {
             events,
             sweep_failing: false,
             sweeps: 0,
+            holding_since: None,
         };
         let swept = sweep(&watcher.cfg.dir);
         watcher.apply(swept);
@@ -212,11 +218,19 @@ impl Watcher {
                 return Some(batch);
             }
             let slack = self.cfg.settle.min(COALESCE);
+            let settle = self.cfg.settle;
+            let hold_ends = self
+                .holding_since
+                .map(|since| since + (settle * 6).max(MAX_HOLD_FLOOR));
             let deadline = self
                 .tracked
                 .values()
-                .filter_map(|t| t.settle_deadline(self.cfg.settle))
+                // A file already settled but held back waits for the others'
+                // deadlines, not its own (which has passed).
+                .filter(|t| t.last_seen.duration_since(t.stable_since) < settle)
+                .filter_map(|t| t.settle_deadline(settle))
                 .map(|d| d + slack)
+                .chain(hold_ends)
                 .fold(self.next_poll, Instant::min);
             tokio::select! {
                 _ = cancel.cancelled() => return None,
@@ -347,11 +361,31 @@ impl Watcher {
     }
 
     /// Everything ready or refused and not reported yet, marked reported.
+    ///
+    /// Ready files are held back while another accepted file is still
+    /// settling, so files dropped together are chosen from together (the
+    /// newest wins) even when a big one takes longer to copy; the hold is
+    /// bounded so a file that never settles cannot block restores.
     fn collect(&mut self) -> Vec<Found> {
         let settle = self.cfg.settle;
+        let still_settling = self.tracked.values().any(|t| {
+            !t.reported
+                && matches!(t.class, Class::Regular(_))
+                && t.last_seen.duration_since(t.stable_since) < settle
+        });
+        let hold = if still_settling {
+            let since = *self.holding_since.get_or_insert_with(Instant::now);
+            since.elapsed() < (settle * 6).max(MAX_HOLD_FLOOR)
+        } else {
+            self.holding_since = None;
+            false
+        };
         let mut batch: Vec<Found> = Vec::new();
         for (path, t) in &mut self.tracked {
             if t.reported {
+                continue;
+            }
+            if hold && matches!(t.class, Class::Regular(_)) {
                 continue;
             }
             match &t.class {

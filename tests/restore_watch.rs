@@ -319,3 +319,31 @@ async fn a_missing_folder_is_created_and_cancel_stops_the_wait() {
     let result = timeout(Duration::from_secs(5), watcher.next_batch(&cancel)).await;
     assert!(matches!(result, Ok(None)), "{result:?}");
 }
+
+#[tokio::test]
+async fn a_small_file_waits_for_a_big_one_still_being_copied_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut watcher = Watcher::start(config(dir.path(), 200, 1000, true)).unwrap();
+    let small = dir.path().join("small.db.gz");
+    let big = dir.path().join("big.db.gz");
+    fs::write(&small, b"small").unwrap();
+    let writer = {
+        let big = big.clone();
+        std::thread::spawn(move || {
+            let mut file = fs::File::create(&big).unwrap();
+            for _ in 0..6 {
+                file.write_all(&[7u8; 4096]).unwrap();
+                file.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        })
+    };
+    let batches = gather(&mut watcher, Duration::from_secs(15), |found| {
+        has(found, &small) && has(found, &big)
+    })
+    .await;
+    writer.join().unwrap();
+    assert_eq!(batches.len(), 1, "the two files came apart: {batches:?}");
+    assert_eq!(ready(&batches[0], &big).map(|f| f.size), Some(6 * 4096));
+    assert!(ready(&batches[0], &small).is_some());
+}
