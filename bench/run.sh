@@ -19,14 +19,30 @@
 #   7. with BENCH_SQLITE=1 the same for a SQLite database built at the same
 #      scale: `backupd once` vs `sqlite3 DB .backup` (+ gzip -6);
 #      bench/results/<date>-sqlite.md
+#   8. with BENCH_RESTORE=1 (or BENCH_ONLY_RESTORE=1, which skips 5-7): the
+#      restore side. Role bench gets CREATEDB; one `backupd once` file is
+#      restored with hyperfine (--runs BENCH_RUNS, no warmup):
+#        a. gunzip -c FILE | psql --single-transaction into a new empty database
+#        b. backupd restore --file FILE, RESTORE_SAFETY_BACKUP=false (staging:
+#           load into a new database, swap it in, drop the old one)
+#        c. the same with RESTORE_SAFETY_BACKUP=true (a full backup first)
+#      peak RSS of (b) (GNU time -v, VmHWM sampling); then `backupd restore` as
+#      a watcher: latency from an atomic mv into RESTORE_WATCH_DIR to its
+#      "restore requested" log line, and its idle RSS and CPU ticks;
+#      bench/results/<date>-restore.md
 #
 # Usage:   bench/run.sh                         (scale 1000: ~440 MB database)
 #          BENCH_SCALE=20 BENCH_RUNS=1 bench/run.sh     (quick smoke test)
+#          BENCH_ONLY_RESTORE=1 BENCH_RUNS=2 bench/run.sh  (restore side only)
 #
 # Variables:
 #   BENCH_SCALE       fixture scale (default 1000; ~0.43 MB of database per unit)
-#   BENCH_RUNS        hyperfine --runs (default 3; plus 1 warmup run)
+#   BENCH_RUNS        hyperfine --runs (default 3; plus 1 warmup run, none for restores)
 #   BENCH_SQLITE      1 = also benchmark SQLite (default 0)
+#   BENCH_RESTORE     1 = also benchmark restoring (step 8; default 0)
+#   BENCH_ONLY_RESTORE  1 = restore benchmark only: skips steps 5-7 (default 0)
+#   BENCH_SETTLE      RESTORE_SETTLE_SECONDS for the watcher (default 2)
+#   BENCH_IDLE_SECONDS  how long the idle watcher's CPU ticks are counted (default 20)
 #   BACKUPD_BIN       use this binary instead of building target/release/backupd
 #   BENCH_COMPRESSION_LEVEL  BACKUP_COMPRESSION_LEVEL given to backupd (default 6)
 #   BENCH_PG_BIN      PostgreSQL bin dir (default: newest /usr/lib/postgresql/*/bin)
@@ -42,6 +58,11 @@
 # DATABASE_URL, BACKUP_DIR, BACKUP_RETENTION_DAYS (0 = off) and
 # BACKUP_COMPRESSION_LEVEL.  It finds pg_dump on PATH; the server's own bin dir
 # is put first on PATH so client and server versions match.
+# For step 8: `backupd restore --file F` exits 0 after restoring F into the
+# database of DATABASE_URL (RESTORE_* variables as in `backupd restore --help`);
+# without --file it watches RESTORE_WATCH_DIR and logs lines starting with an
+# RFC 3339 UTC timestamp, among them "restore requested" and "restore finished"
+# (or "restore failed"), and stops on SIGTERM.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,6 +70,11 @@ scale=${BENCH_SCALE:-1000}
 runs=${BENCH_RUNS:-3}
 level=${BENCH_COMPRESSION_LEVEL:-6}
 results_dir=${BENCH_RESULTS_DIR:-$repo/bench/results}
+only_restore=${BENCH_ONLY_RESTORE:-0}
+restore=${BENCH_RESTORE:-0}
+if [[ $only_restore == 1 ]]; then restore=1; fi
+settle=${BENCH_SETTLE:-2}
+idle_s=${BENCH_IDLE_SECONDS:-20}
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
@@ -56,6 +82,13 @@ die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
 [[ $scale =~ ^[1-9][0-9]*$ ]] || die "BENCH_SCALE must be a positive integer"
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
 [[ $level =~ ^[0-9]$ ]] || die "BENCH_COMPRESSION_LEVEL must be 0-9"
+[[ $restore =~ ^[01]$ ]] || die "BENCH_RESTORE must be 0 or 1"
+[[ $only_restore =~ ^[01]$ ]] || die "BENCH_ONLY_RESTORE must be 0 or 1"
+[[ $settle =~ ^[0-9]+$ ]] || die "BENCH_SETTLE must be a whole number of seconds"
+[[ $idle_s =~ ^[1-9][0-9]*$ ]] || die "BENCH_IDLE_SECONDS must be a positive integer"
+if [[ $only_restore == 1 && ${BENCH_SQLITE:-0} == 1 ]]; then
+    printf 'bench/run.sh: BENCH_ONLY_RESTORE=1: ignoring BENCH_SQLITE=1\n' >&2
+fi
 
 # ---------------------------------------------------------------- 1. tools
 apt_install() {
@@ -76,7 +109,7 @@ command -v pigz >/dev/null || missing+=(pigz)
 command -v gzip >/dev/null || missing+=(gzip)
 command -v jq >/dev/null || missing+=(jq)
 [[ -x /usr/bin/time ]] || missing+=(time)
-if [[ ${BENCH_SQLITE:-0} == 1 ]]; then
+if [[ ${BENCH_SQLITE:-0} == 1 && $only_restore != 1 ]]; then
     command -v sqlite3 >/dev/null || missing+=(sqlite3)
 fi
 if [[ -z ${BENCH_PG_BIN:-} ]] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
@@ -120,8 +153,13 @@ as_pg() {
 }
 
 cluster_started=0
+watcher_pid=""
 cleanup() {
     local rc=$?
+    if [[ -n $watcher_pid ]]; then
+        kill -TERM "$watcher_pid" 2>/dev/null || true
+        wait "$watcher_pid" 2>/dev/null || true
+    fi
     if [[ $cluster_started == 1 ]]; then
         as_pg "$pgbin/pg_ctl" -D "$pgdata" -m immediate -w stop >/dev/null 2>&1 || true
     fi
@@ -289,7 +327,270 @@ machine_info() {
     echo "- $(hyperfine --version), $(gzip --version | head -n 1), $(pigz --version 2>&1 | head -n 1)"
 }
 
+# ---------------------------------------------------------------- 8. restore
+# Defined here, run at the end (BENCH_RESTORE=1) or alone (BENCH_ONLY_RESTORE=1).
+# Scratch: $work/restore-src (the one backup file), $work/restore-given (the
+# copy given to --file), $work/incoming (RESTORE_WATCH_DIR), $work/failed,
+# $work/restore-state.json; safety backups go to $backup_dir.
+r_src=$work/restore-src
+r_given=$work/restore-given
+r_incoming=$work/incoming
+r_failed=$work/failed
+r_state=$work/restore-state.json
+
+# $work/restore.sh SAFETY [ARGS...]: backupd restore ARGS with
+# RESTORE_SAFETY_BACKUP=SAFETY, the URL only (no PG* variables) and every
+# RESTORE_* setting the benchmark depends on pinned.
+write_restore_scripts() {
+    cat >"$work/restore.sh" <<EOF
+#!/bin/sh
+url=\$(cat "$work/url-pg") || exit 1
+safety=\$1
+shift
+echo \$\$ >"$work/restore.pid"
+exec env -u PGPASSWORD -u PGPASSFILE -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE \\
+    PATH="$pgbin:\$PATH" DATABASE_URL="\$url" BACKUP_DIR="$backup_dir" \\
+    BACKUP_RETENTION_DAYS=0 BACKUP_COMPRESSION_LEVEL=$level \\
+    RESTORE_STATE_FILE="$r_state" RESTORE_WATCH_DIR="$r_incoming" \\
+    RESTORE_FAILED_DIR="$r_failed" RESTORE_KEEP_PREVIOUS=0 \\
+    RESTORE_PG_STRATEGY=staging RESTORE_STOP_CONTAINERS= RESTORE_START_CONTAINERS= \\
+    RESTORE_SETTLE_SECONDS=$settle RESTORE_POLL_INTERVAL=30 RESTORE_USE_NOTIFY=true \\
+    RESTORE_SAFETY_BACKUP="\$safety" "$backupd" restore "\$@"
+EOF
+    # $work/psql-plain.sh: the baseline's psql, into benchdb_plain
+    cat >"$work/psql-plain.sh" <<EOF
+#!/bin/sh
+PGPASSWORD='$bench_pw' exec "$pgbin/psql" -X -q -v ON_ERROR_STOP=1 --single-transaction \\
+    -h 127.0.0.1 -p $port -U bench -d benchdb_plain
+EOF
+    # $work/restore-prepare.sh plain|given: hyperfine's --prepare. Drops what
+    # an earlier restore left (benchdb_pre_restore_*, benchdb_restore_*), then
+    # plain: a new empty benchdb_plain; given: an empty BACKUP_DIR, no state
+    # file, and a fresh copy of the backup at $r_given/NAME.
+    cat >"$work/restore-prepare.sh" <<EOF
+#!/bin/sh
+set -e
+export PGPASSWORD='$bench_pw'
+bpsql() { "$pgbin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $port -U bench -d postgres "\$@"; }
+bpsql >/dev/null <<'SQL'
+SELECT format('DROP DATABASE %I', datname) FROM pg_database
+ WHERE starts_with(datname, 'benchdb_pre_restore_') OR starts_with(datname, 'benchdb_restore_')
+\\gexec
+SQL
+case \$1 in
+    plain)
+        bpsql -c 'DROP DATABASE IF EXISTS benchdb_plain' -c 'CREATE DATABASE benchdb_plain' ;;
+    given)
+        rm -rf "$backup_dir" "$r_given" "$r_state"
+        mkdir -p "$backup_dir" "$r_given"
+        cp "$r_src/\$2" "$r_given/\$2" ;;
+    *) echo "usage: \$0 plain|given NAME" >&2; exit 2 ;;
+esac
+EOF
+    chmod 700 "$work/restore.sh" "$work/psql-plain.sh" "$work/restore-prepare.sh"
+}
+
+# Runs "$@" under GNU time -v (-o $work/time-$1.txt, stdout/stderr to
+# $work/$1.out/.err), sampling VmHWM of the pid the wrapper writes to $2.
+# Usage: time_sampled TAG PIDFILE CMD...   Sets: ts_rc ts_own_hwm_kib
+time_sampled() {
+    local tag=$1 pidfile=$2 bpid="" hwm=0 v tpid
+    shift 2
+    rm -f "$pidfile"
+    /usr/bin/time -v -o "$work/time-$tag.txt" "$@" >"$work/$tag.out" 2>"$work/$tag.err" &
+    tpid=$!
+    while kill -0 "$tpid" 2>/dev/null; do
+        if [[ -z $bpid && -s $pidfile ]]; then bpid=$(cat "$pidfile"); fi
+        if [[ -n $bpid ]]; then
+            v=$(awk '/^VmHWM:/ { print $2 }' "/proc/$bpid/status" 2>/dev/null || true)
+            if [[ -n $v && $v -gt $hwm ]]; then hwm=$v; fi
+        fi
+        sleep 0.02
+    done
+    ts_rc=0
+    wait "$tpid" || ts_rc=$?
+    ts_own_hwm_kib=$hwm
+}
+
+# the watcher's stderr log; waits until a line matches ERE $1 (up to $2 s)
+# or the watcher has exited; prints the first matching line
+wait_log() {
+    local pattern=$1 limit=$2 deadline line
+    deadline=$(($(date +%s) + limit))
+    while :; do
+        line=$(grep -m 1 -E -- "$pattern" "$work/watcher.err" || true)
+        if [[ -n $line ]]; then
+            printf '%s\n' "$line"
+            return 0
+        fi
+        kill -0 "$watcher_pid" 2>/dev/null || return 1
+        [[ $(date +%s) -lt $deadline ]] || return 1
+        sleep 0.05
+    done
+}
+# epoch seconds of the RFC 3339 timestamp that starts log line $1
+log_epoch() { date -u -d "${1%% *}" +%s.%N; }
+# utime+stime (clock ticks) of pid $1
+proc_ticks() {
+    local stat f
+    stat=$(cat "/proc/$1/stat")
+    read -r -a f <<<"${stat##*) }"    # f[0] is field 3 (state)
+    echo $((f[11] + f[12]))
+}
+proc_status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+hf_stat() { jq -r ".results[$2].$3" "$1" | awk '{ printf "%.3f", $1 }'; }
+db_size() {
+    su_psql -At -c "SELECT coalesce((SELECT pg_size_pretty(pg_database_size(datname)) FROM pg_database WHERE datname = '$1'), 'missing')"
+}
+
+restore_bench() {
+    local name given_left history
+    write_restore_scripts
+    log "restore: ALTER ROLE bench CREATEDB"
+    su_psql -c "ALTER ROLE bench CREATEDB"
+
+    log "restore: one backup with backupd once"
+    backupd_measured pg
+    name=$(basename "$bk_file")
+    rm -rf "$r_src" && mkdir -p "$r_src"
+    mv "$bk_file" "$r_src/$name"
+    r_file=$r_src/$name
+    r_gz_bytes=$(fsize "$r_file")
+    r_plain_bytes=$(gunzip -c "$r_file" | wc -c)
+    log "restore: $name: $(mib "$r_gz_bytes") MiB gzip, $(mib "$r_plain_bytes") MiB of SQL"
+
+    # (b) once, measured: checks the contract and gives the peak RSS
+    log "restore: backupd restore --file (measured run: GNU time -v, VmHWM sampling)"
+    "$work/restore-prepare.sh" given "$name"
+    time_sampled restore-b "$work/restore.pid" "$work/restore.sh" false --file "$r_given/$name"
+    if [[ $ts_rc -ne 0 ]]; then
+        echo "---- backupd restore stderr:" >&2
+        tail -n 40 "$work/restore-b.err" >&2
+        die "backupd restore --file failed (exit $ts_rc; see above)"
+    fi
+    history=$(jq -r '.history[0].result // "none"' "$r_state" 2>/dev/null || echo "unreadable")
+    [[ $history == restored ]] || die "backupd restore: the state file's newest result is '$history', not 'restored'"
+    r_own_rss=$ts_own_hwm_kib
+    r_tree_rss=$(time_rss "$work/time-restore-b.txt")
+    r_wall=$(awk -F': ' '/Elapsed \(wall clock\)/ { print $2 }' "$work/time-restore-b.txt")
+    if [[ -e $r_given/$name ]]; then given_left=kept; else given_left=deleted; fi
+    log "restore: done in $r_wall, peak RSS $(kib_mib "$r_own_rss") MiB (tree $(kib_mib "$r_tree_rss") MiB); the --file copy was $given_left"
+
+    log "restore: hyperfine ($runs runs, no warmup)"
+    r_hf_json=$work/hyperfine-restore.json
+    r_hf_md=$work/hyperfine-restore.md
+    hyperfine --style basic --runs "$runs" \
+        --export-json "$r_hf_json" --export-markdown "$r_hf_md" \
+        --prepare "'$work/restore-prepare.sh' plain" \
+        -n 'gunzip | psql --single-transaction' "gunzip -c '$r_file' | '$work/psql-plain.sh'" \
+        --prepare "'$work/restore-prepare.sh' given '$name'" \
+        -n 'backupd restore (no safety backup)' "'$work/restore.sh' false --file '$r_given/$name'" \
+        --prepare "'$work/restore-prepare.sh' given '$name'" \
+        -n 'backupd restore (safety backup)' "'$work/restore.sh' true --file '$r_given/$name'"
+    r_size_live=$(db_size benchdb)
+    r_size_plain=$(db_size benchdb_plain)
+
+    # the watcher: latency from "file complete" to "restore requested"
+    log "restore: watcher (RESTORE_SETTLE_SECONDS=$settle, RESTORE_POLL_INTERVAL=30, notify on)"
+    "$work/restore-prepare.sh" given "$name"
+    rm -rf "$r_incoming" "$r_failed" && mkdir -p "$r_incoming"
+    "$work/restore.sh" false >"$work/watcher.out" 2>"$work/watcher.err" &
+    watcher_pid=$!
+    wait_log 'watching for backups' 60 >/dev/null ||
+        { tail -n 40 "$work/watcher.err" >&2; die "the watcher did not start"; }
+    sleep 1
+    r_start_rss=$(proc_status_kib "$watcher_pid" VmRSS)
+    cp "$r_file" "$r_incoming/.$name.tmp"       # ignored: dotfile, .tmp
+    mv "$r_incoming/.$name.tmp" "$r_incoming/$name"
+    r_t_mv=$(date +%s.%N)
+    r_req_line=$(wait_log 'restore requested' 300) ||
+        { tail -n 40 "$work/watcher.err" >&2; die "no 'restore requested' within 300 s"; }
+    r_latency=$(secs "$r_t_mv" "$(log_epoch "$r_req_line")")
+    log "restore: requested ${r_latency}s after the mv"
+    r_done_line=$(wait_log 'restore (finished|failed)' 7200) ||
+        { tail -n 40 "$work/watcher.err" >&2; die "the watched restore did not end"; }
+    [[ $r_done_line == *'restore finished'* ]] ||
+        { tail -n 40 "$work/watcher.err" >&2; die "the watched restore failed"; }
+    r_watch_s=$(secs "$(log_epoch "$r_req_line")" "$(log_epoch "$r_done_line")")
+    [[ ! -e $r_incoming/$name ]] || die "the watcher restored the file but did not delete it"
+    log "restore: finished ${r_watch_s}s after it was requested; idle measurements (5 s + ${idle_s} s)"
+    sleep 5
+    r_idle_rss=$(proc_status_kib "$watcher_pid" VmRSS)
+    r_idle_hwm=$(proc_status_kib "$watcher_pid" VmHWM)
+    r_clk=$(getconf CLK_TCK)
+    local t0 t1
+    t0=$(proc_ticks "$watcher_pid")
+    sleep "$idle_s"
+    t1=$(proc_ticks "$watcher_pid")
+    r_idle_ticks=$((t1 - t0))
+    kill -TERM "$watcher_pid"
+    r_term_rc=0
+    wait "$watcher_pid" || r_term_rc=$?
+    watcher_pid=""
+    log "restore: watcher stopped on SIGTERM with exit status $r_term_rc"
+
+    md_r=$(result_file restore)
+    {
+        echo "# backupd benchmark: PostgreSQL restore, scale $scale"
+        echo
+        echo "- $(date -u '+%Y-%m-%d %H:%M UTC'); load average at the end: $(cut -d ' ' -f 1-3 /proc/loadavg)"
+        echo "- PostgreSQL $pg_version; database benchdb $db_pretty ($db_bytes bytes), fixtures loaded in ${load_s}s"
+        echo "- backup file ($name, backupd once, level $level): $(mib "$r_gz_bytes") MiB gzip, $(mib "$r_plain_bytes") MiB of SQL"
+        echo "- after the runs: benchdb (restored by backupd) $r_size_live, benchdb_plain (baseline) $r_size_plain"
+        echo "- hyperfine --runs $runs, no warmup (warm page cache); backupd: RESTORE_PG_STRATEGY=staging, RESTORE_KEEP_PREVIOUS=0"
+        machine_info
+        echo
+        echo "## Timings"
+        echo
+        cat "$r_hf_md"
+        echo
+        echo "## Summary"
+        echo
+        summary_restore
+        echo
+        echo "Baseline: \`gunzip -c FILE | psql -X -q -v ON_ERROR_STOP=1 --single-transaction\` into a new empty database."
+        echo "backupd restore --file checks the whole file first (gunzip to the end, pg_dump trailer, sha256), loads it with the same"
+        echo "psql flags into a new staging database, renames the live database away and the staging one into place, then drops the"
+        echo "old one (RESTORE_KEEP_PREVIOUS=0); with RESTORE_SAFETY_BACKUP=true a full \`backupd once\`-style backup of the live"
+        echo "database comes first. Peak RSS of the measured (b) run: backupd's own VmHWM sampled every 20 ms, and GNU time -v's"
+        echo "maximum over its process tree (the psql child). The --file copy was $given_left by backupd."
+        echo "Watcher: the file is copied in as a dotfile and renamed (mv) to its name; latency = timestamp of the first"
+        echo "\`restore requested\` log line minus the time right after the mv (settle period RESTORE_SETTLE_SECONDS=$settle)."
+        echo "Idle figures are taken 5 s after \`restore finished\` (VmHWM so includes the restore); CPU over the next ${idle_s} s."
+    } >"$md_r"
+
+    log "summary (restore, scale $scale, database $db_pretty)"
+    summary_restore
+    echo "results: $md_r"
+}
+
+summary_restore() {
+    local i
+    echo "| command | mean wall s | min s | max s | CPU s (user+sys) | peak RSS MiB |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    local rss=("-" "$(kib_mib "$r_own_rss") (backupd; $(kib_mib "$r_tree_rss") max over its process tree)" "-")
+    for i in 0 1 2; do
+        echo "| $(jq -r ".results[$i].command" "$r_hf_json" | sed 's/|/\\|/g') | $(hf_mean "$r_hf_json" "$i") | $(hf_stat "$r_hf_json" "$i" min) | $(hf_stat "$r_hf_json" "$i" max) | $(hf_cpu "$r_hf_json" "$i") | ${rss[$i]} |"
+    done
+    echo
+    echo "| watcher (backupd restore, notify on, settle ${settle}s) | value |"
+    echo "|---|---:|"
+    echo "| mv into RESTORE_WATCH_DIR → \`restore requested\` | ${r_latency} s |"
+    echo "| \`restore requested\` → \`restore finished\` | ${r_watch_s} s |"
+    echo "| RSS 1 s after start (VmRSS) | $(kib_mib "$r_start_rss") MiB |"
+    echo "| idle RSS 5 s after the restore (VmRSS) | $(kib_mib "$r_idle_rss") MiB |"
+    echo "| peak RSS so far (VmHWM, includes the restore) | $(kib_mib "$r_idle_hwm") MiB |"
+    echo "| idle CPU over ${idle_s} s (utime+stime) | $r_idle_ticks ticks at ${r_clk}/s = $(awk -v t="$r_idle_ticks" -v c="$r_clk" -v s="$idle_s" 'BEGIN { printf "%.2f s, %.2f%% of one core", t / c, 100 * t / c / s }') |"
+    echo "| exit status on SIGTERM | $r_term_rc |"
+}
+
 mkdir -p "$results_dir"
+
+if [[ $only_restore == 1 ]]; then
+    restore_bench
+    exit 0
+fi
 
 # ---------------------------------------------------------------- 5. PostgreSQL
 # one measured run first: checks the contract (exit 0, last stdout line is the
@@ -421,4 +722,9 @@ if [[ ${BENCH_SQLITE:-0} == 1 ]]; then
     log "summary (SQLite, scale $scale, $(mib "$sqlite_bytes") MiB)"
     summary_sqlite
     echo "results: $md_s"
+fi
+
+# ---------------------------------------------------------------- 8. restore (optional)
+if [[ $restore == 1 ]]; then
+    restore_bench
 fi
