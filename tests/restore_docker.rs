@@ -230,7 +230,7 @@ fn a_postgres_dump_failing_half_way_leaves_the_live_rows_and_restarts_the_app() 
     let made = cluster.backupd(&backups).once();
     made.assert_code(0);
     let good = PathBuf::from(made.stdout.lines().last().unwrap().trim());
-    let broken = insert_in_middle(
+    let (broken, _) = insert_in_middle(
         &String::from_utf8(gunzip_bytes(&good)).unwrap(),
         "SELECT * FROM no_such_table;",
     );

@@ -134,24 +134,6 @@ impl Pg {
     }
 }
 
-/// Inserts `line` before the COPY statement in the middle of a plain dump;
-/// returns the new text and the 1-based number of the inserted line.
-fn insert_in_middle(sql: &str, line: &str) -> (String, usize) {
-    let lines: Vec<&str> = sql.lines().collect();
-    let copies: Vec<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.starts_with("COPY ") && l.ends_with(" FROM stdin;"))
-        .map(|(i, _)| i)
-        .collect();
-    assert!(copies.len() >= 3, "the dump has too few COPY statements");
-    let at = copies[copies.len() / 2];
-    let mut out: Vec<&str> = lines[..at].to_vec();
-    out.push(line);
-    out.extend_from_slice(&lines[at..]);
-    (out.join("\n") + "\n", at + 1)
-}
-
 fn assert_no_password(text: &str) {
     assert!(
         !text.contains(PG_APP_PASSWORD),

@@ -877,7 +877,7 @@ fn postgres_restore_through_the_service_keeps_the_previous_database() {
     // A dump with an error in the middle (trailer intact): refused by the
     // load, the live database exactly as it was, no staging database left.
     let sql = String::from_utf8(gunzip_bytes(&good)).unwrap();
-    let broken = insert_in_middle(&sql, "SELECT * FROM no_such_table;");
+    let (broken, _) = insert_in_middle(&sql, "SELECT * FROM no_such_table;");
     assert!(broken.contains("\n-- PostgreSQL database dump complete\n"));
     let bad = stack.work.path().join("pg_dump-broken.sql.gz");
     write_gzip(&bad, broken.as_bytes());

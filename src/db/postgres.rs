@@ -26,7 +26,9 @@ pub const PG_DUMP_ARGS: &[&str] = &[
 const CHUNK: usize = 256 * 1024;
 const STDERR_LINES_KEPT: usize = 20;
 
-fn command(program: &str, target: &PgTarget) -> Command {
+/// A libpq client program for `target`: connection settings from the
+/// environment only (never argv), stdin closed, killed when dropped.
+pub(crate) fn command(program: &str, target: &PgTarget) -> Command {
     let mut cmd = Command::new(program);
     // Settings the operator's environment may carry must not override the URL.
     for var in [

@@ -189,19 +189,8 @@ fn conninfo(dbname: &str) -> String {
 /// A libpq program for database `dbname` of `target`: settings from the
 /// environment only, killed when dropped.
 fn pg_command(program: &str, target: &PgTarget, dbname: &str) -> Command {
-    let mut cmd = Command::new(program);
-    for var in [
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGPASSWORD",
-        "PGDATABASE",
-        "PGSERVICE",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(target.libpq_env())
-        .env("PGDATABASE", dbname)
+    let mut cmd = crate::db::postgres::command(program, target);
+    cmd.env("PGDATABASE", dbname)
         .arg("-d")
         .arg(conninfo(dbname))
         .stdin(Stdio::null())

@@ -1873,8 +1873,9 @@ pub fn gunzip_bytes(path: &Path) -> Vec<u8> {
 }
 
 /// `sql` with `line` inserted before the middle `COPY … FROM stdin;` of a
-/// plain dump: an error half way through the load.
-pub fn insert_in_middle(sql: &str, line: &str) -> String {
+/// plain dump (an error half way through the load), and the 1-based number
+/// of the inserted line.
+pub fn insert_in_middle(sql: &str, line: &str) -> (String, usize) {
     let lines: Vec<&str> = sql.lines().collect();
     let copies: Vec<usize> = lines
         .iter()
@@ -1887,5 +1888,5 @@ pub fn insert_in_middle(sql: &str, line: &str) -> String {
     let mut out: Vec<&str> = lines[..at].to_vec();
     out.push(line);
     out.extend_from_slice(&lines[at..]);
-    out.join("\n") + "\n"
+    (out.join("\n") + "\n", at + 1)
 }
