@@ -1,0 +1,7 @@
+//! Encryption of backup files.
+//!
+//! [`fernet`] implements the Fernet token format (compatible with Python's
+//! `cryptography.fernet`) with streaming encryption and a two-pass,
+//! verify-before-decrypt streaming decryption, both in constant memory.
+
+pub mod fernet;
