@@ -120,9 +120,11 @@ async fn take_backup(
         Database::Postgres(_) => Kind::PgDump,
         Database::Sqlite(_) => Kind::Sqlite,
     };
-    let name = local::free_name(&dir, kind, clock.now()).file_name();
+    let ring = cfg.keys.for_encryption()?;
+    let name = local::free_name(&dir, kind, clock.now(), ring.is_some()).file_name();
     tracing::Span::current().record("file", name.as_str());
-    let file = BackupFile::create(&dir, &name, cfg.compression_level)?;
+    let key = ring.as_ref().map(|ring| ring.encrypting_key());
+    let file = BackupFile::create(&dir, &name, cfg.compression_level, key)?;
     let committed = dump_into(cfg, file, cancel).await?;
 
     let deleted = apply_retention(cfg, clock);
@@ -152,16 +154,19 @@ pub async fn safety_backup(
         Database::Sqlite(_) => Kind::Sqlite,
     };
     let now = clock.now();
+    // Encrypted like the scheduled backups, so a restore never leaves the
+    // data in the clear where the operator expects it encrypted.
+    let ring = cfg.keys.for_encryption()?;
     let name = (0..)
         .map(|seq| {
-            format!(
-                "{SAFETY_PREFIX}{}",
-                crate::store::BackupName::new(kind, now, seq).file_name()
-            )
+            let name =
+                crate::store::BackupName::new(kind, now, seq).with_encryption(ring.is_some());
+            format!("{SAFETY_PREFIX}{}", name.file_name())
         })
         .find(|name| !dir.join(name).exists() && !crate::archive::partial_path(&dir, name).exists())
         .expect("an unbounded range has a free name");
-    let file = BackupFile::create(&dir, &name, cfg.compression_level)?;
+    let key = ring.as_ref().map(|ring| ring.encrypting_key());
+    let file = BackupFile::create(&dir, &name, cfg.compression_level, key)?;
     let committed = dump_into(cfg, file, cancel).await?;
     tracing::info!(file = %committed.path.display(), bytes = committed.size, "safety backup written");
     Ok(committed)

@@ -24,6 +24,9 @@ an empty value counts as unset):
   BACKUP_KEEP_MIN               newest kept per kind  [default: 3]
   BACKUP_COMPRESSION_LEVEL      gzip level 0-9        [default: 6]
   BACKUP_TIMEOUT_SECONDS        stop a longer backup  [default: 21600; 0 = none]
+  BACKUP_ENCRYPTION_KEY         Fernet key(s), comma-separated; first encrypts
+                                [default: $BACKUP_DIR/.encryption_key if present]
+  BACKUP_ENCRYPTION_KEY_FILE    file holding it (Docker secret)
   LOG_FORMAT                    text or json          [default: text]
   LOG_LEVEL                     error..trace          [default: info; RUST_LOG wins]
 Daemon (backupd backup) and healthcheck:
@@ -110,11 +113,18 @@ pub enum Command {
         health: HealthArgs,
     },
 
-    /// Check a backup without restoring it: the gzip stream, the .sha256
-    /// sidecar, and the content (SQLite integrity_check, pg_dump's trailer).
+    /// Check a backup without restoring it: the .sha256 sidecar, the
+    /// Fernet token (.enc), the gzip stream, and the content (SQLite
+    /// integrity_check, pg_dump's trailer).
     Verify {
         /// The backup file to check.
         file: PathBuf,
+
+        #[command(flatten)]
+        dir: DirArgs,
+
+        #[command(flatten)]
+        encryption: EncryptionArgs,
     },
 
     /// List the backups in BACKUP_DIR, newest first.
@@ -122,10 +132,17 @@ pub enum Command {
         #[command(flatten)]
         dir: DirArgs,
 
+        #[command(flatten)]
+        encryption: EncryptionArgs,
+
         /// Also verify every backup fully (reads every file).
         #[arg(long)]
         verify: bool,
     },
+
+    /// Print a new Fernet key (the format of BACKUP_ENCRYPTION_KEY and
+    /// .encryption_key, as Python's Fernet.generate_key() writes it).
+    Keygen,
 
     /// Print the status JSON of the last backup.
     Status {
@@ -172,6 +189,18 @@ pub struct DatabaseArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct EncryptionArgs {
+    /// Fernet key(s), comma-separated: the first encrypts new backups, every one decrypts
+    /// [default: the key in $BACKUP_DIR/.encryption_key, if that file exists].
+    #[arg(long, env = "BACKUP_ENCRYPTION_KEY", hide_env_values = true, value_parser = clean_value)]
+    pub encryption_key: Option<String>,
+
+    /// File holding BACKUP_ENCRYPTION_KEY (Docker secret).
+    #[arg(long, env = "BACKUP_ENCRYPTION_KEY_FILE", value_parser = clean_value)]
+    pub encryption_key_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct DirArgs {
     /// Directory the backups are written to.
     #[arg(long, env = "BACKUP_DIR", default_value = "/backups", value_parser = clean_value)]
@@ -189,6 +218,9 @@ pub struct BackupArgs {
 
     #[command(flatten)]
     pub dir: DirArgs,
+
+    #[command(flatten)]
+    pub encryption: EncryptionArgs,
 
     /// Delete backups older than this many days (0 turns retention off; non-digits are ignored).
     #[arg(long, env = "BACKUP_RETENTION_DAYS", default_value = "2", value_parser = retention_days)]
@@ -266,6 +298,9 @@ pub struct RestoreArgs {
 
     #[command(flatten)]
     pub dir: DirArgs,
+
+    #[command(flatten)]
+    pub encryption: EncryptionArgs,
 
     /// Restore this one file and exit (0 restored, 1 failed) instead of watching.
     #[arg(long)]

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{BackupArgs, DatabaseArgs, DirArgs};
+use crate::cli::{BackupArgs, DatabaseArgs, DirArgs, EncryptionArgs};
+use crate::crypto::keys::Keys;
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::retention::Policy;
@@ -123,13 +124,17 @@ pub struct BackupConfig {
     pub retention: Policy,
     pub compression_level: u32,
     pub timeout: Duration,
+    /// Encrypts new backups when a key is configured or the key file exists.
+    pub keys: Keys,
 }
 
 impl BackupConfig {
     pub fn from_args(args: &BackupArgs) -> Result<Self> {
+        let paths = Paths::from_args(&args.dir)?;
         Ok(BackupConfig {
             database: resolve_database(&args.database)?,
-            paths: Paths::from_args(&args.dir)?,
+            keys: load_keys(&args.encryption, &paths)?,
+            paths,
             retention: Policy {
                 days: args.retention_days,
                 keep_min: usize::try_from(args.keep_min).unwrap_or(usize::MAX),
@@ -143,6 +148,16 @@ impl BackupConfig {
             },
         })
     }
+}
+
+/// The key sources of `BACKUP_ENCRYPTION_KEY`(`_FILE`) and
+/// `$BACKUP_DIR/.encryption_key`, checked now.
+pub fn load_keys(args: &EncryptionArgs, paths: &Paths) -> Result<Keys> {
+    Keys::load(
+        args.encryption_key.as_deref(),
+        args.encryption_key_file.as_deref(),
+        &paths.backup_dir,
+    )
 }
 
 /// `SQLALCHEMY_DATABASE_URI`, else `DATABASE_URL`; each may come from its
@@ -175,7 +190,7 @@ pub fn resolve_database(args: &DatabaseArgs) -> Result<Database> {
     ))
 }
 
-fn read_secret_file(path: &Path, var: &str) -> Result<String> {
+pub(crate) fn read_secret_file(path: &Path, var: &str) -> Result<String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("{var}: cannot read {}: {e}", path.display())))?;
     let value = clean(&text);

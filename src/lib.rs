@@ -38,8 +38,17 @@ pub async fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Backup(args) => modes::daemon::run(args).await,
         cli::Command::Restore(args) => modes::restore::run(args).await,
         cli::Command::Healthcheck { dir, health } => modes::healthcheck::run(dir, health),
-        cli::Command::Verify { file } => modes::verify::run(file),
-        cli::Command::List { dir, verify } => modes::list::run(dir, *verify),
+        cli::Command::Verify {
+            file,
+            dir,
+            encryption,
+        } => modes::verify::run(file, dir, encryption),
+        cli::Command::List {
+            dir,
+            encryption,
+            verify,
+        } => modes::list::run(dir, encryption, *verify),
+        cli::Command::Keygen => modes::keygen::run(),
         cli::Command::Status { dir } => modes::status::run(dir),
     }
 }

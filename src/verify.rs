@@ -1,6 +1,7 @@
 //! `backupd verify`: is this file a backup we could restore from? Checked
-//! without touching any database: the checksum sidecar, the whole gzip
-//! stream, and the content (SQLite `integrity_check`, pg_dump's trailer).
+//! without touching any database: the checksum sidecar, the Fernet token of
+//! an `.enc` file, the whole gzip stream, and the content (SQLite
+//! `integrity_check`, pg_dump's trailer).
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
@@ -10,6 +11,7 @@ use flate2::read::MultiGzDecoder;
 use sha2::{Digest, Sha256};
 
 use crate::archive::{self, has_pg_dump_trailer};
+use crate::crypto::fernet::{DecryptError, KeyRing, decrypt_file};
 use crate::db::sqlite::check_integrity;
 use crate::error::{Error, Result};
 
@@ -20,6 +22,8 @@ pub struct Report {
     pub compressed_bytes: u64,
     pub raw_bytes: u64,
     pub checksum: ChecksumCheck,
+    /// A Fernet token whose tag verified.
+    pub encrypted: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -33,18 +37,34 @@ enum Content {
     Sqlite,
 }
 
-pub fn verify(path: &Path) -> Result<Report> {
+/// Verifies `path`; `keys` decrypt an `.enc` file (`Err` holds why there
+/// are none, for the message).
+pub fn verify(path: &Path, keys: std::result::Result<Option<&KeyRing>, String>) -> Result<Report> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io("open", path, e))?;
     if !meta.is_file() {
         return Err(Error::verify(path, "not a regular file"));
     }
-    let name = archive::file_name(path);
-    if name.ends_with(".enc") {
-        return Err(Error::verify(
-            path,
-            "encrypted backups (.enc) cannot be verified by this version of backupd",
-        ));
-    }
+    let full_name = archive::file_name(path);
+    let (name, encrypted) = match full_name.strip_suffix(".enc") {
+        Some(rest) => (rest.to_string(), true),
+        None => (full_name.clone(), false),
+    };
+    let ring = match (encrypted, keys) {
+        (false, _) => None,
+        (true, Ok(Some(ring))) => Some(ring),
+        (true, Ok(None)) => {
+            return Err(Error::verify(
+                path,
+                "it is encrypted (.enc) but no encryption key is configured (BACKUP_ENCRYPTION_KEY or .encryption_key)",
+            ));
+        }
+        (true, Err(reason)) => return Err(Error::verify(path, reason)),
+    };
+    let source = Source {
+        path,
+        gzipped: false,
+        ring,
+    };
     let (content, gzipped) = if name.ends_with(".sql.gz") {
         (Content::PlainSql, true)
     } else if name.ends_with(".db.gz") {
@@ -56,15 +76,16 @@ pub fn verify(path: &Path) -> Result<Report> {
     } else {
         return Err(Error::verify(
             path,
-            "unrecognised file name: expected .sql.gz, .db.gz, .sql or .db",
+            "unrecognised file name: expected .sql.gz, .db.gz, .sql or .db (each optionally .enc)",
         ));
     };
+    let source = Source { gzipped, ..source };
 
     let checksum = check_sidecar(path)?;
     let raw_bytes = match content {
         Content::PlainSql => {
             let mut tail = TailSink::default();
-            let n = decompress_into(path, gzipped, &mut tail)?;
+            let n = source.decode_into(&mut tail)?;
             if !has_pg_dump_trailer(&tail.bytes) {
                 return Err(Error::verify(
                     path,
@@ -74,12 +95,12 @@ pub fn verify(path: &Path) -> Result<Report> {
             n
         }
         Content::Sqlite => {
-            let (db, _guard, n) = if gzipped {
+            let (db, _guard, n) = if gzipped || encrypted {
                 let scratch = Scratch::beside(path)?;
                 let mut out = io::BufWriter::new(
                     File::create(&scratch.0).map_err(|e| Error::io("create", &scratch.0, e))?,
                 );
-                let n = decompress_into(path, true, &mut out)?;
+                let n = source.decode_into(&mut out)?;
                 out.flush().map_err(|e| Error::io("write", &scratch.0, e))?;
                 (scratch.0.clone(), Some(scratch), n)
             } else {
@@ -99,6 +120,7 @@ pub fn verify(path: &Path) -> Result<Report> {
         compressed_bytes: meta.len(),
         raw_bytes,
         checksum,
+        encrypted,
     })
 }
 
@@ -157,14 +179,62 @@ pub fn decompress_into(path: &Path, gzipped: bool, out: &mut impl Write) -> Resu
     } else {
         Box::new(file)
     };
-    io::copy(&mut reader, out).map_err(|e| {
-        let reason = if e.kind() == io::ErrorKind::UnexpectedEof {
-            "the gzip stream ends early (truncated file)".to_string()
-        } else {
-            format!("the gzip stream is damaged: {e}")
+    io::copy(&mut reader, out).map_err(|e| Error::verify(path, gzip_reason(&e)))
+}
+
+/// A backup file and the layers around its content.
+struct Source<'a> {
+    path: &'a Path,
+    gzipped: bool,
+    /// Set when the file is a Fernet token.
+    ring: Option<&'a KeyRing>,
+}
+
+impl Source<'_> {
+    /// Streams the content into `out`; returns its length. An encrypted
+    /// file is authenticated completely before a byte is decrypted; the
+    /// decryption then runs on its own thread, feeding the decompressor
+    /// through a pipe, so both stay streaming.
+    fn decode_into(&self, out: &mut impl Write) -> Result<u64> {
+        let Some(ring) = self.ring else {
+            return decompress_into(self.path, self.gzipped, out);
         };
-        Error::verify(path, reason)
-    })
+        let (reader, writer) =
+            io::pipe().map_err(|e| Error::io("create a pipe to decrypt", self.path, e))?;
+        let (ring, path) = (ring.clone(), self.path.to_path_buf());
+        let decrypting = std::thread::spawn(move || {
+            decrypt_file(&ring, &path, io::BufWriter::with_capacity(1 << 16, writer))
+        });
+        let reader = BufReader::with_capacity(1 << 16, reader);
+        let mut content: Box<dyn Read> = if self.gzipped {
+            Box::new(MultiGzDecoder::new(reader))
+        } else {
+            Box::new(reader)
+        };
+        let copied = io::copy(&mut content, out);
+        // A decompressor that stops early closes the pipe: the decryption
+        // then fails with a broken pipe, which only the decompressor explains.
+        drop(content);
+        let decrypted = decrypting
+            .join()
+            .map_err(|_| Error::Other("the decryption thread panicked".into()))?;
+        match (decrypted, copied) {
+            (Err(e @ (DecryptError::Rejected { .. } | DecryptError::Read { .. })), _) => {
+                Err(Error::verify(self.path, e.to_string()))
+            }
+            (_, Err(e)) => Err(Error::verify(self.path, gzip_reason(&e))),
+            (Err(e), Ok(_)) => Err(Error::verify(self.path, e.to_string())),
+            (Ok(_), Ok(n)) => Ok(n),
+        }
+    }
+}
+
+fn gzip_reason(e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        "the gzip stream ends early (truncated file)".to_string()
+    } else {
+        format!("the gzip stream is damaged: {e}")
+    }
 }
 
 #[derive(Default)]

@@ -9,24 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use backupd::crypto::fernet::{self, DecryptError, Key, KeyRing};
-use common::{require, run_ok, temp_dir};
-
-/// `python3` with `cryptography.fernet` importable, or a loud skip.
-fn require_python_fernet() -> Option<()> {
-    let works = Command::new("python3")
-        .args(["-c", "import cryptography.fernet"])
-        .output()
-        .is_ok_and(|out| out.status.success());
-    require(
-        "`python3` with the `cryptography` package (cryptography.fernet)",
-        works.then_some(()),
-    )
-}
-
-/// Runs a Python snippet with `args` (sys.argv[1..]) and returns its stdout.
-fn python(script: &str, args: &[&str]) -> String {
-    run_ok(Command::new("python3").arg("-c").arg(script).args(args))
-}
+use common::{python, require_python_fernet, temp_dir};
 
 const PY_DECRYPT: &str = "import sys\n\
 from cryptography.fernet import Fernet\n\

@@ -19,6 +19,15 @@ const UNRELATED: &[&str] = &[
     "pg_dump-malformed.sql.gz",
 ];
 
+/// What the app keeps in its files; its key file holds a real key (which
+/// also makes these backups encrypted).
+fn unrelated_content(name: &str) -> String {
+    match name {
+        ".encryption_key" => "5t2wGv1mCk9eJ2N2tW6FvJx0yXc2l0jKm6rZbQpU3sA=\n".to_string(),
+        _ => format!("not a backup: {name}\n"),
+    }
+}
+
 struct OldBackups {
     /// (name, days old), every name written with a `.sha256` sidecar.
     sqlite: Vec<(String, i64)>,
@@ -49,7 +58,7 @@ fn populate(dir: &Path, now: DateTime<Utc>) -> OldBackups {
     let a_month_ago = SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
     for name in UNRELATED {
         let path = dir.join(name);
-        fs::write(&path, format!("not a backup: {name}\n")).unwrap();
+        fs::write(&path, unrelated_content(name)).unwrap();
         fs::File::options()
             .write(true)
             .open(&path)
@@ -72,7 +81,7 @@ fn assert_unrelated_files_survive(dir: &Path) {
         let path = dir.join(name);
         assert_eq!(
             fs::read_to_string(&path).ok().as_deref(),
-            Some(format!("not a backup: {name}\n").as_str()),
+            Some(unrelated_content(name).as_str()),
             "retention touched {name}; BACKUP_DIR now holds {:?}",
             dir_names(dir)
         );

@@ -1,5 +1,6 @@
-//! The byte pipeline of a backup: source bytes → gzip → file on disk, with a
-//! SHA-256 of what lands on disk, under a temporary name until it is complete.
+//! The byte pipeline of a backup: source bytes → gzip → (Fernet) → file on
+//! disk, with a SHA-256 of what lands on disk, under a temporary name until
+//! it is complete.
 //!
 //! A backup appears under its final name only after the data is compressed,
 //! fsynced, renamed and the directory entry fsynced; dropping an unfinished
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::crypto::fernet::{FernetWriter, Key};
 use crate::error::{Error, Result};
 use pgzip::ParallelGzip;
 
@@ -50,11 +52,51 @@ impl Write for HashingFile {
     }
 }
 
-/// A backup being written: compressed on the fly into `.NAME.partial`.
+/// What the compressor writes to: the file, or a Fernet token in the file.
+enum Sink {
+    Plain(HashingFile),
+    Encrypted(Box<FernetWriter<HashingFile>>),
+}
+
+impl Sink {
+    /// Ends the token, if any, and hands back the file.
+    fn finish(self) -> io::Result<HashingFile> {
+        match self {
+            Sink::Plain(file) => Ok(file),
+            Sink::Encrypted(writer) => writer.finish().map(|(file, _)| file),
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Plain(file) => file.write(buf),
+            Sink::Encrypted(writer) => writer.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Plain(file) => file.write_all(buf),
+            Sink::Encrypted(writer) => writer.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Plain(file) => file.flush(),
+            Sink::Encrypted(writer) => writer.flush(),
+        }
+    }
+}
+
+/// A backup being written: compressed (and encrypted) on the fly into
+/// `.NAME.partial`.
 pub struct BackupFile {
     partial: PathBuf,
     final_path: PathBuf,
-    gzip: Option<ParallelGzip<HashingFile>>,
+    gzip: Option<ParallelGzip<Sink>>,
     raw_bytes: u64,
     /// The last bytes of the uncompressed stream, for trailer checks.
     tail: Tail,
@@ -62,7 +104,9 @@ pub struct BackupFile {
 
 impl BackupFile {
     /// Starts `dir/.NAME.partial`. The name must be free (see `store::local`).
-    pub fn create(dir: &Path, name: &str, level: u32) -> Result<Self> {
+    /// With `key`, the gzip stream is the plaintext of one Fernet token (the
+    /// name should then end in `.enc`).
+    pub fn create(dir: &Path, name: &str, level: u32, key: Option<&Key>) -> Result<Self> {
         let final_path = dir.join(name);
         let partial = partial_path(dir, name);
         let file = OpenOptions::new()
@@ -70,10 +114,17 @@ impl BackupFile {
             .create_new(true)
             .open(&partial)
             .map_err(|source| Error::io("create the backup file", &partial, source))?;
-        let sink = HashingFile {
+        let file = HashingFile {
             file: BufWriter::with_capacity(1 << 20, file),
             hasher: Sha256::new(),
             written: 0,
+        };
+        let sink = match key {
+            None => Sink::Plain(file),
+            Some(key) => Sink::Encrypted(Box::new(
+                FernetWriter::new(key, file)
+                    .map_err(|source| Error::io("start the encryption of", &partial, source))?,
+            )),
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let gzip = ParallelGzip::new(sink, level, threads)
@@ -116,7 +167,9 @@ impl BackupFile {
         let partial = self.partial.clone();
         let sink = gzip
             .finish()
-            .map_err(|source| Error::io("compress", &partial, source))?;
+            .map_err(|source| Error::io("compress", &partial, source))?
+            .finish()
+            .map_err(|source| Error::io("encrypt", &partial, source))?;
         let HashingFile {
             file,
             hasher,
@@ -246,7 +299,8 @@ mod tests {
     #[test]
     fn a_committed_backup_has_its_final_name_and_sidecar_and_no_partial() {
         let dir = tempfile::tempdir().unwrap();
-        let mut file = BackupFile::create(dir.path(), "sqlite-20260101T000000Z.db.gz", 6).unwrap();
+        let mut file =
+            BackupFile::create(dir.path(), "sqlite-20260101T000000Z.db.gz", 6, None).unwrap();
         file.write_all(b"hello").unwrap();
         assert!(partial_path(dir.path(), "sqlite-20260101T000000Z.db.gz").exists());
         let done = file.commit().unwrap();
@@ -266,10 +320,30 @@ mod tests {
     }
 
     #[test]
+    fn an_encrypted_backup_is_one_token_of_the_gzip_file() {
+        use crate::crypto::fernet::{KeyRing, decrypt_file};
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::generate();
+        let name = "pg_dump-20260101T000000Z.sql.gz.enc";
+        let mut file = BackupFile::create(dir.path(), name, 6, Some(&key)).unwrap();
+        let data: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        file.write_all(&data).unwrap();
+        let done = file.commit().unwrap();
+        assert_eq!(done.size, fs::metadata(&done.path).unwrap().len());
+        let mut gzip = Vec::new();
+        decrypt_file(&KeyRing::from(key), &done.path, &mut gzip).unwrap();
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&gzip[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert!(plain == data);
+    }
+
+    #[test]
     fn an_abandoned_backup_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let mut file =
-            BackupFile::create(dir.path(), "pg_dump-20260101T000000Z.sql.gz", 6).unwrap();
+            BackupFile::create(dir.path(), "pg_dump-20260101T000000Z.sql.gz", 6, None).unwrap();
         file.write_all(&vec![b'x'; 1 << 20]).unwrap();
         drop(file);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);

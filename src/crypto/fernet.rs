@@ -287,14 +287,14 @@ impl<W: Write> B64Writer<W> {
         Ok(())
     }
 
-    /// Writes the rest (with padding) and flushes; returns the characters
-    /// written in all.
-    fn finish(mut self) -> io::Result<u64> {
+    /// Writes the rest (with padding) and flushes; returns the writer below
+    /// and the characters written in all.
+    fn finish(mut self) -> io::Result<(W, u64)> {
         if self.raw_len > 0 {
             self.encode_raw()?;
         }
         self.inner.flush()?;
-        Ok(self.written)
+        Ok((self.inner, self.written))
     }
 }
 
@@ -413,13 +413,7 @@ impl<R: Read> Read for B64Reader<R> {
 /// current time. Memory stays constant (fixed buffers of ~64 KiB). Returns
 /// the number of bytes written.
 pub fn encrypt_stream(key: &Key, input: impl Read, output: impl Write) -> io::Result<u64> {
-    let mut iv = [0u8; 16];
-    getrandom::fill(&mut iv)
-        .map_err(|e| io::Error::other(format!("cannot get random bytes for the IV: {e}")))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    encrypt_stream_at(key, iv, now, input, output)
+    encrypt_through(FernetWriter::new(key, output)?, input)
 }
 
 /// [`encrypt_stream`] with a given IV and timestamp, for deterministic
@@ -429,47 +423,137 @@ pub fn encrypt_stream_at(
     key: &Key,
     iv: [u8; 16],
     timestamp: u64,
-    mut input: impl Read,
+    input: impl Read,
     output: impl Write,
 ) -> io::Result<u64> {
-    let mut mac = key.mac();
-    let mut out = B64Writer::new(output);
+    encrypt_through(FernetWriter::with_iv(key, iv, timestamp, output)?, input)
+}
 
-    let mut header = [0u8; HEADER_LEN];
-    header[0] = VERSION;
-    header[1..9].copy_from_slice(&timestamp.to_be_bytes());
-    header[9..].copy_from_slice(&iv);
-    mac.update(&header);
-    out.put(&header)?;
-
-    let mut cipher = cbc::Encryptor::<Aes128>::new(&key.encryption.into(), &iv.into());
-    // Plaintext not yet encrypted; less than a block at the top of the loop.
-    let mut buf = vec![0u8; CHUNK + BLOCK];
-    let mut filled = 0;
+fn encrypt_through<W: Write>(mut writer: FernetWriter<W>, mut input: impl Read) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = read_some(&mut input, &mut buf[filled..])?;
+        let n = read_some(&mut input, &mut buf)?;
         if n == 0 {
             break;
         }
-        filled += n;
-        let whole = filled - filled % BLOCK;
-        for block in buf[..whole].chunks_exact_mut(BLOCK) {
-            cipher.encrypt_block_mut(GenericArray::from_mut_slice(block));
-        }
-        mac.update(&buf[..whole]);
-        out.put(&buf[..whole])?;
-        buf.copy_within(whole..filled, 0);
-        filled -= whole;
+        writer.write_all(&buf[..n])?;
     }
-    // PKCS#7: 1 to 16 bytes, each holding the count.
-    let pad = BLOCK - filled;
-    buf[filled..BLOCK].fill(pad as u8);
-    cipher.encrypt_block_mut(GenericArray::from_mut_slice(&mut buf[..BLOCK]));
-    mac.update(&buf[..BLOCK]);
-    out.put(&buf[..BLOCK])?;
+    Ok(writer.finish()?.1)
+}
 
-    out.put(&mac.finalize().into_bytes())?;
-    out.finish()
+/// The write side of [`encrypt_stream`]: what is written to it is the
+/// plaintext, what reaches `inner` is the token, so it can sit at the end of
+/// a pipeline (gzip → Fernet → file). [`FernetWriter::finish`] writes the
+/// padding and the tag; a writer dropped without it leaves an invalid
+/// (truncated) token, never a valid one of partial data.
+pub struct FernetWriter<W: Write> {
+    cipher: cbc::Encryptor<Aes128>,
+    mac: HmacSha256,
+    out: B64Writer<W>,
+    /// Plaintext not yet encrypted: less than a block between writes.
+    pending: [u8; BLOCK],
+    pending_len: usize,
+    /// Whole blocks being encrypted, reused between writes.
+    work: Vec<u8>,
+}
+
+impl<W: Write> FernetWriter<W> {
+    /// Starts a token with a random IV and the current time.
+    pub fn new(key: &Key, inner: W) -> io::Result<Self> {
+        let mut iv = [0u8; 16];
+        getrandom::fill(&mut iv)
+            .map_err(|e| io::Error::other(format!("cannot get random bytes for the IV: {e}")))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self::with_iv(key, iv, now, inner)
+    }
+
+    fn with_iv(key: &Key, iv: [u8; 16], timestamp: u64, inner: W) -> io::Result<Self> {
+        let mut mac = key.mac();
+        let mut out = B64Writer::new(inner);
+        let mut header = [0u8; HEADER_LEN];
+        header[0] = VERSION;
+        header[1..9].copy_from_slice(&timestamp.to_be_bytes());
+        header[9..].copy_from_slice(&iv);
+        mac.update(&header);
+        out.put(&header)?;
+        Ok(FernetWriter {
+            cipher: cbc::Encryptor::<Aes128>::new(&key.encryption.into(), &iv.into()),
+            mac,
+            out,
+            pending: [0; BLOCK],
+            pending_len: 0,
+            work: Vec::with_capacity(CHUNK),
+        })
+    }
+
+    fn encrypt_work(&mut self) -> io::Result<()> {
+        for block in self.work.chunks_exact_mut(BLOCK) {
+            self.cipher
+                .encrypt_block_mut(GenericArray::from_mut_slice(block));
+        }
+        self.mac.update(&self.work);
+        self.out.put(&self.work)?;
+        self.work.clear();
+        Ok(())
+    }
+
+    /// Pads and encrypts the last block, appends the tag and flushes;
+    /// returns the writer below and the token's length in characters.
+    pub fn finish(mut self) -> io::Result<(W, u64)> {
+        // PKCS#7: 1 to 16 bytes, each holding the count.
+        let pad = BLOCK - self.pending_len;
+        self.pending[self.pending_len..].fill(pad as u8);
+        self.work.clear();
+        self.work.extend_from_slice(&self.pending);
+        self.encrypt_work()?;
+        let tag = self.mac.clone().finalize().into_bytes();
+        self.out.put(&tag)?;
+        self.out.finish()
+    }
+}
+
+impl<W: Write> Write for FernetWriter<W> {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let accepted = data.len();
+        if self.pending_len > 0 {
+            let take = (BLOCK - self.pending_len).min(data.len());
+            self.pending[self.pending_len..self.pending_len + take].copy_from_slice(&data[..take]);
+            self.pending_len += take;
+            data = &data[take..];
+            if self.pending_len < BLOCK {
+                return Ok(accepted);
+            }
+            self.work.extend_from_slice(&self.pending);
+            self.pending_len = 0;
+        }
+        while !data.is_empty() {
+            let room = CHUNK - self.work.len();
+            let whole = (data.len().min(room) / BLOCK) * BLOCK;
+            if whole == 0 {
+                break;
+            }
+            self.work.extend_from_slice(&data[..whole]);
+            data = &data[whole..];
+            if self.work.len() == CHUNK {
+                self.encrypt_work()?;
+            }
+        }
+        if !self.work.is_empty() {
+            self.encrypt_work()?;
+        }
+        // Less than a block is left.
+        self.pending[..data.len()].copy_from_slice(data);
+        self.pending_len = data.len();
+        Ok(accepted)
+    }
+
+    /// Flushes the ciphertext written so far (less than a block of
+    /// plaintext may still be held back until `finish`).
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.inner.flush()
+    }
 }
 
 /// The token of `plaintext` (for small data and tests).
@@ -815,6 +899,34 @@ mod tests {
                 assert_eq!(n, raw_len.div_ceil(3) * 4, "len {len}");
                 assert_eq!(decrypt_bytes(&ring, &token).unwrap(), data, "len {len}");
             }
+        }
+    }
+
+    #[test]
+    fn writer_gives_the_same_token_whatever_the_write_sizes() {
+        let key = Key::generate();
+        let data = pseudo_random(200_003);
+        let mut expected = Vec::new();
+        encrypt_stream_at(&key, [7; 16], 1_700_000_000, &data[..], &mut expected).unwrap();
+        for sizes in [
+            &[1usize, 15, 16, 17][..],
+            &[70_000, 3],
+            &[65_536, 65_520, 16],
+        ] {
+            let mut writer =
+                FernetWriter::with_iv(&key, [7; 16], 1_700_000_000, Vec::new()).unwrap();
+            let mut rest = &data[..];
+            for &size in sizes.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let take = size.min(rest.len());
+                writer.write_all(&rest[..take]).unwrap();
+                rest = &rest[take..];
+            }
+            let (token, n) = writer.finish().unwrap();
+            assert_eq!(n, token.len() as u64);
+            assert!(token == expected, "write sizes {sizes:?}");
         }
     }
 

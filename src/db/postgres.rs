@@ -26,6 +26,16 @@ pub const PG_DUMP_ARGS: &[&str] = &[
 const CHUNK: usize = 256 * 1024;
 const STDERR_LINES_KEPT: usize = 20;
 
+/// Secrets backupd reads from its environment; child processes never get them.
+const SECRET_VARIABLES: [&str; 6] = [
+    "BACKUP_ENCRYPTION_KEY",
+    "SQLALCHEMY_DATABASE_URI",
+    "DATABASE_URL",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+];
+
 /// A libpq client program for `target`: connection settings from the
 /// environment only (never argv), stdin closed, killed when dropped.
 pub(crate) fn command(program: &str, target: &PgTarget) -> Command {
@@ -39,6 +49,10 @@ pub(crate) fn command(program: &str, target: &PgTarget) -> Command {
         "PGDATABASE",
         "PGSERVICE",
     ] {
+        cmd.env_remove(var);
+    }
+    // Our own secrets are no business of the database client.
+    for var in SECRET_VARIABLES {
         cmd.env_remove(var);
     }
     cmd.envs(target.libpq_env())

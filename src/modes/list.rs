@@ -2,14 +2,15 @@
 
 use chrono::Utc;
 
-use crate::cli::DirArgs;
-use crate::config::Paths;
+use crate::cli::{DirArgs, EncryptionArgs};
+use crate::config::{Paths, load_keys};
 use crate::error::{Error, Result};
 use crate::store::local;
 use crate::verify;
 
-pub fn run(args: &DirArgs, full_verify: bool) -> Result<()> {
+pub fn run(args: &DirArgs, encryption: &EncryptionArgs, full_verify: bool) -> Result<()> {
     let paths = Paths::from_args(args)?;
+    let keys = load_keys(encryption, &paths)?.for_decryption();
     let backups = local::list(&paths.backup_dir)?;
     if backups.is_empty() {
         eprintln!("no backups in {}", paths.backup_dir.display());
@@ -25,7 +26,10 @@ pub fn run(args: &DirArgs, full_verify: bool) -> Result<()> {
     let mut unsound = 0;
     for backup in &backups {
         let verified = if full_verify {
-            match verify::verify(&backup.path) {
+            match verify::verify(
+                &backup.path,
+                keys.as_ref().map(Option::as_ref).map_err(Clone::clone),
+            ) {
                 Ok(_) => "yes (full check)".to_string(),
                 Err(e) => {
                     unsound += 1;

@@ -2,6 +2,7 @@
 
 pub mod daemon;
 pub mod healthcheck;
+pub mod keygen;
 pub mod list;
 pub mod once;
 pub mod restore;

@@ -14,8 +14,9 @@ use tracing::Instrument;
 use crate::backup;
 use crate::cli::RestoreArgs;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BackupConfig, Paths, resolve_database};
+use crate::config::{BackupConfig, Paths, load_keys, resolve_database};
 use crate::container::docker::{DockerControl, HealthOutcome, StopOutcome};
+use crate::crypto::keys::{KEY_FILE_NAME, Keys};
 use crate::db::{Database, SqliteTarget};
 use crate::error::{Error, Result};
 use crate::restore::check::{self, Checked};
@@ -47,6 +48,8 @@ pub struct RestoreConfig {
     pub start_wait: Duration,
     pub health_timeout: Duration,
     pub safety_backup: bool,
+    /// Decrypt `.enc` files; the safety backup encrypts with them too.
+    pub keys: Keys,
     pub strategy: Strategy,
     pub keep_previous: usize,
     pub docker_host: Option<String>,
@@ -87,9 +90,19 @@ impl RestoreConfig {
                 "RESTORE_POLL_INTERVAL must be at least 1".into(),
             ));
         }
+        let paths = Paths::from_args(&args.dir)?;
+        // As the old helper did, a key beside the watch folder's parent
+        // (`/restore/.encryption_key`) also decrypts.
+        let keys = load_keys(&args.encryption, &paths)?.with_decrypt_only_file(
+            watch_dir
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join(KEY_FILE_NAME),
+        )?;
         let backup = BackupConfig {
             database: database.clone(),
-            paths: Paths::from_args(&args.dir)?,
+            keys: keys.clone(),
+            paths,
             retention: Policy {
                 days: 0,
                 keep_min: 0,
@@ -114,6 +127,7 @@ impl RestoreConfig {
             start_wait: Duration::from_secs(args.start_wait_seconds),
             health_timeout: Duration::from_secs(args.health_timeout),
             safety_backup: args.safety_backup,
+            keys,
             strategy,
             keep_previous: usize::try_from(args.keep_previous).unwrap_or(usize::MAX),
             docker_host: args.docker_host.clone().filter(|h| !h.is_empty()),
@@ -142,6 +156,7 @@ pub async fn run(args: &RestoreArgs) -> Result<()> {
         return service.one_shot(file, args.dry_run, &cancel).await;
     }
 
+    check::remove_stale_decrypted(&service.cfg.watch_dir);
     let mut watcher = Watcher::start(WatchConfig {
         dir: service.cfg.watch_dir.clone(),
         poll_interval: service.cfg.poll_interval,
@@ -268,16 +283,21 @@ impl Service {
         let name = crate::archive::file_name(file);
         let kind = kind::classify(&name).ok_or_else(|| {
             Error::Other(format!(
-                "{}: not a backup file name (.sql, .sql.gz, .dump, .dump.gz, .db, .db.gz)",
+                "{}: not a backup file name (.sql, .sql.gz, .dump, .dump.gz, .db, .db.gz, each optionally .enc)",
                 file.display()
             ))
         })?;
         if dry_run {
             println!("file:       {}", file.display());
             println!(
-                "content:    {}{}",
+                "content:    {}{}{}",
                 kind.payload.describe(),
-                if kind.gzip { ", gzip" } else { "" }
+                if kind.gzip { ", gzip" } else { "" },
+                if kind.encrypted {
+                    ", Fernet-encrypted"
+                } else {
+                    ""
+                }
             );
             println!("target:     {}", self.cfg.database);
             if kind.payload.is_postgres() {
@@ -415,13 +435,14 @@ impl Service {
             return attempt;
         };
         // 1. Check everything before touching the stack.
-        let mut checked = match check::check(path, kind, &self.cfg.database, stamp).await {
-            Ok(checked) => checked,
-            Err(reason) => {
-                attempt.result = Err(reason);
-                return attempt;
-            }
-        };
+        let mut checked =
+            match check::check(path, kind, &self.cfg.database, &self.cfg.keys, stamp).await {
+                Ok(checked) => checked,
+                Err(reason) => {
+                    attempt.result = Err(reason);
+                    return attempt;
+                }
+            };
         attempt.sha256 = Some(checked.sha256.clone());
         let to_stop = match self.plan_containers().await {
             Ok(list) => list,

@@ -2,17 +2,36 @@
 
 use std::path::Path;
 
+use crate::cli::{DirArgs, EncryptionArgs};
+use crate::config::{Paths, load_keys};
+use crate::crypto::keys::KEY_FILE_NAME;
 use crate::error::Result;
 use crate::verify::{self, ChecksumCheck};
 
-pub fn run(file: &Path) -> Result<()> {
-    let report = verify::verify(file)?;
+pub fn run(file: &Path, dir: &DirArgs, encryption: &EncryptionArgs) -> Result<()> {
+    // The file's own folder may hold its key, as BACKUP_DIR does.
+    let own_folder = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let keys = load_keys(encryption, &Paths::from_args(dir)?)?
+        .with_decrypt_only_file(own_folder.join(KEY_FILE_NAME))?;
+    let ring = keys.for_decryption();
+    let report = verify::verify(
+        file,
+        ring.as_ref().map(Option::as_ref).map_err(Clone::clone),
+    )?;
     let checksum = match report.checksum {
         ChecksumCheck::Matched => "checksum matches its .sha256",
         ChecksumCheck::NoSidecar => "no .sha256 sidecar to compare",
     };
+    let encrypted = if report.encrypted {
+        ", Fernet token authenticated"
+    } else {
+        ""
+    };
     println!(
-        "{}: OK ({}, {} bytes compressed, {} bytes of data, {checksum})",
+        "{}: OK ({}{encrypted}, {} bytes on disk, {} bytes of data, {checksum})",
         file.display(),
         report.kind,
         report.compressed_bytes,

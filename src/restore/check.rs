@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::archive::has_pg_dump_trailer;
+use crate::crypto::fernet::decrypt_file;
+use crate::crypto::keys::Keys;
 use crate::db::Database;
 use crate::db::sqlite::check_integrity;
 use crate::restore::kind::{FileKind, Payload};
@@ -24,6 +26,9 @@ pub struct Checked {
     /// SQLite: the decompressed, integrity-checked database, already in the
     /// target's folder so the swap is a rename. Removed when dropped.
     pub prepared: Option<Prepared>,
+    /// An `.enc` file's authenticated plaintext, which `path` then names.
+    /// Removed when dropped.
+    pub decrypted: Option<Prepared>,
 }
 
 /// A temporary file removed on drop unless taken.
@@ -54,18 +59,16 @@ impl Drop for Prepared {
 }
 
 /// Checks `path` for restoring into `database`. `Err` is the one-line reason
-/// recorded beside the file in the failed folder.
+/// recorded beside the file in the failed folder. An encrypted file is
+/// authenticated completely and decrypted into a private temporary file
+/// before anything else; the checks and the restore then read that file.
 pub async fn check(
     path: &Path,
     kind: FileKind,
     database: &Database,
+    keys: &Keys,
     stamp: &str,
 ) -> Result<Checked, String> {
-    if kind.encrypted {
-        return Err(
-            "encrypted backups (.enc) cannot be restored by this version of backupd yet".into(),
-        );
-    }
     match (kind.payload, database) {
         (Payload::Sqlite, Database::Postgres(_)) => {
             return Err(
@@ -89,6 +92,21 @@ pub async fn check(
     }
     let size = meta.len();
     let sha256 = sha256_file(path).map_err(|e| e.to_string())?;
+    let decrypted = if kind.encrypted {
+        Some(decrypt_to_temporary(path, keys, stamp).await?)
+    } else {
+        None
+    };
+    let (path, kind) = match &decrypted {
+        Some(plain) => (
+            plain.path.as_path(),
+            FileKind {
+                encrypted: false,
+                ..kind
+            },
+        ),
+        None => (path, kind),
+    };
     let short = |e: crate::error::Error| match e {
         crate::error::Error::Verify { reason, .. } => reason,
         other => other.to_string(),
@@ -140,7 +158,85 @@ pub async fn check(
         raw_bytes,
         sha256,
         prepared,
+        decrypted,
     })
+}
+
+/// Name of the decrypted copy of `NAME` (a dotfile, which the watcher ignores).
+fn decrypted_name(name: &str, stamp: &str) -> String {
+    format!(".{name}.decrypted-{stamp}.tmp")
+}
+
+/// Decrypts `path` into a file readable only by us, beside it (or in the
+/// temporary folder when that folder is read-only). `decrypt_file` checks
+/// the tag over the whole file before it writes anything.
+async fn decrypt_to_temporary(path: &Path, keys: &Keys, stamp: &str) -> Result<Prepared, String> {
+    let name = crate::archive::file_name(path);
+    let ring = keys.for_decryption()?.ok_or_else(|| {
+        format!(
+            "cannot decrypt {name}: no encryption key is configured (looked in {})",
+            keys.sources()
+        )
+    })?;
+    let temp_name = decrypted_name(&name, stamp);
+    let beside = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join(&temp_name);
+    let (temp, file) = match private_file(&beside) {
+        Ok(file) => (beside, file),
+        Err(_) => {
+            let fallback = std::env::temp_dir().join(&temp_name);
+            let file = private_file(&fallback)
+                .map_err(|e| format!("cannot create {}: {e}", fallback.display()))?;
+            (fallback, file)
+        }
+    };
+    let prepared = Prepared::new(temp);
+    let source = path.to_path_buf();
+    let target = prepared.path.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut out = io::BufWriter::with_capacity(1 << 20, file);
+        decrypt_file(&ring, &source, &mut out).map_err(|e| e.to_string())?;
+        let file = out
+            .into_inner()
+            .map_err(|e| format!("writing {}: {e}", target.display()))?;
+        file.sync_all()
+            .map_err(|e| format!("fsync {}: {e}", target.display()))
+    })
+    .await
+    .map_err(|e| format!("decryption task: {e}"))??;
+    Ok(prepared)
+}
+
+fn private_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Removes decrypted copies an interrupted restore left in `dir`.
+pub fn remove_stale_decrypted(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".decrypted-") && name.ends_with(".tmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed a decrypted copy left by an interrupted restore")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stale decrypted copy")
+                }
+            }
+        }
+    }
 }
 
 /// Decompresses the whole file, then has `pg_restore --list` read its table

@@ -120,15 +120,19 @@ pub fn list(dir: &Path) -> Result<Vec<StoredBackup>> {
 }
 
 /// The first name for a backup of `kind` at `now` that is not taken, counting
-/// partial files too, so two backups in one second never collide.
-pub fn free_name(dir: &Path, kind: Kind, now: DateTime<Utc>) -> BackupName {
+/// partial files and the encrypted or plain twin too, so two backups in one
+/// second never collide.
+pub fn free_name(dir: &Path, kind: Kind, now: DateTime<Utc>, encrypted: bool) -> BackupName {
     (0..)
         .map(|seq| BackupName::new(kind, now, seq))
         .find(|name| {
-            let file = name.file_name();
-            !dir.join(&file).exists() && !archive::partial_path(dir, &file).exists()
+            [false, true].into_iter().all(|enc| {
+                let file = name.clone().with_encryption(enc).file_name();
+                !dir.join(&file).exists() && !archive::partial_path(dir, &file).exists()
+            })
         })
         .expect("an unbounded range has a free name")
+        .with_encryption(encrypted)
 }
 
 /// Deletes a backup and its sidecar.
@@ -158,12 +162,13 @@ mod tests {
     fn same_second_backups_get_distinct_names() {
         let dir = tempfile::tempdir().unwrap();
         let now = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
-        let first = free_name(dir.path(), Kind::Sqlite, now);
+        let first = free_name(dir.path(), Kind::Sqlite, now, false);
         fs::write(dir.path().join(first.file_name()), b"x").unwrap();
-        let second = free_name(dir.path(), Kind::Sqlite, now);
+        let second = free_name(dir.path(), Kind::Sqlite, now, true);
         fs::write(archive::partial_path(dir.path(), &second.file_name()), b"x").unwrap();
-        let third = free_name(dir.path(), Kind::Sqlite, now);
+        let third = free_name(dir.path(), Kind::Sqlite, now, false);
         assert_eq!((first.seq, second.seq, third.seq), (0, 1, 2));
+        assert_eq!(second.file_name(), "sqlite-20260102T030405Z-1.db.gz.enc");
     }
 
     #[test]

@@ -30,24 +30,43 @@ impl Kind {
 
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
+/// Appended to the name of a Fernet-encrypted backup (`NAME.gz.enc`).
+pub const ENCRYPTED_SUFFIX: &str = ".enc";
+
 /// `pg_dump-YYYYMMDDTHHMMSSZ.sql.gz` or `sqlite-YYYYMMDDTHHMMSSZ.db.gz`, with
-/// `-N` before the extension when several backups fall in the same second.
+/// `-N` before the extension when several backups fall in the same second,
+/// and `.enc` after it when the file is encrypted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupName {
     pub kind: Kind,
     pub time: DateTime<Utc>,
     pub seq: u32,
+    pub encrypted: bool,
 }
 
 impl BackupName {
     pub fn new(kind: Kind, time: DateTime<Utc>, seq: u32) -> Self {
         // Names carry whole seconds; keep the value equal to what parses back.
         let time = DateTime::from_timestamp(time.timestamp(), 0).unwrap_or(time);
-        BackupName { kind, time, seq }
+        BackupName {
+            kind,
+            time,
+            seq,
+            encrypted: false,
+        }
+    }
+
+    /// The same name with or without `.enc`.
+    pub fn with_encryption(self, encrypted: bool) -> Self {
+        BackupName { encrypted, ..self }
     }
 
     /// Recognises only names this tool writes; anything else is `None`.
     pub fn parse(name: &str) -> Option<Self> {
+        let (name, encrypted) = match name.strip_suffix(ENCRYPTED_SUFFIX) {
+            Some(rest) => (rest, true),
+            None => (name, false),
+        };
         [Kind::PgDump, Kind::Sqlite].into_iter().find_map(|kind| {
             let rest = name.strip_prefix(kind.prefix())?.strip_prefix('-')?;
             let stem = rest.strip_suffix(kind.extension())?;
@@ -69,7 +88,12 @@ impl BackupName {
             let time = NaiveDateTime::parse_from_str(stamp, TIME_FORMAT)
                 .ok()?
                 .and_utc();
-            Some(BackupName { kind, time, seq })
+            Some(BackupName {
+                kind,
+                time,
+                seq,
+                encrypted,
+            })
         })
     }
 
@@ -80,8 +104,9 @@ impl BackupName {
         } else {
             format!("-{}", self.seq)
         };
+        let enc = if self.encrypted { ENCRYPTED_SUFFIX } else { "" };
         format!(
-            "{}-{stamp}{seq}{}",
+            "{}-{stamp}{seq}{}{enc}",
             self.kind.prefix(),
             self.kind.extension()
         )
@@ -106,7 +131,10 @@ mod tests {
         assert_eq!(BackupName::parse(&name.file_name()), Some(name));
         let second = BackupName::new(Kind::Sqlite, time, 2);
         assert_eq!(second.file_name(), "sqlite-20261129T020304Z-2.db.gz");
-        assert_eq!(BackupName::parse(&second.file_name()), Some(second));
+        assert_eq!(BackupName::parse(&second.file_name()), Some(second.clone()));
+        let encrypted = second.with_encryption(true);
+        assert_eq!(encrypted.file_name(), "sqlite-20261129T020304Z-2.db.gz.enc");
+        assert_eq!(BackupName::parse(&encrypted.file_name()), Some(encrypted));
     }
 
     #[test]
@@ -115,6 +143,9 @@ mod tests {
             "pg_dump-foo.sql.gz",
             "pg_dump-20261129T020304Z.sql",
             "pg_dump-20261129T020304Z.sql.gz.sha256",
+            "pg_dump-20261129T020304Z.sql.gz.enc.sha256",
+            "pg_dump-20261129T020304Z.sql.enc",
+            "pg_dump-20261129T020304Z.sql.gz.enc.enc",
             ".pg_dump-20261129T020304Z.sql.gz.partial",
             "sqlite-20261129T020304Z.sql.gz",
             "sqlite-20261329T020304Z.db.gz",

@@ -187,6 +187,8 @@ impl Kind {
 /// `pg_dump-YYYYMMDDTHHMMSSZ[-N].sql.gz` or `sqlite-YYYYMMDDTHHMMSSZ[-N].db.gz`.
 /// Returns the kind, the timestamp part and the same-second suffix.
 pub fn parse_backup_name(name: &str) -> Option<(Kind, String, Option<u32>)> {
+    // Encrypted backups carry the same name plus `.enc`.
+    let name = name.strip_suffix(".enc").unwrap_or(name);
     for kind in [Kind::Postgres, Kind::Sqlite] {
         let Some(rest) = name
             .strip_prefix(kind.prefix())
@@ -1889,4 +1891,21 @@ pub fn insert_in_middle(sql: &str, line: &str) -> (String, usize) {
     out.push(line);
     out.extend_from_slice(&lines[at..]);
     (out.join("\n") + "\n", at + 1)
+}
+
+/// `python3` with `cryptography.fernet` importable, or a loud skip.
+pub fn require_python_fernet() -> Option<()> {
+    let works = Command::new("python3")
+        .args(["-c", "import cryptography.fernet"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    require(
+        "`python3` with the `cryptography` package (cryptography.fernet)",
+        works.then_some(()),
+    )
+}
+
+/// Runs a Python snippet with `args` (sys.argv[1..]) and returns its stdout.
+pub fn python(script: &str, args: &[&str]) -> String {
+    run_ok(Command::new("python3").arg("-c").arg(script).args(args))
 }

@@ -1,0 +1,221 @@
+//! Where the Fernet keys come from, as the app's admin page and the old
+//! helpers had it: `BACKUP_ENCRYPTION_KEY` (or `BACKUP_ENCRYPTION_KEY_FILE`),
+//! else the file `$BACKUP_DIR/.encryption_key`, which the admin page may
+//! write at any time and is therefore read again before every backup. The
+//! restore service also knows `<parent of the watch folder>/.encryption_key`.
+//!
+//! Every source is checked at start-up, so a bad key stops the service at
+//! once instead of failing the first backup at night.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::config::read_secret_file;
+use crate::crypto::fernet::{Key, KeyRing};
+use crate::error::{Error, Result};
+
+/// The key file the admin page writes beside the backups.
+pub const KEY_FILE_NAME: &str = ".encryption_key";
+
+/// The key sources of one service.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    /// `BACKUP_ENCRYPTION_KEY` or its `_FILE`, fixed for the life of the process.
+    configured: Option<KeyRing>,
+    /// `$BACKUP_DIR/.encryption_key`: encrypts when nothing is configured.
+    backup_dir_file: Option<PathBuf>,
+    /// Further key files that only decrypt (the restore service's).
+    decrypt_only_files: Vec<PathBuf>,
+}
+
+impl Keys {
+    /// `value` is `BACKUP_ENCRYPTION_KEY`, `file` `BACKUP_ENCRYPTION_KEY_FILE`
+    /// (a value wins over its file, with a warning). Checks the configured
+    /// keys and, when it exists, `backup_dir/.encryption_key`.
+    pub fn load(value: Option<&str>, file: Option<&str>, backup_dir: &Path) -> Result<Keys> {
+        let value = value.filter(|v| !v.trim().is_empty());
+        let file = file.filter(|f| !f.trim().is_empty());
+        if value.is_some() && file.is_some() {
+            tracing::warn!(
+                "both BACKUP_ENCRYPTION_KEY and BACKUP_ENCRYPTION_KEY_FILE are set; using BACKUP_ENCRYPTION_KEY"
+            );
+        }
+        let configured = match (value, file) {
+            (Some(text), _) => Some(
+                KeyRing::parse(text)
+                    .map_err(|e| Error::Config(format!("BACKUP_ENCRYPTION_KEY: {e}")))?,
+            ),
+            (None, Some(path)) => {
+                let variable = "BACKUP_ENCRYPTION_KEY_FILE";
+                let text = read_secret_file(Path::new(path), variable)?;
+                Some(
+                    KeyRing::parse(&text)
+                        .map_err(|e| Error::Config(format!("{variable} ({path}): {e}")))?,
+                )
+            }
+            (None, None) => None,
+        };
+        let keys = Keys {
+            configured,
+            backup_dir_file: Some(backup_dir.join(KEY_FILE_NAME)),
+            decrypt_only_files: Vec::new(),
+        };
+        keys.check_files()?;
+        Ok(keys)
+    }
+
+    /// Adds a key file used only to decrypt, checked now if it exists.
+    pub fn with_decrypt_only_file(mut self, path: PathBuf) -> Result<Keys> {
+        if !self.decrypt_only_files.contains(&path) && self.backup_dir_file.as_ref() != Some(&path)
+        {
+            read_key_file(&path).map_err(Error::Config)?;
+            self.decrypt_only_files.push(path);
+        }
+        Ok(self)
+    }
+
+    fn check_files(&self) -> Result<()> {
+        for path in self.backup_dir_file.iter() {
+            read_key_file(path).map_err(Error::Config)?;
+        }
+        Ok(())
+    }
+
+    /// The keys that encrypt a backup taken now (the first of the ring
+    /// encrypts), or `None` when backups are not encrypted. The key file is
+    /// read afresh; if it exists but is unreadable or invalid the backup
+    /// must fail rather than be written in the clear.
+    pub fn for_encryption(&self) -> Result<Option<KeyRing>> {
+        if let Some(ring) = &self.configured {
+            return Ok(Some(ring.clone()));
+        }
+        match &self.backup_dir_file {
+            Some(path) => read_key_file(path).map_err(Error::Config),
+            None => Ok(None),
+        }
+    }
+
+    /// Every key known now, to decrypt with; `None` when there is none.
+    pub fn for_decryption(&self) -> std::result::Result<Option<KeyRing>, String> {
+        let mut keys: Vec<Key> = Vec::new();
+        let mut add = |ring: KeyRing| {
+            for key in ring.keys() {
+                if !keys.contains(key) {
+                    keys.push(key.clone());
+                }
+            }
+        };
+        if let Some(ring) = &self.configured {
+            add(ring.clone());
+        }
+        for path in self.backup_dir_file.iter().chain(&self.decrypt_only_files) {
+            if let Some(ring) = read_key_file(path)? {
+                add(ring);
+            }
+        }
+        Ok(KeyRing::new(keys).ok())
+    }
+
+    /// Where keys are looked for, for the message when none is found.
+    pub fn sources(&self) -> String {
+        let mut sources = vec!["BACKUP_ENCRYPTION_KEY".to_string()];
+        sources.extend(
+            self.backup_dir_file
+                .iter()
+                .chain(&self.decrypt_only_files)
+                .map(|p| p.display().to_string()),
+        );
+        sources.join(", ")
+    }
+}
+
+/// A key file's ring; `None` when the file does not exist. Errors name the
+/// file and never quote its content.
+fn read_key_file(path: &Path) -> std::result::Result<Option<KeyRing>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => KeyRing::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("the key file {}: {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read the key file {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_text() -> String {
+        Key::generate().to_base64()
+    }
+
+    #[test]
+    fn nothing_configured_means_no_encryption() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load(None, Some(""), dir.path()).unwrap();
+        assert!(keys.for_encryption().unwrap().is_none());
+        assert!(keys.for_decryption().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_key_file_is_read_again_before_each_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load(None, None, dir.path()).unwrap();
+        let first = key_text();
+        std::fs::write(dir.path().join(KEY_FILE_NAME), format!("\"{first}\"\r\n")).unwrap();
+        let ring = keys.for_encryption().unwrap().unwrap();
+        assert_eq!(ring.encrypting_key().to_base64(), first);
+        let second = key_text();
+        std::fs::write(dir.path().join(KEY_FILE_NAME), &second).unwrap();
+        let ring = keys.for_encryption().unwrap().unwrap();
+        assert_eq!(ring.encrypting_key().to_base64(), second);
+    }
+
+    #[test]
+    fn a_configured_key_wins_and_every_source_decrypts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (env_key, file_key, extra_key) = (key_text(), key_text(), key_text());
+        std::fs::write(dir.path().join(KEY_FILE_NAME), &file_key).unwrap();
+        let extra = dir.path().join("extra_key");
+        std::fs::write(&extra, &extra_key).unwrap();
+        let keys = Keys::load(Some(&env_key), None, dir.path())
+            .unwrap()
+            .with_decrypt_only_file(extra)
+            .unwrap();
+        let ring = keys.for_encryption().unwrap().unwrap();
+        assert_eq!(ring.keys().len(), 1);
+        assert_eq!(ring.encrypting_key().to_base64(), env_key);
+        let all: Vec<String> = keys
+            .for_decryption()
+            .unwrap()
+            .unwrap()
+            .keys()
+            .iter()
+            .map(Key::to_base64)
+            .collect();
+        assert_eq!(all, [env_key, file_key, extra_key]);
+    }
+
+    #[test]
+    fn bad_keys_fail_at_start_naming_the_source_not_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Keys::load(Some("not-a-key-at-all"), None, dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Config(_)));
+        let message = err.to_string();
+        assert!(message.starts_with("BACKUP_ENCRYPTION_KEY:"), "{message}");
+        assert!(!message.contains("not-a-key-at-all"), "{message}");
+
+        std::fs::write(dir.path().join(KEY_FILE_NAME), "short").unwrap();
+        let message = Keys::load(None, None, dir.path()).unwrap_err().to_string();
+        assert!(message.contains(KEY_FILE_NAME), "{message}");
+        assert!(!message.contains("short"), "{message}");
+    }
+
+    #[test]
+    fn a_key_file_spoiled_at_run_time_fails_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load(None, None, dir.path()).unwrap();
+        std::fs::write(dir.path().join(KEY_FILE_NAME), "garbage").unwrap();
+        assert!(keys.for_encryption().is_err());
+    }
+}
