@@ -28,6 +28,17 @@ pub enum Error {
     #[error("{} is not a sound backup: {reason}", path.display())]
     Verify { path: PathBuf, reason: String },
 
+    /// A remote storage (S3) operation failed. `action` reads as a verb phrase
+    /// ("upload /backups/x.sql.gz to"), `target` is `s3://bucket/key` and
+    /// `reason` the service's error code and message or the network error;
+    /// none of them ever holds a credential.
+    #[error("cannot {action} {target}: {reason}")]
+    Storage {
+        action: String,
+        target: String,
+        reason: String,
+    },
+
     #[error("cancelled by shutdown")]
     Cancelled,
 
@@ -58,6 +69,18 @@ impl Error {
     pub fn verify(path: &Path, reason: impl Into<String>) -> Self {
         Error::Verify {
             path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn storage(
+        action: impl Into<String>,
+        target: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Storage {
+            action: action.into(),
+            target: target.into(),
             reason: reason.into(),
         }
     }

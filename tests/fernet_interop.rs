@@ -6,7 +6,6 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use backupd::crypto::fernet::{self, DecryptError, Key, KeyRing};
 use common::{python, require_python_fernet, temp_dir};

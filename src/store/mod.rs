@@ -2,6 +2,7 @@
 //! gives its files are defined here, so retention can recognise exactly them.
 
 pub mod local;
+pub mod s3;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
