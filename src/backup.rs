@@ -11,6 +11,7 @@ use crate::clock::Clock;
 use crate::config::BackupConfig;
 use crate::db::{self, Database};
 use crate::error::{Error, Result};
+use crate::offsite::{self, SyncReport};
 use crate::retention;
 use crate::state::{self, Status};
 use crate::store::Kind;
@@ -23,6 +24,14 @@ pub struct Outcome {
     pub deleted: Vec<StoredBackup>,
     pub duration_seconds: f64,
     pub finished: chrono::DateTime<chrono::Utc>,
+}
+
+/// A run: the backup's result and, when a bucket is configured, the
+/// offsite pass that followed (which also runs after a failed backup).
+#[derive(Debug)]
+pub struct Run {
+    pub result: Result<Outcome>,
+    pub upload: Option<SyncReport>,
 }
 
 /// What to do when another backup holds the directory lock.
@@ -41,7 +50,7 @@ pub async fn run(
     cancel: &CancellationToken,
     clock: &dyn Clock,
     when_busy: WhenBusy,
-) -> Result<Outcome> {
+) -> Run {
     let span = tracing::info_span!(
         "backup",
         database = cfg.database.kind(),
@@ -50,11 +59,22 @@ pub async fn run(
     async {
         let attempt = clock.now();
         let started = Instant::now();
-        let result = take_backup(cfg, cancel, clock, when_busy).await;
-        if let Err(Error::Busy) = result {
-            tracing::warn!("skipped: another backup (backupd once?) is running in this directory");
-            return Err(Error::Busy);
-        }
+        let lock = match lock_dir(cfg, cancel, when_busy).await {
+            Err(Error::Busy) => {
+                tracing::warn!(
+                    "skipped: another backup (backupd once?) is running in this directory"
+                );
+                return Run {
+                    result: Err(Error::Busy),
+                    upload: None,
+                };
+            }
+            other => other,
+        };
+        let (lock, result) = match lock {
+            Ok(lock) => (Some(lock), take_backup(cfg, cancel, clock).await),
+            Err(e) => (None, Err(e)),
+        };
         let duration_seconds = started.elapsed().as_secs_f64();
         let result = result.map(|(backup, deleted)| Outcome {
             backup,
@@ -65,6 +85,19 @@ pub async fn run(
         if let Err(e) = record_status(cfg, attempt, &result) {
             tracing::warn!(error = %e, "could not update the status file");
         }
+        // Also after a failed backup: earlier ones may still be missing
+        // from the bucket.
+        let mut upload = None;
+        if let (Some(_locked), Some(remote)) = (&lock, &cfg.remote)
+            && !cancel.is_cancelled()
+        {
+            let report = offsite::sync(remote, &cfg.paths.backup_dir, cancel, clock.now()).await;
+            if let Err(e) = record_upload(cfg, &report) {
+                tracing::warn!(error = %e, "could not update the status file");
+            }
+            upload = Some(report);
+        }
+        drop(lock);
         match &result {
             Ok(outcome) => tracing::info!(
                 result = "success",
@@ -82,18 +115,18 @@ pub async fn run(
                 "backup failed"
             ),
         }
-        result
+        Run { result, upload }
     }
     .instrument(span)
     .await
 }
 
-async fn take_backup(
+/// Creates and locks the backup folder for the whole run.
+async fn lock_dir(
     cfg: &BackupConfig,
     cancel: &CancellationToken,
-    clock: &dyn Clock,
     when_busy: WhenBusy,
-) -> Result<(Committed, Vec<StoredBackup>)> {
+) -> Result<DirLock> {
     let dir = cfg.paths.backup_dir.clone();
     local::ensure_dir(&dir)?;
     let lock = if when_busy == WhenBusy::Skip {
@@ -112,6 +145,16 @@ async fn take_backup(
             _ = cancel.cancelled() => return Err(Error::Cancelled),
         }
     };
+    Ok(lock)
+}
+
+/// The backup itself, with the folder locked by the caller.
+async fn take_backup(
+    cfg: &BackupConfig,
+    cancel: &CancellationToken,
+    clock: &dyn Clock,
+) -> Result<(Committed, Vec<StoredBackup>)> {
+    let dir = cfg.paths.backup_dir.clone();
     for stale in local::remove_stale_partials(&dir)? {
         tracing::info!(file = %stale.display(), "removed a partial file left by an interrupted run");
     }
@@ -128,7 +171,6 @@ async fn take_backup(
     let committed = dump_into(cfg, file, cancel).await?;
 
     let deleted = apply_retention(cfg, clock);
-    drop(lock);
     Ok((committed, deleted))
 }
 
@@ -212,6 +254,37 @@ fn apply_retention(cfg: &BackupConfig, clock: &dyn Clock) -> Vec<StoredBackup> {
         }
     }
     deleted
+}
+
+fn log_upload(report: &SyncReport) {
+    match &report.error {
+        None => tracing::info!(
+            uploaded = report.uploaded.len(),
+            remote_deleted = report.deleted.len(),
+            "offsite copies up to date"
+        ),
+        Some(e) => tracing::error!(
+            uploaded = report.uploaded.len(),
+            error = %e,
+            "offsite copy incomplete; the next run tries again"
+        ),
+    }
+}
+
+/// Logs and records the offsite pass: `last_upload` when something was
+/// sent, `last_upload_error` (`null` when the bucket is up to date).
+fn record_upload(cfg: &BackupConfig, report: &SyncReport) -> Result<()> {
+    log_upload(report);
+    let path = &cfg.paths.status_file;
+    let mut status = Status::read_or_default(path);
+    if !report.uploaded.is_empty()
+        && let Some(finished) = report.finished
+    {
+        status.last_upload = Some(state::timestamp(finished));
+        status.last_upload_file = report.uploaded.first().map(|sent| sent.name.clone());
+    }
+    status.last_upload_error = report.error.clone();
+    status.write(path)
 }
 
 fn record_status(

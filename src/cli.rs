@@ -27,6 +27,17 @@ an empty value counts as unset):
   BACKUP_ENCRYPTION_KEY         Fernet key(s), comma-separated; first encrypts
                                 [default: $BACKUP_DIR/.encryption_key if present]
   BACKUP_ENCRYPTION_KEY_FILE    file holding it (Docker secret)
+  AWS_S3_BUCKET                 copy every backup here (empty: no uploads)
+  AWS_S3_PREFIX                 key prefix (folder) in the bucket
+  AWS_REGION                    region [default: SDK chain; us-east-1 w/ endpoint]
+  AWS_ACCESS_KEY_ID(_FILE)      credentials [default: the standard AWS chain:
+  AWS_SECRET_ACCESS_KEY(_FILE)    environment, profile, web identity, instance role]
+  AWS_ENDPOINT_URL              S3-compatible server (MinIO, Garage, Ceph)
+  AWS_S3_FORCE_PATH_STYLE       http://host/bucket/key URLs [default: false]
+  AWS_S3_STORAGE_CLASS          e.g. STANDARD_IA      [default: the bucket's]
+  AWS_S3_SSE                    AES256 or aws:kms (+ AWS_S3_SSE_KMS_KEY_ID)
+  AWS_S3_CHECKSUM_WHEN_REQUIRED [default: true with AWS_ENDPOINT_URL, else false]
+  BACKUP_S3_RETENTION_DAYS      remote retention; 0 = off [default: local days]
   LOG_FORMAT                    text or json          [default: text]
   LOG_LEVEL                     error..trace          [default: info; RUST_LOG wins]
 Daemon (backupd backup) and healthcheck:
@@ -69,6 +80,9 @@ Restore environment variables (besides the database URL variables above):
   RESTORE_SQLITE_PATH           SQLite file to replace [default: BASE + URL path]
   RESTORE_SQLITE_BASE           base for the URL path  [default: /app]
   DOCKER_HOST                   Docker socket [default: unix:///var/run/docker.sock]
+  BACKUP_ENCRYPTION_KEY(_FILE)  decrypts .enc files, as do $BACKUP_DIR/.encryption_key
+                                and <parent of RESTORE_WATCH_DIR>/.encryption_key
+  AWS_S3_BUCKET, AWS_*          for --file s3://BUCKET/KEY and --from-s3 (see backupd --help)
   BACKUP_DIR                    safety backups go here [default: /backups]";
 
 #[derive(Debug, Parser)]
@@ -127,13 +141,20 @@ pub enum Command {
         encryption: EncryptionArgs,
     },
 
-    /// List the backups in BACKUP_DIR, newest first.
+    /// List the backups in BACKUP_DIR (or, with --remote, in the bucket), newest first.
     List {
         #[command(flatten)]
         dir: DirArgs,
 
         #[command(flatten)]
         encryption: EncryptionArgs,
+
+        #[command(flatten)]
+        s3: S3Args,
+
+        /// List the backups under AWS_S3_BUCKET/AWS_S3_PREFIX instead.
+        #[arg(long, conflicts_with = "verify")]
+        remote: bool,
 
         /// Also verify every backup fully (reads every file).
         #[arg(long)]
@@ -188,6 +209,66 @@ pub struct DatabaseArgs {
     pub database_url_file: Option<String>,
 }
 
+/// Offsite copies in S3 or an S3-compatible server; off while AWS_S3_BUCKET is empty.
+#[derive(Debug, Clone, Args)]
+pub struct S3Args {
+    /// Bucket every new backup is copied to (empty: no uploads).
+    #[arg(long = "s3-bucket", env = "AWS_S3_BUCKET", value_parser = clean_value)]
+    pub bucket: Option<String>,
+
+    /// Key prefix (folder) in the bucket.
+    #[arg(long = "s3-prefix", env = "AWS_S3_PREFIX", default_value = "", value_parser = clean_value)]
+    pub prefix: String,
+
+    /// Region [default: the SDK's chain; us-east-1 with AWS_ENDPOINT_URL].
+    #[arg(long = "aws-region", env = "AWS_REGION", value_parser = clean_value)]
+    pub region: Option<String>,
+
+    /// Access key id [default: the standard credential chain].
+    #[arg(long = "aws-access-key-id", env = "AWS_ACCESS_KEY_ID", hide_env_values = true, value_parser = clean_value)]
+    pub access_key_id: Option<String>,
+
+    /// File holding AWS_ACCESS_KEY_ID (Docker secret).
+    #[arg(long = "aws-access-key-id-file", env = "AWS_ACCESS_KEY_ID_FILE", value_parser = clean_value)]
+    pub access_key_id_file: Option<String>,
+
+    /// Secret access key.
+    #[arg(long = "aws-secret-access-key", env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true, value_parser = clean_value)]
+    pub secret_access_key: Option<String>,
+
+    /// File holding AWS_SECRET_ACCESS_KEY (Docker secret).
+    #[arg(long = "aws-secret-access-key-file", env = "AWS_SECRET_ACCESS_KEY_FILE", value_parser = clean_value)]
+    pub secret_access_key_file: Option<String>,
+
+    /// URL of an S3-compatible server (MinIO, Garage, Ceph).
+    #[arg(long = "s3-endpoint-url", env = "AWS_ENDPOINT_URL", value_parser = clean_value)]
+    pub endpoint_url: Option<String>,
+
+    /// Path-style URLs (http://host/bucket/key), which most self-hosted servers need.
+    #[arg(long = "s3-force-path-style", env = "AWS_S3_FORCE_PATH_STYLE", default_value = "false", value_parser = boolean("AWS_S3_FORCE_PATH_STYLE", false))]
+    pub force_path_style: bool,
+
+    /// Storage class of uploaded objects (STANDARD, STANDARD_IA, GLACIER_IR, …).
+    #[arg(long = "s3-storage-class", env = "AWS_S3_STORAGE_CLASS", default_value = "", value_parser = clean_value)]
+    pub storage_class: String,
+
+    /// Server-side encryption: AES256 or aws:kms.
+    #[arg(long = "s3-sse", env = "AWS_S3_SSE", default_value = "", value_parser = clean_value)]
+    pub sse: String,
+
+    /// KMS key for AWS_S3_SSE=aws:kms [default: the bucket's].
+    #[arg(long = "s3-sse-kms-key-id", env = "AWS_S3_SSE_KMS_KEY_ID", value_parser = clean_value)]
+    pub sse_kms_key_id: Option<String>,
+
+    /// Send checksums only where S3 requires them, as plain headers [default: true with AWS_ENDPOINT_URL, else false].
+    #[arg(long = "s3-checksum-when-required", env = "AWS_S3_CHECKSUM_WHEN_REQUIRED", default_value = "", value_parser = clean_value)]
+    pub checksum_when_required: String,
+
+    /// Delete remote backups older than this many days; 0 = never [default: BACKUP_RETENTION_DAYS].
+    #[arg(long = "s3-retention-days", env = "BACKUP_S3_RETENTION_DAYS", default_value = "", value_parser = clean_value)]
+    pub s3_retention_days: String,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct EncryptionArgs {
     /// Fernet key(s), comma-separated: the first encrypts new backups, every one decrypts
@@ -221,6 +302,9 @@ pub struct BackupArgs {
 
     #[command(flatten)]
     pub encryption: EncryptionArgs,
+
+    #[command(flatten)]
+    pub s3: S3Args,
 
     /// Delete backups older than this many days (0 turns retention off; non-digits are ignored).
     #[arg(long, env = "BACKUP_RETENTION_DAYS", default_value = "2", value_parser = retention_days)]
@@ -302,12 +386,21 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub encryption: EncryptionArgs,
 
-    /// Restore this one file and exit (0 restored, 1 failed) instead of watching.
-    #[arg(long)]
-    pub file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Args,
 
-    /// With --file: print the plan (containers, target, strategy) and change nothing.
-    #[arg(long, requires = "file")]
+    /// Restore this one file and exit (0 restored, 1 failed) instead of watching;
+    /// `s3://BUCKET/KEY` downloads it first.
+    #[arg(long, conflicts_with = "from_s3")]
+    pub file: Option<String>,
+
+    /// Restore from the bucket and exit: `latest` (the newest backup of the configured
+    /// database's kind under AWS_S3_PREFIX) or a backup's name.
+    #[arg(long = "from-s3", value_name = "latest|NAME")]
+    pub from_s3: Option<String>,
+
+    /// With --file or --from-s3: print the plan (containers, target, strategy) and change nothing.
+    #[arg(long)]
     pub dry_run: bool,
 
     /// Folder watched for backups to restore.
@@ -389,4 +482,15 @@ pub struct RestoreArgs {
     /// gzip level of the safety backup.
     #[arg(long, env = "BACKUP_COMPRESSION_LEVEL", default_value = "6", value_parser = compression_level)]
     pub compression_level: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

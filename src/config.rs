@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{BackupArgs, DatabaseArgs, DirArgs, EncryptionArgs};
+use crate::cli::{BackupArgs, DatabaseArgs, DirArgs, EncryptionArgs, S3Args};
 use crate::crypto::keys::Keys;
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::retention::Policy;
+use crate::store::s3::{S3Settings, ServerSideEncryption, normalize_prefix, parse_storage_class};
 
 /// Strips what env files add: surrounding whitespace, a trailing `\r`, and
 /// one pair of matching quotes.
@@ -126,19 +127,30 @@ pub struct BackupConfig {
     pub timeout: Duration,
     /// Encrypts new backups when a key is configured or the key file exists.
     pub keys: Keys,
+    /// Offsite copies, when `AWS_S3_BUCKET` is set.
+    pub remote: Option<RemoteConfig>,
+}
+
+/// The bucket every backup is copied to, and how long copies stay there.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    pub settings: S3Settings,
+    pub retention: Policy,
 }
 
 impl BackupConfig {
     pub fn from_args(args: &BackupArgs) -> Result<Self> {
         let paths = Paths::from_args(&args.dir)?;
+        let retention = Policy {
+            days: args.retention_days,
+            keep_min: usize::try_from(args.keep_min).unwrap_or(usize::MAX),
+        };
         Ok(BackupConfig {
             database: resolve_database(&args.database)?,
             keys: load_keys(&args.encryption, &paths)?,
+            remote: remote_config(&args.s3, retention)?,
             paths,
-            retention: Policy {
-                days: args.retention_days,
-                keep_min: usize::try_from(args.keep_min).unwrap_or(usize::MAX),
-            },
+            retention,
             compression_level: args.compression_level,
             timeout: if args.timeout_seconds == 0 {
                 // 0 reads as "no limit"; a century is as good as none.
@@ -148,6 +160,92 @@ impl BackupConfig {
             },
         })
     }
+}
+
+/// The S3 settings, or `None` while `AWS_S3_BUCKET` is empty. Remote
+/// retention defaults to the local one (`BACKUP_S3_RETENTION_DAYS` unset).
+pub fn remote_config(args: &S3Args, local: Policy) -> Result<Option<RemoteConfig>> {
+    let Some(settings) = s3_settings(args)? else {
+        return Ok(None);
+    };
+    let days = match args.s3_retention_days.as_str() {
+        "" => local.days,
+        raw => {
+            let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
+            digits.parse().map_err(|_| {
+                Error::Config(format!(
+                    "BACKUP_S3_RETENTION_DAYS must be a number of days, not '{raw}'"
+                ))
+            })?
+        }
+    };
+    Ok(Some(RemoteConfig {
+        settings,
+        retention: Policy { days, ..local },
+    }))
+}
+
+/// The S3 settings from `AWS_*` (credentials also from their `_FILE`), or
+/// `None` while `AWS_S3_BUCKET` is empty.
+pub fn s3_settings(args: &S3Args) -> Result<Option<S3Settings>> {
+    let Some(bucket) = args.bucket.as_deref().filter(|b| !b.is_empty()) else {
+        return Ok(None);
+    };
+    let endpoint = args.endpoint_url.clone().filter(|e| !e.is_empty());
+    if let Some(endpoint) = &endpoint
+        && url::Url::parse(endpoint).is_err()
+    {
+        return Err(Error::Config(format!(
+            "AWS_ENDPOINT_URL '{endpoint}' is not a URL (expected e.g. http://minio:9000)"
+        )));
+    }
+    let secret = |value: &Option<String>, file: &Option<String>, name: &str| match (
+        value.as_deref().filter(|v| !v.is_empty()),
+        file.as_deref().filter(|f| !f.is_empty()),
+    ) {
+        (Some(value), _) => Ok(Some(value.to_string())),
+        (None, Some(file)) => read_secret_file(Path::new(file), &format!("{name}_FILE")).map(Some),
+        (None, None) => Ok(None),
+    };
+    let access_key_id = secret(
+        &args.access_key_id,
+        &args.access_key_id_file,
+        "AWS_ACCESS_KEY_ID",
+    )?;
+    let secret_access_key = secret(
+        &args.secret_access_key,
+        &args.secret_access_key_file,
+        "AWS_SECRET_ACCESS_KEY",
+    )?;
+    match (&access_key_id, &secret_access_key) {
+        (Some(_), None) => {
+            return Err(Error::Config(
+                "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY (or its _FILE) is not".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::Config(
+                "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID (or its _FILE) is not".into(),
+            ));
+        }
+        _ => {}
+    }
+    let checksum_when_required = match args.checksum_when_required.as_str() {
+        "" => endpoint.is_some(),
+        raw => boolean("AWS_S3_CHECKSUM_WHEN_REQUIRED", false)(raw).map_err(Error::Config)?,
+    };
+    Ok(Some(S3Settings {
+        bucket: bucket.to_string(),
+        prefix: normalize_prefix(&args.prefix),
+        region: args.region.clone().filter(|r| !r.is_empty()),
+        endpoint,
+        force_path_style: args.force_path_style,
+        storage_class: parse_storage_class(&args.storage_class)?,
+        sse: ServerSideEncryption::parse(&args.sse, args.sse_kms_key_id.as_deref())?,
+        checksum_when_required,
+        access_key_id,
+        secret_access_key,
+    }))
 }
 
 /// The key sources of `BACKUP_ENCRYPTION_KEY`(`_FILE`) and

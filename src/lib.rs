@@ -18,6 +18,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod modes;
+pub mod offsite;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
@@ -46,8 +47,16 @@ pub async fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::List {
             dir,
             encryption,
+            s3,
+            remote,
             verify,
-        } => modes::list::run(dir, encryption, *verify),
+        } => {
+            if *remote {
+                modes::list::run_remote(s3).await
+            } else {
+                modes::list::run(dir, encryption, *verify)
+            }
+        }
         cli::Command::Keygen => modes::keygen::run(),
         cli::Command::Status { dir } => modes::status::run(dir),
     }

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub next_run: FloatGauge,
     pub backups: Family<ResultLabel, Counter>,
     pub retention_deleted: Counter,
+    pub uploads: Family<ResultLabel, Counter>,
+    pub upload_duration: FloatGauge,
+    pub remote_retention_deleted: Counter,
 }
 
 impl Metrics {
@@ -45,6 +48,9 @@ impl Metrics {
             next_run: FloatGauge::default(),
             backups: Family::default(),
             retention_deleted: Counter::default(),
+            uploads: Family::default(),
+            upload_duration: FloatGauge::default(),
+            remote_retention_deleted: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -83,9 +89,25 @@ impl Metrics {
             "Backups deleted by retention",
             metrics.retention_deleted.clone(),
         );
+        registry.register(
+            "uploads",
+            "Backups uploaded to S3, by result",
+            metrics.uploads.clone(),
+        );
+        registry.register(
+            "upload_duration_seconds",
+            "Duration of the last upload of a backup to S3",
+            metrics.upload_duration.clone(),
+        );
+        registry.register(
+            "remote_retention_deleted",
+            "Backups deleted from S3 by remote retention",
+            metrics.remote_retention_deleted.clone(),
+        );
         // Touch both results so a fresh daemon already exports zeros.
         for result in ["success", "failure"] {
             let _ = metrics.backups.get_or_create(&ResultLabel { result });
+            let _ = metrics.uploads.get_or_create(&ResultLabel { result });
         }
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
@@ -150,6 +172,10 @@ mod tests {
             "backupd_backups_total{result=\"success\"} 1",
             "backupd_backups_total{result=\"failure\"} 0",
             "backupd_retention_deleted_total",
+            "backupd_uploads_total{result=\"success\"} 0",
+            "backupd_uploads_total{result=\"failure\"} 0",
+            "backupd_upload_duration_seconds",
+            "backupd_remote_retention_deleted_total",
             "backupd_next_run_timestamp_seconds",
             "backupd_build_info{version=",
         ] {

@@ -27,6 +27,16 @@ pub struct Status {
     pub last_sha256: Option<String>,
     /// `postgresql` or `sqlite`.
     pub database: Option<String>,
+    /// UTC time of the last offsite pass that uploaded a backup.
+    #[serde(default)]
+    pub last_upload: Option<String>,
+    /// Name of the newest backup that pass uploaded.
+    #[serde(default)]
+    pub last_upload_file: Option<String>,
+    /// Why the last offsite pass did not finish; `null` when the bucket is
+    /// up to date (and while no bucket is configured).
+    #[serde(default)]
+    pub last_upload_error: Option<String>,
     #[serde(default)]
     pub version: String,
     /// Keys written by other versions survive a rewrite.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{self, Outcome, WhenBusy};
+use crate::backup::{self, Run, WhenBusy};
 use crate::cli::DaemonArgs;
 use crate::clock::{Clock, SystemClock};
 use crate::config::BackupConfig;
@@ -134,11 +134,12 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         retry_at = None;
         metrics.last_attempt.set(clock.now().timestamp() as f64);
 
-        let result = match run_backup(&cfg, &cancel, shutdown_grace).await {
-            Some(result) => result,
+        let run = match run_backup(&cfg, &cancel, shutdown_grace).await {
+            Some(run) => run,
             None => break,
         };
-        record_metrics(&metrics, &result);
+        record_metrics(&metrics, &run);
+        let result = run.result;
         if matches!(result, Err(Error::Cancelled)) {
             break;
         }
@@ -173,7 +174,7 @@ async fn run_backup(
     cfg: &BackupConfig,
     cancel: &CancellationToken,
     grace: Duration,
-) -> Option<Result<Outcome>> {
+) -> Option<Run> {
     let mut task = {
         let (cfg, cancel) = (cfg.clone(), cancel.clone());
         tokio::spawn(async move { backup::run(&cfg, &cancel, &SystemClock, WhenBusy::Skip).await })
@@ -195,13 +196,34 @@ async fn run_backup(
         },
     };
     match joined {
-        Ok(result) => Some(result),
-        Err(e) => Some(Err(Error::Other(format!("the backup task failed: {e}")))),
+        Ok(run) => Some(run),
+        Err(e) => Some(Run {
+            result: Err(Error::Other(format!("the backup task failed: {e}"))),
+            upload: None,
+        }),
     }
 }
 
-fn record_metrics(metrics: &Metrics, result: &Result<Outcome>) {
-    match result {
+fn record_metrics(metrics: &Metrics, run: &Run) {
+    if let Some(upload) = &run.upload {
+        for sent in &upload.uploaded {
+            metrics
+                .uploads
+                .get_or_create(&ResultLabel { result: "success" })
+                .inc();
+            metrics.upload_duration.set(sent.duration.as_secs_f64());
+        }
+        if upload.failed > 0 {
+            metrics
+                .uploads
+                .get_or_create(&ResultLabel { result: "failure" })
+                .inc_by(upload.failed as u64);
+        }
+        metrics
+            .remote_retention_deleted
+            .inc_by(upload.deleted.len() as u64);
+    }
+    match &run.result {
         Ok(outcome) => {
             metrics
                 .backups

@@ -2,10 +2,12 @@
 
 use chrono::Utc;
 
-use crate::cli::{DirArgs, EncryptionArgs};
-use crate::config::{Paths, load_keys};
+use crate::cli::{DirArgs, EncryptionArgs, S3Args};
+use crate::config::{Paths, load_keys, s3_settings};
 use crate::error::{Error, Result};
+use crate::offsite;
 use crate::store::local;
+use crate::store::s3::S3Store;
 use crate::verify;
 
 pub fn run(args: &DirArgs, encryption: &EncryptionArgs, full_verify: bool) -> Result<()> {
@@ -55,6 +57,41 @@ pub fn run(args: &DirArgs, encryption: &EncryptionArgs, full_verify: bool) -> Re
             "{unsound} backup(s) failed verification"
         )));
     }
+    Ok(())
+}
+
+/// `backupd list --remote`: this tool's backups in the bucket.
+pub async fn run_remote(args: &S3Args) -> Result<()> {
+    let settings = s3_settings(args)?.ok_or_else(|| {
+        Error::Config("list --remote needs AWS_S3_BUCKET (and credentials) to be set".into())
+    })?;
+    let store = S3Store::connect(settings).await?;
+    let backups = offsite::list_backups(&store).await?;
+    if backups.is_empty() {
+        eprintln!("no backups in {}", store.describe());
+        return Ok(());
+    }
+    let now = Utc::now();
+    let width = backups
+        .iter()
+        .map(|b| b.object.name.len())
+        .max()
+        .unwrap_or(0);
+    println!("{:<width$}  {:>10}  {:>8}  CHECKSUM", "NAME", "SIZE", "AGE");
+    for backup in &backups {
+        println!(
+            "{:<width$}  {:>10}  {:>8}  {}",
+            backup.object.name,
+            human_size(backup.object.size),
+            human_age(now.signed_duration_since(backup.name.time)),
+            if backup.has_sidecar {
+                "stored (.sha256)"
+            } else {
+                "none"
+            }
+        );
+    }
+    eprintln!("{} backup(s) in {}", backups.len(), store.describe());
     Ok(())
 }
 

@@ -13,12 +13,14 @@ use tracing::Instrument;
 
 use crate::backup;
 use crate::cli::RestoreArgs;
+use crate::cli::S3Args;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BackupConfig, Paths, load_keys, resolve_database};
+use crate::config::{BackupConfig, Paths, load_keys, resolve_database, s3_settings};
 use crate::container::docker::{DockerControl, HealthOutcome, StopOutcome};
 use crate::crypto::keys::{KEY_FILE_NAME, Keys};
 use crate::db::{Database, SqliteTarget};
 use crate::error::{Error, Result};
+use crate::offsite;
 use crate::restore::check::{self, Checked};
 use crate::restore::failed::move_to_failed;
 use crate::restore::kind;
@@ -27,6 +29,8 @@ use crate::restore::sqlite as sqlite_restore;
 use crate::restore::state::{HistoryEntry, InProgress, LastProcessed, RestoreState};
 use crate::retention::Policy;
 use crate::state::timestamp;
+use crate::store::Kind;
+use crate::store::s3::{S3Store, parse_s3_url};
 use crate::watch::{Found, WatchConfig, Watcher};
 
 /// Everything the restore service needs, validated at start.
@@ -53,6 +57,9 @@ pub struct RestoreConfig {
     pub strategy: Strategy,
     pub keep_previous: usize,
     pub docker_host: Option<String>,
+    /// For `--file s3://…` and `--from-s3` (checked at start when
+    /// `AWS_S3_BUCKET` is set).
+    pub s3: S3Args,
 }
 
 fn names(list: &str) -> Vec<String> {
@@ -99,9 +106,13 @@ impl RestoreConfig {
                 .unwrap_or(Path::new("/"))
                 .join(KEY_FILE_NAME),
         )?;
+        s3_settings(&args.s3)?;
         let backup = BackupConfig {
             database: database.clone(),
             keys: keys.clone(),
+            // Safety backups stay local: they are a way back from this
+            // restore, not part of the offsite series.
+            remote: None,
             paths,
             retention: Policy {
                 days: 0,
@@ -131,6 +142,7 @@ impl RestoreConfig {
             strategy,
             keep_previous: usize::try_from(args.keep_previous).unwrap_or(usize::MAX),
             docker_host: args.docker_host.clone().filter(|h| !h.is_empty()),
+            s3: args.s3.clone(),
         })
     }
 
@@ -153,7 +165,32 @@ pub async fn run(args: &RestoreArgs) -> Result<()> {
     service.recover_interrupted().await?;
 
     if let Some(file) = &args.file {
-        return service.one_shot(file, args.dry_run, &cancel).await;
+        return match parse_s3_url(file) {
+            Ok((bucket, key)) => {
+                let store = service.store(Some(bucket)).await?;
+                service
+                    .one_remote(&store, &key, args.dry_run, &cancel)
+                    .await
+            }
+            Err(_) if file.to_ascii_lowercase().starts_with("s3://") => {
+                Err(parse_s3_url(file).unwrap_err())
+            }
+            Err(_) => {
+                service
+                    .one_shot(Path::new(file), args.dry_run, &cancel)
+                    .await
+            }
+        };
+    }
+    if let Some(which) = &args.from_s3 {
+        let store = service.store(None).await?;
+        let key = service.pick_remote(&store, which).await?;
+        return service
+            .one_remote(&store, &key, args.dry_run, &cancel)
+            .await;
+    }
+    if args.dry_run {
+        return Err(Error::Config("--dry-run needs --file or --from-s3".into()));
     }
 
     check::remove_stale_decrypted(&service.cfg.watch_dir);
@@ -277,6 +314,90 @@ impl Service {
             safety_backup: None,
         });
         self.save(&state);
+    }
+
+    /// The bucket of `--from-s3` (`AWS_S3_BUCKET`) or of an `s3://` URL.
+    async fn store(&self, bucket: Option<String>) -> Result<S3Store> {
+        let mut args = self.cfg.s3.clone();
+        if let Some(bucket) = bucket {
+            args.bucket = Some(bucket);
+            // The URL names the whole key.
+            args.prefix = String::new();
+        }
+        let settings = s3_settings(&args)?.ok_or_else(|| {
+            Error::Config("--from-s3 needs AWS_S3_BUCKET (and credentials) to be set".into())
+        })?;
+        S3Store::connect(settings).await
+    }
+
+    /// The key of `--from-s3 latest` (the newest backup of the configured
+    /// database's kind) or of `--from-s3 NAME`.
+    async fn pick_remote(&self, store: &S3Store, which: &str) -> Result<String> {
+        if which != "latest" {
+            return Ok(store.key_for(which));
+        }
+        let kind = match self.cfg.database {
+            Database::Postgres(_) => Kind::PgDump,
+            Database::Sqlite(_) => Kind::Sqlite,
+        };
+        let newest = offsite::list_backups(store)
+            .await?
+            .into_iter()
+            .find(|b| b.name.kind == kind)
+            .ok_or_else(|| {
+                Error::Other(format!(
+                    "no {} backup in {}",
+                    self.cfg.database.kind(),
+                    store.describe()
+                ))
+            })?;
+        tracing::info!(file = %newest.object.name, "the newest backup in the bucket");
+        Ok(newest.object.key)
+    }
+
+    /// Downloads `key` (streaming, checked against its `.sha256` object)
+    /// into `<parent of the watch folder>/downloads/`, restores it through
+    /// the same path as `--file`, and removes the download: the object in
+    /// the bucket is the copy kept.
+    async fn one_remote(
+        &self,
+        store: &S3Store,
+        key: &str,
+        dry_run: bool,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let name = key.rsplit('/').next().unwrap_or(key).to_string();
+        let url = store.url_for(key);
+        if kind::classify(&name).is_none() {
+            return Err(Error::Other(format!(
+                "{url}: not a backup file name (.sql, .sql.gz, .dump, .dump.gz, .db, .db.gz, each optionally .enc)"
+            )));
+        }
+        if dry_run {
+            return self.one_shot(Path::new(&url), true, cancel).await;
+        }
+        let dir = self
+            .cfg
+            .watch_dir
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("downloads");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the folder", &dir, e))?;
+        let dest = dir.join(&name);
+        let _ = std::fs::remove_file(&dest);
+        let downloaded = store.download(key, &dest, cancel).await?;
+        tracing::info!(
+            from = %url,
+            file = %dest.display(),
+            bytes = downloaded.bytes,
+            checksum_verified = downloaded.checksum_verified,
+            "downloaded"
+        );
+        let result = self.one_shot(&dest, false, cancel).await;
+        if let Err(e) = std::fs::remove_file(&dest) {
+            tracing::warn!(file = %dest.display(), error = %e, "cannot remove the downloaded copy");
+        }
+        result
     }
 
     async fn one_shot(&self, file: &Path, dry_run: bool, cancel: &CancellationToken) -> Result<()> {
