@@ -96,6 +96,15 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         database = %cfg.database,
         backup_dir = %cfg.paths.backup_dir.display(),
         schedule = %schedule,
+        encryption = if cfg.keys.for_encryption().is_ok_and(|ring| ring.is_some()) {
+            "fernet"
+        } else {
+            "off"
+        },
+        offsite = %cfg.remote.as_ref().map_or_else(
+            || "off".to_string(),
+            |r| format!("s3://{}/{}", r.settings.bucket, r.settings.prefix)
+        ),
         "backupd {} started; next runs: {}",
         crate::VERSION,
         upcoming.join(", ")
