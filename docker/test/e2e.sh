@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# End to end on the local Docker engine, with no registry: db-backup (the
+# image built from Dockerfile.backup, run through docker/compose.backup.yml)
+# backs up a PostgreSQL container with encryption on; the backup is dropped
+# into restore/incoming; db-restore stops the stand-in web container,
+# restores, starts it again, and the data matches.
+#
+# Usage:  docker/test/e2e.sh [BINARY]     (default: target/debug/backupd)
+# Env:    COMPOSE  "docker compose" or "docker-compose" (default: whichever works)
+#         ROOTFS_CACHE  where build-base-images.sh keeps the Debian rootfs tarball
+# Needs:  root (the bind-mounted folders are given to the image's uid 10001),
+#         the Docker engine, debootstrap on the first run, objcopy.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+BINARY=${1:-${BACKUPD_BINARY:-$REPO/target/debug/backupd}}
+if [ -z "${COMPOSE:-}" ]; then
+    if docker compose version >/dev/null 2>&1; then COMPOSE="docker compose"; else COMPOSE=docker-compose; fi
+fi
+read -r -a COMPOSE_CMD <<< "$COMPOSE"
+PROJECT=backupd-e2e-$$
+export BACKUP_IMAGE=backupd-test/backupd:e2e
+export WEB_CONTAINER=$PROJECT-web
+export DATABASE_URL=postgresql+psycopg://app:app-e2e-password@db:5432/app
+export RESTORE_STOP_CONTAINERS=$WEB_CONTAINER
+export RESTORE_POLL_INTERVAL=2 RESTORE_SETTLE_SECONDS=1
+export RESTORE_STOP_WAIT_SECONDS=0 RESTORE_START_WAIT_SECONDS=0
+export DOCKER_GID; DOCKER_GID=$(stat -c %g /var/run/docker.sock)
+export BACKUP_STATUS_PORT; BACKUP_STATUS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export BACKUP_ENCRYPTION_KEY; BACKUP_ENCRYPTION_KEY=$("$BINARY" keygen)
+
+t0=$SECONDS
+lap() { printf 'e2e [%4ds] %s\n' "$((SECONDS - t0))" "$*" >&2; }
+fail() { echo "e2e FAILED: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || fail "run as root: the bind-mounted folders must be given to uid 10001"
+
+# 1. Base images (skipped when present with the current recipe).
+"$HERE/build-base-images.sh"
+lap "base images ready"
+
+# 2. The backupd image: Dockerfile.backup's runtime stage with the prebuilt
+#    binary and Debian's PostgreSQL client (PGDG is not reachable here).
+work=$(mktemp -d "${TMPDIR:-/tmp}/backupd-e2e.XXXXXX")
+dc() {
+    "${COMPOSE_CMD[@]}" -p "$PROJECT" --project-directory "$work" \
+        -f "$REPO/docker/compose.backup.yml" -f "$HERE/compose.e2e.yml" "$@"
+}
+cleanup() {
+    status=$?
+    if [ "$status" != 0 ]; then
+        dc logs --no-color --tail 40 >&2 2>&1 || true
+    fi
+    dc down -v --remove-orphans >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir "$work/context"
+cp "$REPO/Dockerfile.backup" "$work/context/"
+# The debug build carries ~100 MB of DWARF the image does not need.
+objcopy --strip-debug "$BINARY" "$work/context/backupd"
+DOCKER_BUILDKIT=0 docker build -q -f "$work/context/Dockerfile.backup" --target runtime-prebuilt \
+    --build-arg BASE_IMAGE=backupd-test/debian:bookworm \
+    --build-arg PG_CLIENT_SOURCE=debian --build-arg PG_MAJOR=15 \
+    --build-arg BACKUPD_BINARY=backupd --label backupd-test=1 \
+    -t "$BACKUP_IMAGE" "$work/context" >/dev/null
+lap "built $BACKUP_IMAGE: $(docker image ls --format '{{.Size}}' "$BACKUP_IMAGE") (debug binary)"
+[ "$(docker image inspect -f '{{.Config.User}}' "$BACKUP_IMAGE")" = "10001:10001" ] || fail "the image does not run as 10001"
+
+# 3. The operator's folders, owned by the image's user.
+install -d -o 10001 -g 10001 "$work/backups" "$work/restore" \
+    "$work/restore/incoming" "$work/restore/failed" "$work/restore/state"
+
+dc up -d --no-build db web >/dev/null 2>&1
+db=$(dc ps -q db)
+until [ "$(docker inspect -f '{{.State.Health.Status}}' "$db")" = healthy ]; do
+    sleep 0.5
+    [ $((SECONDS - t0)) -lt 600 ] || fail "PostgreSQL never became healthy"
+done
+lap "PostgreSQL container healthy"
+psql_db() { docker exec -i "$db" psql -q -v ON_ERROR_STOP=1 -U app -d app -At "$@"; }
+psql_db -c "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
+            INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;"
+checksum="SELECT count(*) || ' ' || md5(string_agg(id || ':' || name, ',' ORDER BY id)) FROM items"
+before=$(psql_db -c "$checksum")
+
+# 4. db-backup takes a backup at start-up.
+dc up -d --no-build db-backup >/dev/null 2>&1
+until backup=$(find "$work/backups" -maxdepth 1 -name 'pg_dump-*.sql.gz.enc' | grep .); do
+    sleep 0.5
+    [ $((SECONDS - t0)) -lt 900 ] || fail "db-backup wrote no backup"
+done
+lap "backup written: $(basename "$backup") ($(stat -c %s "$backup") bytes)"
+backup_container=$(dc ps -q db-backup)
+until docker exec "$backup_container" backupd healthcheck >/dev/null 2>&1; do
+    sleep 0.5
+    [ $((SECONDS - t0)) -lt 900 ] || fail "backupd healthcheck never passed"
+done
+docker exec "$backup_container" backupd verify "/backups/$(basename "$backup")" >&2
+# The status server through the published port.
+python3 - "$BACKUP_STATUS_PORT" <<'PY' >&2 || fail "GET /healthz on the published port"
+import json, sys, urllib.request
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=10) as r:
+    assert r.status == 200, r.status
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/status", timeout=10) as r:
+    status = json.load(r)
+assert status["last_file"].endswith(".sql.gz.enc"), status
+print("status:", status["last_backup"], status["last_file"])
+PY
+
+# 5. The data changes; then the operator drops the backup for restore.
+psql_db -c "DELETE FROM items WHERE id > 10; UPDATE items SET name = 'changed';"
+[ "$(psql_db -c "$checksum")" != "$before" ] || fail "the change did not happen"
+web_started=$(docker inspect -f '{{.State.StartedAt}}' "$WEB_CONTAINER")
+dc up -d --no-build db-restore >/dev/null 2>&1
+name=$(basename "$backup")
+cp "$backup" "$work/restore/incoming/.$name.copying"
+chown 10001:10001 "$work/restore/incoming/.$name.copying"
+mv "$work/restore/incoming/.$name.copying" "$work/restore/incoming/$name"
+lap "backup dropped into restore/incoming"
+
+state=$work/restore/state/restore-state.json
+until [ -s "$state" ] && python3 - "$state" "$name" <<'PY'
+import json, sys
+state = json.load(open(sys.argv[1]))
+done = [h for h in state.get("history", []) if sys.argv[2] in h.get("file", "")]
+sys.exit(0 if done and not state.get("in_progress") else 1)
+PY
+do
+    sleep 0.5
+    [ $((SECONDS - t0)) -lt 1200 ] || fail "the restore never finished"
+done
+lap "restore recorded in $(basename "$state")"
+python3 - "$state" "$WEB_CONTAINER" <<'PY' || fail "the restore did not succeed"
+import json, sys
+entry = json.load(open(sys.argv[1]))["history"][-1]
+print("history:", {k: entry.get(k) for k in ("result", "error", "containers_stopped", "safety_backup")}, file=sys.stderr)
+assert entry.get("result") == "restored", entry
+assert sys.argv[2] in entry.get("containers_stopped", []), entry
+PY
+after=$(psql_db -c "$checksum")
+web_now=$(docker inspect -f '{{.State.Running}} {{.State.StartedAt}}' "$WEB_CONTAINER")
+[ "$before" = "$after" ] || fail "data differs after the restore: before '$before', after '$after'"
+[ "${web_now%% *}" = true ] || fail "the web container is not running again"
+[ "${web_now#* }" != "$web_started" ] || fail "the web container was never stopped and started"
+compgen -G "$work/backups/pre-restore-pg_dump-*.sql.gz.enc" >/dev/null || fail "no encrypted safety backup"
+[ ! -e "$work/restore/incoming/$name" ] || fail "the restored file is still in incoming"
+lap "PASS: data restored ($after), web restarted, safety backup kept"
