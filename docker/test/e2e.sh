@@ -21,13 +21,8 @@ read -r -a COMPOSE_CMD <<< "$COMPOSE"
 PROJECT=backupd-e2e-$$
 export BACKUP_IMAGE=backupd-test/backupd:e2e
 export WEB_CONTAINER=$PROJECT-web
-export DATABASE_URL=postgresql+psycopg://app:app-e2e-password@db:5432/app
-export RESTORE_STOP_CONTAINERS=$WEB_CONTAINER
-export RESTORE_POLL_INTERVAL=2 RESTORE_SETTLE_SECONDS=1
-export RESTORE_STOP_WAIT_SECONDS=0 RESTORE_START_WAIT_SECONDS=0
 export DOCKER_GID; DOCKER_GID=$(stat -c %g /var/run/docker.sock)
 export BACKUP_STATUS_PORT; BACKUP_STATUS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export BACKUP_ENCRYPTION_KEY; BACKUP_ENCRYPTION_KEY=$("$BINARY" keygen)
 
 t0=$SECONDS
 lap() { printf 'e2e [%4ds] %s\n' "$((SECONDS - t0))" "$*" >&2; }
@@ -66,9 +61,19 @@ DOCKER_BUILDKIT=0 docker build -q -f "$work/context/Dockerfile.backup" --target 
 lap "built $BACKUP_IMAGE: $(docker image ls --format '{{.Size}}' "$BACKUP_IMAGE") (debug binary)"
 [ "$(docker image inspect -f '{{.Config.User}}' "$BACKUP_IMAGE")" = "10001:10001" ] || fail "the image does not run as 10001"
 
-# 3. The operator's folders, owned by the image's user.
+# 3. The operator's folders, owned by the image's user, and backup.env.
 install -d -o 10001 -g 10001 "$work/backups" "$work/restore" \
     "$work/restore/incoming" "$work/restore/failed" "$work/restore/state"
+cat > "$work/backup.env" <<ENV
+DATABASE_URL=postgresql+psycopg://app:app-e2e-password@db:5432/app
+BACKUP_ENCRYPTION_KEY=$("$BINARY" keygen)
+RESTORE_STOP_CONTAINERS=$WEB_CONTAINER
+RESTORE_POLL_INTERVAL=2
+RESTORE_SETTLE_SECONDS=1
+RESTORE_STOP_WAIT_SECONDS=0
+RESTORE_START_WAIT_SECONDS=0
+ENV
+chmod 600 "$work/backup.env"
 
 dc up -d --no-build db web >/dev/null 2>&1
 db=$(dc ps -q db)
@@ -132,7 +137,7 @@ done
 lap "restore recorded in $(basename "$state")"
 python3 - "$state" "$WEB_CONTAINER" <<'PY' || fail "the restore did not succeed"
 import json, sys
-entry = json.load(open(sys.argv[1]))["history"][-1]
+entry = json.load(open(sys.argv[1]))["history"][0]  # newest first
 print("history:", {k: entry.get(k) for k in ("result", "error", "containers_stopped", "safety_backup")}, file=sys.stderr)
 assert entry.get("result") == "restored", entry
 assert sys.argv[2] in entry.get("containers_stopped", []), entry

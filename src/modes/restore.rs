@@ -30,6 +30,7 @@ use crate::restore::state::{HistoryEntry, InProgress, LastProcessed, RestoreStat
 use crate::retention::Policy;
 use crate::state::timestamp;
 use crate::store::Kind;
+use crate::store::local::DirLock;
 use crate::store::s3::{S3Store, parse_s3_url};
 use crate::watch::{Found, WatchConfig, Watcher};
 
@@ -162,8 +163,19 @@ pub async fn run(args: &RestoreArgs) -> Result<()> {
         None
     };
     let service = Service { cfg, docker };
-    service.recover_interrupted().await?;
+    // A dry run changes nothing, not even an interrupted restore's leftovers.
+    if !args.dry_run {
+        let _lock = service.exclusive().await?;
+        service.recover_interrupted().await?;
+    }
 
+    // One-shot restores wait for a restore the service is running, and
+    // hold the service off until they are done.
+    let _lock = if args.file.is_some() || args.from_s3.is_some() {
+        (!args.dry_run).then_some(service.exclusive().await?)
+    } else {
+        None
+    };
     if let Some(file) = &args.file {
         return match parse_s3_url(file) {
             Ok((bucket, key)) => {
@@ -257,6 +269,13 @@ impl Service {
 
     /// Returns the paths it moved or deleted, for the watcher to forget.
     async fn handle_batch(&self, batch: Vec<Found>, cancel: &CancellationToken) -> Vec<PathBuf> {
+        let _lock = match self.exclusive().await {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take the restore lock; trying again at the next sweep");
+                return Vec::new();
+            }
+        };
         let mut handled = Vec::new();
         let mut ready = Vec::new();
         for found in batch {
@@ -314,6 +333,33 @@ impl Service {
             safety_backup: None,
         });
         self.save(&state);
+    }
+
+    /// One restore at a time per state file: the service holds this lock
+    /// while it restores or recovers, a one-shot restore for its whole run,
+    /// so neither ever "recovers" a restore the other is doing.
+    async fn exclusive(&self) -> Result<DirLock> {
+        let dir = self
+            .cfg
+            .state_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create the folder", dir, e))?;
+        // Beside the state file, never BACKUP_DIR's lock: the safety backup
+        // takes that one while this is held.
+        let mut lock = self.cfg.state_file.clone().into_os_string();
+        lock.push(".lock");
+        let lock = PathBuf::from(lock);
+        tokio::task::spawn_blocking(move || {
+            DirLock::acquire_file(&lock, || {
+                tracing::info!(
+                    "another restore is running (the db-restore service?); waiting for it to finish"
+                )
+            })
+        })
+        .await
+        .map_err(|e| Error::Other(format!("the lock task failed: {e}")))?
     }
 
     /// The bucket of `--from-s3` (`AWS_S3_BUCKET`) or of an `s3://` URL.
@@ -798,7 +844,8 @@ impl Service {
         let mut health = BTreeMap::new();
         let started = self.start_containers(&containers, &mut health).await;
         let file = PathBuf::from(&interrupted.file);
-        if file.exists() {
+        // Only a dropped file is ours to move; one named with --file stays.
+        if file.exists() && file.parent() == Some(self.cfg.watch_dir.as_path()) {
             let _ = move_to_failed(
                 &file,
                 &self.cfg.failed_dir,

@@ -35,17 +35,19 @@ pub struct DirLock {
 impl DirLock {
     /// Waits for the lock. `on_wait` is called once if someone else holds it.
     pub fn acquire(dir: &Path, on_wait: impl FnOnce()) -> Result<Self> {
-        let file = Self::open(dir)?;
+        Self::acquire_file(&dir.join(LOCK_FILE), on_wait)
+    }
+
+    /// [`DirLock::acquire`] on another lock file (created if missing).
+    pub fn acquire_file(path: &Path, on_wait: impl FnOnce()) -> Result<Self> {
+        let file = Self::open_file(path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 on_wait();
-                file.lock()
-                    .map_err(|e| Error::io("lock", &dir.join(LOCK_FILE), e))?;
+                file.lock().map_err(|e| Error::io("lock", path, e))?;
             }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::io("lock", &dir.join(LOCK_FILE), e));
-            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
         }
         Ok(DirLock { _file: file })
     }
@@ -61,13 +63,16 @@ impl DirLock {
     }
 
     fn open(dir: &Path) -> Result<File> {
-        let path = dir.join(LOCK_FILE);
+        Self::open_file(&dir.join(LOCK_FILE))
+    }
+
+    fn open_file(path: &Path) -> Result<File> {
         OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("open the lock file", &path, e))
+            .open(path)
+            .map_err(|e| Error::io("open the lock file", path, e))
     }
 }
 
