@@ -61,9 +61,11 @@ const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
 const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * MIB;
 
 /// Parts uploaded at the same time. Each holds its part in memory, so an
-/// upload needs at most `PARTS_IN_FLIGHT × part size` of buffers (32 MiB for
-/// files up to 78 GiB).
-pub const PARTS_IN_FLIGHT: usize = 4;
+/// upload needs at most `PARTS_IN_FLIGHT × part size` of buffers (24 MiB for
+/// files up to 78 GiB). Three keep a link busy while staying well inside the
+/// 64 MiB budget once the allocator's per-thread caches are counted
+/// (bench/results/2026-11-29-offsite.md measured 4 at 63.7 MiB peak RSS).
+pub const PARTS_IN_FLIGHT: usize = 3;
 
 /// Attempts per request (the first plus retries), with the SDK's standard
 /// exponential backoff with jitter, on throttling, 5xx and network errors.
