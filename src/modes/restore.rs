@@ -171,8 +171,8 @@ pub async fn run(args: &RestoreArgs) -> Result<()> {
 
     // One-shot restores wait for a restore the service is running, and
     // hold the service off until they are done.
-    let _lock = if args.file.is_some() || args.from_s3.is_some() {
-        (!args.dry_run).then_some(service.exclusive().await?)
+    let _lock = if (args.file.is_some() || args.from_s3.is_some()) && !args.dry_run {
+        Some(service.exclusive().await?)
     } else {
         None
     };
