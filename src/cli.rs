@@ -83,7 +83,8 @@ Restore environment variables (besides the database URL variables above):
   BACKUP_ENCRYPTION_KEY(_FILE)  decrypts .enc files, as do $BACKUP_DIR/.encryption_key
                                 and <parent of RESTORE_WATCH_DIR>/.encryption_key
   AWS_S3_BUCKET, AWS_*          for --file s3://BUCKET/KEY and --from-s3 (see backupd --help)
-  BACKUP_DIR                    safety backups go here [default: /backups]";
+  BACKUP_DIR                    safety backups go here, when set
+                                [default: <parent of RESTORE_WATCH_DIR>/safety]";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -283,9 +284,12 @@ pub struct EncryptionArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DirArgs {
-    /// Directory the backups are written to.
-    #[arg(long, env = "BACKUP_DIR", default_value = "/backups", value_parser = clean_value)]
-    pub backup_dir: String,
+    /// Directory the backups are written to [default: /backups; for `restore`, where
+    /// safety backups go, default <parent of RESTORE_WATCH_DIR>/safety].
+    // No clap default: `restore` must tell "set explicitly" from "unset"
+    // (Paths::from_args applies /backups; an empty value counts as unset).
+    #[arg(long, env = "BACKUP_DIR", value_parser = clean_value)]
+    pub backup_dir: Option<String>,
 
     /// Status JSON file [default: $BACKUP_DIR/backup-status.json].
     #[arg(long, env = "BACKUP_STATUS_FILE", value_parser = clean_value)]

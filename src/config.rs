@@ -102,9 +102,9 @@ pub struct Paths {
 
 impl Paths {
     pub fn from_args(args: &DirArgs) -> Result<Self> {
-        let backup_dir = match args.backup_dir.as_str() {
-            "" => PathBuf::from(DEFAULT_BACKUP_DIR),
-            dir => PathBuf::from(dir),
+        let backup_dir = match args.backup_dir.as_deref() {
+            None | Some("") => PathBuf::from(DEFAULT_BACKUP_DIR),
+            Some(dir) => PathBuf::from(dir),
         };
         let status_file = match args.status_file.as_deref() {
             Some(path) if !path.is_empty() => PathBuf::from(path),

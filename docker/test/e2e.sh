@@ -20,6 +20,7 @@ fi
 read -r -a COMPOSE_CMD <<< "$COMPOSE"
 PROJECT=backupd-e2e-$$
 export BACKUP_IMAGE=backupd-test/backupd:e2e
+export RESTORE_IMAGE=backupd-test/backupd-db-restore:e2e
 export WEB_CONTAINER=$PROJECT-web
 export DOCKER_GID; DOCKER_GID=$(stat -c %g /var/run/docker.sock)
 export BACKUP_STATUS_PORT; BACKUP_STATUS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -53,13 +54,26 @@ mkdir "$work/context"
 cp "$REPO/Dockerfile.backup" "$work/context/"
 # The debug build carries ~100 MB of DWARF the image does not need.
 objcopy --strip-debug "$BINARY" "$work/context/backupd"
-DOCKER_BUILDKIT=0 docker build -q -f "$work/context/Dockerfile.backup" --target runtime-prebuilt \
-    --build-arg BASE_IMAGE=backupd-test/debian:bookworm \
-    --build-arg PG_CLIENT_SOURCE=debian --build-arg PG_MAJOR=15 \
-    --build-arg BACKUPD_BINARY=backupd --label backupd-test=1 \
-    -t "$BACKUP_IMAGE" "$work/context" >/dev/null
+build_target() {
+    DOCKER_BUILDKIT=0 docker build -q -f "$work/context/Dockerfile.backup" --target "$1" \
+        --build-arg BASE_IMAGE=backupd-test/debian:bookworm \
+        --build-arg PG_CLIENT_SOURCE=debian --build-arg PG_MAJOR=15 \
+        --build-arg BACKUPD_BINARY=backupd --label backupd-test=1 \
+        -t "$2" "$work/context" >/dev/null
+}
+build_target runtime-prebuilt "$BACKUP_IMAGE"
 lap "built $BACKUP_IMAGE: $(docker image ls --format '{{.Size}}' "$BACKUP_IMAGE") (debug binary)"
-[ "$(docker image inspect -f '{{.Config.User}}' "$BACKUP_IMAGE")" = "10001:10001" ] || fail "the image does not run as 10001"
+# The db-restore name: the same build's restore target; every layer comes
+# from the cache of the build above, only CMD (and HEALTHCHECK) differ.
+build_target restore-prebuilt "$RESTORE_IMAGE"
+lap "built $RESTORE_IMAGE from the same layers"
+for image in "$BACKUP_IMAGE" "$RESTORE_IMAGE"; do
+    [ "$(docker image inspect -f '{{.Config.User}}' "$image")" = "10001:10001" ] || fail "$image does not run as 10001"
+done
+[ "$(docker image inspect -f '{{json .Config.Cmd}}' "$BACKUP_IMAGE")" = '["backup"]' ] || fail "$BACKUP_IMAGE: default command is not backup"
+[ "$(docker image inspect -f '{{json .Config.Cmd}}' "$RESTORE_IMAGE")" = '["restore"]' ] || fail "$RESTORE_IMAGE: default command is not restore"
+[ "$(docker image inspect -f '{{json .RootFS.Layers}}' "$BACKUP_IMAGE")" = \
+  "$(docker image inspect -f '{{json .RootFS.Layers}}' "$RESTORE_IMAGE")" ] || fail "the two images do not share their layers"
 
 # 3. The operator's folders, owned by the image's user, and backup.env.
 install -d -o 10001 -g 10001 "$work/backups" "$work/restore" \

@@ -71,6 +71,17 @@ fn names(list: &str) -> Vec<String> {
         .collect()
 }
 
+/// Where safety backups go: `BACKUP_DIR` when it is set (to something), else
+/// `<parent of the watch folder>/safety`. The app's own db-restore service
+/// mounts only `/restore`, so the image's `/backups` is not a volume there and
+/// a safety copy written into it would vanish with the container.
+pub fn safety_dir(backup_dir: Option<&str>, watch_dir: &Path) -> PathBuf {
+    match backup_dir.filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => watch_dir.parent().unwrap_or(Path::new("/")).join("safety"),
+    }
+}
+
 impl RestoreConfig {
     pub fn from_args(args: &RestoreArgs) -> Result<Self> {
         let database = match resolve_database(&args.database)? {
@@ -107,6 +118,10 @@ impl RestoreConfig {
                 .unwrap_or(Path::new("/"))
                 .join(KEY_FILE_NAME),
         )?;
+        let safety_paths = Paths {
+            backup_dir: safety_dir(args.dir.backup_dir.as_deref(), &watch_dir),
+            ..paths
+        };
         s3_settings(&args.s3)?;
         let backup = BackupConfig {
             database: database.clone(),
@@ -114,7 +129,7 @@ impl RestoreConfig {
             // Safety backups stay local: they are a way back from this
             // restore, not part of the offsite series.
             remote: None,
-            paths,
+            paths: safety_paths,
             retention: Policy {
                 days: 0,
                 keep_min: 0,
@@ -216,6 +231,7 @@ pub async fn run(args: &RestoreArgs) -> Result<()> {
         watch_dir = %service.cfg.watch_dir.display(),
         database = %service.cfg.database,
         containers = ?service.cfg.stop_containers,
+        safety_dir = %service.cfg.backup.paths.backup_dir.display(),
         "restore service watching for backups"
     );
     while let Some(batch) = watcher.next_batch(&cancel).await {
@@ -478,9 +494,12 @@ impl Service {
             println!(
                 "safety:     {}",
                 if self.cfg.safety_backup {
-                    "backup first"
+                    format!(
+                        "backup first, into {}",
+                        self.cfg.backup.paths.backup_dir.display()
+                    )
                 } else {
-                    "none"
+                    "none".to_string()
                 }
             );
             return Ok(());
