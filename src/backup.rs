@@ -309,8 +309,10 @@ fn record_status(
         }
         Err(e) => status.last_error = Some(e.to_string()),
     }
-    if let Ok(backups) = local::list(&cfg.paths.backup_dir) {
-        status.backups = backups.iter().map(|b| b.name.file_name()).collect();
+    // Every backup file, the app's manual ones and the safety backups too:
+    // the app's admin page lists (and offers to download) exactly these.
+    if let Ok(files) = local::list_all(&cfg.paths.backup_dir) {
+        status.backups = files.into_iter().map(|f| f.file_name).collect();
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)

@@ -1,4 +1,5 @@
-//! `backupd list`: what is in `BACKUP_DIR`, newest first.
+//! `backupd list`: every backup file in `BACKUP_DIR` (backupd's, the app's
+//! manual ones, safety backups), newest first, marked by origin.
 
 use chrono::Utc;
 
@@ -13,7 +14,7 @@ use crate::verify;
 pub fn run(args: &DirArgs, encryption: &EncryptionArgs, full_verify: bool) -> Result<()> {
     let paths = Paths::from_args(args)?;
     let keys = load_keys(encryption, &paths)?.for_decryption();
-    let backups = local::list(&paths.backup_dir)?;
+    let backups = local::list_all(&paths.backup_dir)?;
     if backups.is_empty() {
         eprintln!("no backups in {}", paths.backup_dir.display());
         return Ok(());
@@ -21,10 +22,13 @@ pub fn run(args: &DirArgs, encryption: &EncryptionArgs, full_verify: bool) -> Re
     let now = Utc::now();
     let width = backups
         .iter()
-        .map(|b| b.name.file_name().len())
+        .map(|b| b.file_name.len())
         .max()
         .unwrap_or(0);
-    println!("{:<width$}  {:>10}  {:>8}  VERIFIED", "NAME", "SIZE", "AGE");
+    println!(
+        "{:<width$}  {:<9}  {:>10}  {:>8}  VERIFIED",
+        "NAME", "ORIGIN", "SIZE", "AGE"
+    );
     let mut unsound = 0;
     for backup in &backups {
         let verified = if full_verify {
@@ -46,10 +50,11 @@ pub fn run(args: &DirArgs, encryption: &EncryptionArgs, full_verify: bool) -> Re
             "no checksum".to_string()
         };
         println!(
-            "{:<width$}  {:>10}  {:>8}  {verified}",
-            backup.name.file_name(),
+            "{:<width$}  {:<9}  {:>10}  {:>8}  {verified}",
+            backup.file_name,
+            backup.origin.describe(),
             human_size(backup.size),
-            human_age(now.signed_duration_since(backup.name.time)),
+            human_age(now.signed_duration_since(backup.time)),
         );
     }
     if unsound > 0 {

@@ -4,7 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 
 use super::{BackupName, Kind};
 use crate::archive::{self, PARTIAL_SUFFIX};
@@ -124,6 +124,136 @@ pub fn list(dir: &Path) -> Result<Vec<StoredBackup>> {
     Ok(backups)
 }
 
+/// Who made a file found in `BACKUP_DIR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// backupd's own backup (`BackupName`), the only ones retention deletes.
+    Scheduled,
+    /// The app's admin page (`sqlite-manual-…`, `pg_dump-manual-…`).
+    Manual,
+    /// backupd's safety backup before a restore (`pre-restore-…`).
+    Safety,
+}
+
+impl Origin {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Origin::Scheduled => "scheduled",
+            Origin::Manual => "manual",
+            Origin::Safety => "safety",
+        }
+    }
+}
+
+/// Any backup file in the folder, whoever made it.
+#[derive(Debug, Clone)]
+pub struct ListedFile {
+    pub file_name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub origin: Origin,
+    /// The time in the name when it parses, else the file's mtime.
+    pub time: DateTime<Utc>,
+    pub has_sidecar: bool,
+}
+
+/// The time the app's admin page or a safety backup put in a name. The
+/// app's stamp formats are not ours to fix, so a few common ones are read.
+fn time_in_name(stem: &str) -> Option<DateTime<Utc>> {
+    const FORMATS: &[&str] = &[
+        "%Y%m%dT%H%M%SZ",
+        "%Y%m%dT%H%M%S",
+        "%Y%m%d_%H%M%S",
+        "%Y%m%d-%H%M%S",
+        "%Y%m%d%H%M%S",
+        "%Y-%m-%dT%H-%M-%S",
+        "%Y-%m-%d_%H-%M-%S",
+    ];
+    FORMATS.iter().find_map(|format| {
+        NaiveDateTime::parse_from_str(stem, format)
+            .ok()
+            .map(|t| t.and_utc())
+    })
+}
+
+/// The stem of a backup file name: no `.enc`, `.gz`, `.db`/`.sql`/`.dump`.
+fn stem_of(name: &str) -> &str {
+    let name = name.strip_suffix(super::ENCRYPTED_SUFFIX).unwrap_or(name);
+    let name = name.strip_suffix(".gz").unwrap_or(name);
+    [".db", ".sql", ".dump"]
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext))
+        .unwrap_or(name)
+}
+
+/// Which backup file `name` is, and the time in its name, or `None` for
+/// anything else (sidecars, the lock, the key, partial and temporary
+/// dotfiles, the status file, the app's logs, unknown names).
+pub fn classify(name: &str) -> Option<(Origin, Option<DateTime<Utc>>)> {
+    if let Some(ours) = BackupName::parse(name) {
+        return Some((Origin::Scheduled, Some(ours.time)));
+    }
+    if name.starts_with('.') || crate::restore::kind::classify(name).is_none() {
+        return None;
+    }
+    if let Some(rest) = name.strip_prefix(crate::backup::SAFETY_PREFIX) {
+        return Some((
+            Origin::Safety,
+            BackupName::parse(rest).map(|inner| inner.time),
+        ));
+    }
+    let (_, stamp) = name.split_once("-manual-")?;
+    Some((Origin::Manual, time_in_name(stem_of(stamp))))
+}
+
+/// Every backup file in `dir`, newest first: backupd's own, the app's
+/// manual backups and the safety backups taken before restores. Only
+/// regular files; the order is the time in the name (the mtime when the
+/// name has none), then the name.
+pub fn list_all(dir: &Path) -> Result<Vec<ListedFile>> {
+    let mut files = Vec::new();
+    for entry in read_dir(dir)? {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some((origin, time)) = classify(&file_name) else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let time = time.unwrap_or_else(|| {
+            meta.modified()
+                .map(DateTime::<Utc>::from)
+                .unwrap_or(DateTime::UNIX_EPOCH)
+        });
+        files.push(ListedFile {
+            has_sidecar: archive::sidecar_path(&path).is_file(),
+            file_name,
+            path,
+            size: meta.len(),
+            origin,
+            time,
+        });
+    }
+    // Same second: backupd's `-N` counts up, so the higher one is newer.
+    let seq = |f: &ListedFile| {
+        let name = f
+            .file_name
+            .strip_prefix(crate::backup::SAFETY_PREFIX)
+            .unwrap_or(&f.file_name);
+        BackupName::parse(name).map_or(0, |n| n.seq)
+    };
+    files.sort_by(|a, b| {
+        (b.time, seq(b))
+            .cmp(&(a.time, seq(a)))
+            .then_with(|| b.file_name.cmp(&a.file_name))
+    });
+    Ok(files)
+}
+
 /// The first name for a backup of `kind` at `now` that is not taken, counting
 /// partial files and the encrypted or plain twin too, so two backups in one
 /// second never collide.
@@ -174,6 +304,64 @@ mod tests {
         let third = free_name(dir.path(), Kind::Sqlite, now, false);
         assert_eq!((first.seq, second.seq, third.seq), (0, 1, 2));
         assert_eq!(second.file_name(), "sqlite-20260102T030405Z-1.db.gz.enc");
+    }
+
+    #[test]
+    fn every_backup_file_is_listed_newest_first_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let listed = [
+            "sqlite-20260103T000000Z-1.db.gz",
+            "sqlite-20260103T000000Z.db.gz.enc",
+            "pre-restore-sqlite-20260102T120000Z.db.gz",
+            "sqlite-manual-20260102T000000Z.db.gz.enc",
+            "pg_dump-manual-20260101_093000.sql.gz",
+        ];
+        let ignored = [
+            "sqlite-20260103T000000Z.db.gz.enc.sha256",
+            ".backupd.lock",
+            ".encryption_key",
+            ".sqlite-20260104T000000Z.db.gz.partial",
+            ".pre-restore-sqlite-20260104T000000Z.db.gz.partial",
+            "backup-status.json",
+            "pg_dump-malformed.sql.gz",
+            "notes-manual-x.txt",
+        ];
+        for name in listed.iter().chain(&ignored) {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("sqlite-manual-link.db"))
+            .unwrap();
+        fs::create_dir(dir.path().join("pg_dump-manual-dir.sql.gz")).unwrap();
+        let all = list_all(dir.path()).unwrap();
+        let names: Vec<&str> = all.iter().map(|f| f.file_name.as_str()).collect();
+        assert_eq!(names, listed);
+        let origins: Vec<Origin> = all.iter().map(|f| f.origin).collect();
+        use Origin::*;
+        assert_eq!(origins, [Scheduled, Scheduled, Safety, Manual, Manual]);
+    }
+
+    #[test]
+    fn a_manual_name_without_a_readable_time_is_ordered_by_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("sqlite-manual-latest.db.gz");
+        fs::write(&old, b"x").unwrap();
+        let then = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+        fs::write(dir.path().join("sqlite-20250101T000000Z.db.gz"), b"x").unwrap();
+        let names: Vec<String> = list_all(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|f| f.file_name)
+            .collect();
+        assert_eq!(
+            names,
+            ["sqlite-manual-latest.db.gz", "sqlite-20250101T000000Z.db.gz"]
+        );
     }
 
     #[test]
