@@ -340,6 +340,7 @@ impl Service {
             sha256: None,
             result: result.unwrap_or("refused").into(),
             error: Some(reason.into()),
+            note: None,
             started_at: now.clone(),
             finished_at: now,
             duration_seconds: 0.0,
@@ -565,6 +566,7 @@ impl Service {
             sha256: attempt.sha256.clone(),
             result: result_word.into(),
             error: error.clone(),
+            note: None,
             started_at: timestamp(started_at),
             finished_at: timestamp(Utc::now()),
             duration_seconds: (duration * 1000.0).round() / 1000.0,
@@ -648,6 +650,7 @@ impl Service {
             containers: to_stop.clone(),
             stopped: vec![],
             database: self.cfg.database.to_string(),
+            sqlite: None,
         });
         self.save(&state);
 
@@ -743,9 +746,31 @@ impl Service {
                     .prepared
                     .take()
                     .ok_or("internal: no prepared SQLite file")?;
-                let swapped = sqlite_restore::swap(prepared, &target.path, stamp)
-                    .map_err(|e| e.to_string())?;
-                attempt.previous_database = swapped.previous.map(|p| p.display().to_string());
+                let (source, live, stamp_owned) =
+                    (prepared.path.clone(), target.path.clone(), stamp.to_string());
+                let evidence = tokio::task::spawn_blocking(move || {
+                    sqlite_restore::prepare(&source, &live, &stamp_owned)
+                })
+                .await
+                .map_err(|e| format!("the restore task failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+                attempt.previous_database = evidence.previous.clone();
+                // Recovery judges a crash by this record, so no copy
+                // starts without it on disk.
+                if let Some(p) = state.in_progress.as_mut() {
+                    p.sqlite = Some(evidence.clone());
+                }
+                state.write(&self.cfg.state_file).map_err(|e| {
+                    format!("cannot record the restore in the state file, so nothing was restored: {e}")
+                })?;
+                let (source, live) = (prepared.path.clone(), target.path.clone());
+                tokio::task::spawn_blocking(move || {
+                    sqlite_restore::apply(&source, &live, &evidence)
+                })
+                .await
+                .map_err(|e| format!("the restore task failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+                drop(prepared);
             }
         }
         Ok(())
@@ -846,12 +871,32 @@ impl Service {
             return Ok(());
         };
         tracing::warn!(file = %interrupted.file, phase = %interrupted.phase, "the previous restore was interrupted; recovering");
-        let database = match &self.cfg.database {
-            Database::Postgres(target) => pg_restore::recover(target, &interrupted.stamp)
-                .await
-                .map_err(|e| e.to_string()),
+        // `finished`: the live database is the restored one (checked, not assumed).
+        let (database, finished) = match &self.cfg.database {
+            Database::Postgres(target) => (
+                pg_restore::recover(target, &interrupted.stamp)
+                    .await
+                    .map_err(|e| e.to_string()),
+                false,
+            ),
             Database::Sqlite(target) => {
-                sqlite_restore::recover(&target.path, &interrupted.stamp).map_err(|e| e.to_string())
+                let (live, stamp, evidence) = (
+                    target.path.clone(),
+                    interrupted.stamp.clone(),
+                    interrupted.sqlite.clone(),
+                );
+                match tokio::task::spawn_blocking(move || {
+                    sqlite_restore::recover(&live, &stamp, evidence.as_ref())
+                })
+                .await
+                {
+                    Ok(Ok(found)) => (
+                        Ok(found.message().to_string()),
+                        matches!(found, sqlite_restore::Recovered::Finished(_)),
+                    ),
+                    Ok(Err(e)) => (Err(e.to_string()), false),
+                    Err(e) => (Err(format!("the recovery task failed: {e}")), false),
+                }
             }
         };
         let mut containers = interrupted.containers.clone();
@@ -864,7 +909,13 @@ impl Service {
         let started = self.start_containers(&containers, &mut health).await;
         let file = PathBuf::from(&interrupted.file);
         // Only a dropped file is ours to move; one named with --file stays.
-        if file.exists() && file.parent() == Some(self.cfg.watch_dir.as_path()) {
+        let dropped = file.exists() && file.parent() == Some(self.cfg.watch_dir.as_path());
+        if finished && dropped {
+            // Restored: as after any successful restore, the file goes.
+            if let Err(e) = std::fs::remove_file(&file) {
+                tracing::warn!(error = %e, "restored, but cannot delete the file");
+            }
+        } else if dropped {
             let _ = move_to_failed(
                 &file,
                 &self.cfg.failed_dir,
@@ -879,17 +930,24 @@ impl Service {
         if let Err(e) = &started {
             notes.push(e.clone());
         }
+        if finished {
+            tracing::info!(note = %notes.join("; "), "the interrupted restore had finished");
+        }
         state.push_history(HistoryEntry {
             file: crate::archive::file_name(&file),
             sha256: None,
-            result: "interrupted".into(),
-            error: Some(notes.join("; ")),
+            result: if finished { "restored" } else { "interrupted" }.into(),
+            error: (!finished || started.is_err()).then(|| notes.join("; ")),
+            note: finished.then(|| notes.join("; ")),
             started_at: interrupted.started_at.clone(),
             finished_at: timestamp(SystemClock.now()),
             duration_seconds: 0.0,
             containers_stopped: interrupted.stopped.clone(),
             container_health: health,
-            previous_database: None,
+            previous_database: interrupted
+                .sqlite
+                .as_ref()
+                .and_then(|e| e.previous.clone()),
             safety_backup: None,
         });
         self.save(&state);

@@ -42,6 +42,10 @@ pub struct InProgress {
     #[serde(default)]
     pub stopped: Vec<String>,
     pub database: String,
+    /// SQLite: what the copy into the live file will leave there, recorded
+    /// before its first page is written (see `restore::sqlite::Evidence`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlite: Option<crate::restore::sqlite::Evidence>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +55,10 @@ pub struct HistoryEntry {
     /// `restored`, `failed`, `refused`, `superseded`, `interrupted`.
     pub result: String,
     pub error: Option<String>,
+    /// How it ended when that was found out later (a restore that had
+    /// finished when backupd was killed, told by crash recovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub started_at: String,
     pub finished_at: String,
     pub duration_seconds: f64,
