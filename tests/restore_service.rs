@@ -11,6 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -394,7 +395,7 @@ fn assert_verifies(path: &Path) {
 // ---------------------------------------------------------------- SQLite
 
 #[test]
-fn sqlite_restore_over_a_live_wal_database_moves_the_old_one_aside_with_its_wal() {
+fn sqlite_restore_over_a_live_wal_database_keeps_the_old_content_with_its_wal_rows() {
     let Some(()) = require_programs(&["gunzip"]) else {
         return;
     };
@@ -453,7 +454,7 @@ fn sqlite_restore_over_a_live_wal_database_moves_the_old_one_aside_with_its_wal(
     let entry = stack.wait_restored(&mut service, &name);
     let ctx = stack.context(&service);
 
-    // The old database, with its WAL, beside the new one.
+    // The old content, WAL rows included, beside the live file.
     let previous: Vec<String> = dir_names(&stack.app_dir())
         .into_iter()
         .filter(|n| n.starts_with("app.db.pre-restore-"))
@@ -463,9 +464,15 @@ fn sqlite_restore_over_a_live_wal_database_moves_the_old_one_aside_with_its_wal(
     let stamp = previous[0].strip_prefix("app.db.pre-restore-").unwrap();
     assert!(is_stamp(stamp), "`{}`: bad stamp\n{ctx}", previous[0]);
     let previous = stack.app_dir().join(&previous[0]);
+    // A complete copy on its own (the WAL's rows are in it), private.
     assert!(
-        with_suffix(&previous, "-wal").is_file(),
-        "the old -wal did not move aside with the old database:\n{ctx}"
+        !with_suffix(&previous, "-wal").exists(),
+        "the previous copy should need no -wal:\n{ctx}"
+    );
+    assert_eq!(
+        fs::metadata(&previous).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "{ctx}"
     );
     assert_eq!(
         entry["previous_database"].as_str(),

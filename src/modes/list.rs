@@ -20,11 +20,7 @@ pub fn run(args: &DirArgs, encryption: &EncryptionArgs, full_verify: bool) -> Re
         return Ok(());
     }
     let now = Utc::now();
-    let width = backups
-        .iter()
-        .map(|b| b.file_name.len())
-        .max()
-        .unwrap_or(0);
+    let width = backups.iter().map(|b| b.file_name.len()).max().unwrap_or(0);
     println!(
         "{:<width$}  {:<9}  {:>10}  {:>8}  VERIFIED",
         "NAME", "ORIGIN", "SIZE", "AGE"

@@ -746,8 +746,11 @@ impl Service {
                     .prepared
                     .take()
                     .ok_or("internal: no prepared SQLite file")?;
-                let (source, live, stamp_owned) =
-                    (prepared.path.clone(), target.path.clone(), stamp.to_string());
+                let (source, live, stamp_owned) = (
+                    prepared.path.clone(),
+                    target.path.clone(),
+                    stamp.to_string(),
+                );
                 let evidence = tokio::task::spawn_blocking(move || {
                     sqlite_restore::prepare(&source, &live, &stamp_owned)
                 })
@@ -761,7 +764,9 @@ impl Service {
                     p.sqlite = Some(evidence.clone());
                 }
                 state.write(&self.cfg.state_file).map_err(|e| {
-                    format!("cannot record the restore in the state file, so nothing was restored: {e}")
+                    format!(
+                        "cannot record the restore in the state file, so nothing was restored: {e}"
+                    )
                 })?;
                 let (source, live) = (prepared.path.clone(), target.path.clone());
                 tokio::task::spawn_blocking(move || {
@@ -944,10 +949,7 @@ impl Service {
             duration_seconds: 0.0,
             containers_stopped: interrupted.stopped.clone(),
             container_health: health,
-            previous_database: interrupted
-                .sqlite
-                .as_ref()
-                .and_then(|e| e.previous.clone()),
+            previous_database: interrupted.sqlite.as_ref().and_then(|e| e.previous.clone()),
             safety_backup: None,
         });
         self.save(&state);

@@ -111,7 +111,10 @@ fn create_previous(target: &Path, stamp: &str) -> Result<PathBuf> {
 }
 
 fn db_error(target: &Path, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::database(format!("sqlite:{}", target.display()), format!("{what}: {e}"))
+    Error::database(
+        format!("sqlite:{}", target.display()),
+        format!("{what}: {e}"),
+    )
 }
 
 /// A read-write connection to the live file that waits for the app's locks.
@@ -215,7 +218,13 @@ pub fn prepare(checked: &Path, target: &Path, stamp: &str) -> Result<Evidence> {
     // live file in rollback mode, and a WAL destination stays WAL.
     let _: String = source
         .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
-        .map_err(|e| db_error(checked, "cannot set the journal mode of the checked copy", e))?;
+        .map_err(|e| {
+            db_error(
+                checked,
+                "cannot set the journal mode of the checked copy",
+                e,
+            )
+        })?;
 
     let (previous, previous_fingerprint) = if exists {
         let live = open_live(target)?;
@@ -230,7 +239,9 @@ pub fn prepare(checked: &Path, target: &Path, stamp: &str) -> Result<Evidence> {
                 .map_err(|e| {
                     db_error(
                         checked,
-                        &format!("cannot rewrite the checked copy with the live page size {live_page}"),
+                        &format!(
+                            "cannot rewrite the checked copy with the live page size {live_page}"
+                        ),
                         e,
                     )
                 })?;
@@ -284,10 +295,12 @@ pub fn apply(checked: &Path, target: &Path, evidence: &Evidence) -> Result<()> {
         Ok(()) => Ok(()),
         Err(reason) => {
             let back = match &evidence.previous {
-                Some(previous) => Connection::open_with_flags(previous, OpenFlags::SQLITE_OPEN_READ_ONLY)
-                    .map_err(|e| db_error(Path::new(previous), "cannot open", e))
-                    .and_then(|old| copy_all(&old, &mut live, target))
-                    .map(|()| format!("its previous content was copied back from {previous}")),
+                Some(previous) => {
+                    Connection::open_with_flags(previous, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                        .map_err(|e| db_error(Path::new(previous), "cannot open", e))
+                        .and_then(|old| copy_all(&old, &mut live, target))
+                        .map(|()| format!("its previous content was copied back from {previous}"))
+                }
                 None => Ok("there was no previous content".into()),
             };
             Err(db_error(
@@ -295,7 +308,9 @@ pub fn apply(checked: &Path, target: &Path, evidence: &Evidence) -> Result<()> {
                 "the restored live database fails integrity_check",
                 format!(
                     "{reason}; {}",
-                    back.unwrap_or_else(|e| format!("copying the previous content back failed too: {e}"))
+                    back.unwrap_or_else(|e| format!(
+                        "copying the previous content back failed too: {e}"
+                    ))
                 ),
             ))
         }
@@ -344,7 +359,10 @@ pub fn fingerprint(conn: &Connection) -> rusqlite::Result<String> {
             for part in [&kind, &name, &table, &sql] {
                 feed(b's', part.as_bytes());
             }
-            let virtual_table = sql.trim_start().to_ascii_uppercase().starts_with("CREATE VIRTUAL");
+            let virtual_table = sql
+                .trim_start()
+                .to_ascii_uppercase()
+                .starts_with("CREATE VIRTUAL");
             if kind == "table" && !virtual_table {
                 tables.push(name);
             }
@@ -357,9 +375,14 @@ pub fn fingerprint(conn: &Connection) -> rusqlite::Result<String> {
         let mut stmt = match conn.prepare(&format!("SELECT * FROM {quoted} ORDER BY rowid")) {
             Ok(stmt) => stmt,
             Err(_) => {
-                let columns = conn.prepare(&format!("SELECT * FROM {quoted}"))?.column_count();
+                let columns = conn
+                    .prepare(&format!("SELECT * FROM {quoted}"))?
+                    .column_count();
                 let order: Vec<String> = (1..=columns.max(1)).map(|i| i.to_string()).collect();
-                conn.prepare(&format!("SELECT * FROM {quoted} ORDER BY {}", order.join(", ")))?
+                conn.prepare(&format!(
+                    "SELECT * FROM {quoted} ORDER BY {}",
+                    order.join(", ")
+                ))?
             }
         };
         let columns = stmt.column_count();
@@ -420,7 +443,11 @@ pub fn recover(target: &Path, stamp: &str, evidence: Option<&Evidence>) -> Resul
     // copy before anything is read.
     let live = open_live(target)?;
     integrity(&live).map_err(|reason| {
-        db_error(target, "the live database fails integrity_check after the crash", reason)
+        db_error(
+            target,
+            "the live database fails integrity_check after the crash",
+            reason,
+        )
     })?;
     let now = fingerprint(&live).map_err(|e| db_error(target, "fingerprint", e))?;
     let short = |print: &str| print.chars().take(12).collect::<String>();
@@ -484,7 +511,8 @@ mod tests {
         let evidence = prepare(&checked, &target, "X").unwrap();
         apply(&checked, &target, &evidence).unwrap();
         assert_eq!(count(&app), 7);
-        app.execute("INSERT INTO t (v) VALUES ('after')", []).unwrap();
+        app.execute("INSERT INTO t (v) VALUES ('after')", [])
+            .unwrap();
         assert_eq!(count(&app), 8);
         let meta = fs::metadata(&target).unwrap();
         assert_eq!((meta.ino(), meta.mode() & 0o777), (inode, 0o600));
@@ -495,7 +523,10 @@ mod tests {
 
         // A second restore in the same second never overwrites the copy.
         let again = prepare(&checked, &target, "X").unwrap();
-        assert_eq!(again.previous.unwrap(), previous_path(&target, "X-1").display().to_string());
+        assert_eq!(
+            again.previous.unwrap(),
+            previous_path(&target, "X-1").display().to_string()
+        );
         assert_eq!(count(&Connection::open(&previous).unwrap()), 3);
     }
 
@@ -516,7 +547,8 @@ mod tests {
             recover(&target, "X", Some(&evidence)).unwrap(),
             Recovered::Finished(_)
         ));
-        app.execute("INSERT INTO t (v) VALUES ('after')", []).unwrap();
+        app.execute("INSERT INTO t (v) VALUES ('after')", [])
+            .unwrap();
         assert!(matches!(
             recover(&target, "X", Some(&evidence)).unwrap(),
             Recovered::Unknown(_)

@@ -360,7 +360,10 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["sqlite-manual-latest.db.gz", "sqlite-20250101T000000Z.db.gz"]
+            [
+                "sqlite-manual-latest.db.gz",
+                "sqlite-20250101T000000Z.db.gz"
+            ]
         );
     }
 
