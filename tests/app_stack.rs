@@ -6,11 +6,14 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
 use common::*;
+use rusqlite::Connection;
+use serde_json::Value;
 
 /// The status file's `backups`, in order.
 fn status_backups(dir: &Path) -> Vec<String> {
@@ -114,4 +117,374 @@ fn the_apps_manual_backups_and_safety_copies_are_listed_and_survive_retention() 
             "`backupd list` shows {hidden}:\n{list}"
         );
     }
+}
+
+// ---------------------------------------------------------------- SQLite restore under the app
+
+/// The app's SQLite stack: `app/app.db` in WAL mode, `backups/`,
+/// `restore/{incoming,failed,state}`.
+struct SqliteStack {
+    work: tempfile::TempDir,
+    db: PathBuf,
+    backups: PathBuf,
+    incoming: PathBuf,
+    state: PathBuf,
+}
+
+impl SqliteStack {
+    /// `rows` notes of `body_len` characters, WAL mode, mode 0600.
+    fn new(rows: u32, body_len: usize) -> Self {
+        let work = temp_dir();
+        let root = work.path().to_path_buf();
+        let db = root.join("app/app.db");
+        fs::create_dir_all(db.parent().unwrap()).unwrap();
+        notes_db(&db, rows, "old", body_len);
+        fs::set_permissions(&db, fs::Permissions::from_mode(0o600)).unwrap();
+        let incoming = root.join("restore/incoming");
+        fs::create_dir_all(&incoming).unwrap();
+        SqliteStack {
+            db,
+            backups: root.join("backups"),
+            state: root.join("restore/state/restore-state.json"),
+            incoming,
+            work,
+        }
+    }
+
+    /// The app's pooled connection: open for the whole test, in WAL mode.
+    fn app_connection(&self) -> Connection {
+        let conn = Connection::open(&self.db).unwrap();
+        conn.busy_timeout(Duration::from_secs(30)).unwrap();
+        conn
+    }
+
+    fn backupd(&self) -> Backupd {
+        Backupd::for_database(sqlite_url(&self.db), &self.backups)
+            .env("RESTORE_WATCH_DIR", &self.incoming)
+            .env("RESTORE_STATE_FILE", &self.state)
+            .env("RESTORE_SQLITE_PATH", &self.db)
+            .env("RESTORE_SETTLE_SECONDS", "1")
+            .env("RESTORE_POLL_INTERVAL", "1")
+    }
+
+    /// A backup (`backupd once`) of a database of `rows` notes marked `tag`.
+    fn backup_of(&self, rows: u32, tag: &str, body_len: usize) -> PathBuf {
+        let source = self.work.path().join(format!("sources/{tag}.db"));
+        fs::create_dir_all(source.parent().unwrap()).unwrap();
+        notes_db(&source, rows, tag, body_len);
+        let made = self.work.path().join(format!("made-{tag}"));
+        let run = Backupd::for_database(sqlite_url(&source), &made).once();
+        run.assert_code(0);
+        run.backup_path()
+    }
+
+    fn state_json(&self) -> Option<Value> {
+        serde_json::from_str(&fs::read_to_string(&self.state).ok()?).ok()
+    }
+
+    fn history(&self) -> Vec<Value> {
+        self.state_json()
+            .and_then(|s| s["history"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The `.pre-restore-…` copies beside the live file.
+    fn previous_copies(&self) -> Vec<PathBuf> {
+        dir_names(self.db.parent().unwrap())
+            .into_iter()
+            .filter(|n| n.starts_with("app.db.pre-restore-"))
+            .map(|n| self.db.with_file_name(n))
+            .collect()
+    }
+}
+
+/// A WAL database with a `notes` table of `rows` rows whose bodies start
+/// with `tag`.
+fn notes_db(path: &Path, rows: u32, tag: &str, body_len: usize) {
+    let conn = Connection::open(path).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);")
+        .unwrap();
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+         INSERT INTO notes (body) SELECT ?2 || ' ' || i || ' ' || substr(hex(zeroblob(?3)), 1, ?3) FROM n",
+        rusqlite::params![rows, tag, body_len as i64],
+    )
+    .unwrap();
+}
+
+/// (rows, tag of the first row) as `conn` sees the notes now.
+fn notes(conn: &Connection) -> (i64, String) {
+    conn.query_row(
+        "SELECT count(*), coalesce((SELECT substr(body, 1, instr(body, ' ') - 1) FROM notes ORDER BY id LIMIT 1), '') FROM notes",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    poll(
+        Duration::from_millis(50),
+        Duration::from_secs(60),
+        &mut check,
+    )
+    .unwrap_or_else(|| panic!("gave up waiting for {what}"))
+}
+
+#[test]
+fn a_sqlite_restore_under_the_running_app_is_seen_by_its_open_connection() {
+    for via_service in [true, false] {
+        let stack = SqliteStack::new(5, 10);
+        let app = stack.app_connection();
+        app.execute(
+            "INSERT INTO notes (body) VALUES ('old written by the app')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(notes(&app), (6, "old".into()));
+        let inode = fs::metadata(&stack.db).unwrap().ino();
+        let backup = stack.backup_of(9, "new", 10);
+
+        let how = if via_service { "service" } else { "--file" };
+        if via_service {
+            let mut service = stack.backupd().background(&["restore"]);
+            assert!(
+                service.wait_for_log(Duration::from_secs(20), |l| l.contains("watching")),
+                "{}",
+                service.log()
+            );
+            fs::copy(&backup, stack.incoming.join(file_name(&backup))).unwrap();
+            wait_for("the restore to be recorded", || {
+                stack.history().first().cloned()
+            });
+            service.stop_cleanly();
+        } else {
+            let run = stack
+                .backupd()
+                .run(&["restore", "--file", backup.to_str().unwrap()]);
+            run.assert_code(0);
+        }
+        let entry = &stack.history()[0];
+        assert_eq!(entry["result"], "restored", "{how}: {entry:#}");
+
+        // The app's open connection sees the restored rows at once and
+        // writes on: no "attempt to write a readonly database".
+        assert_eq!(notes(&app), (9, "new".into()), "{how}");
+        app.execute(
+            "INSERT INTO notes (body) VALUES ('new written by the app')",
+            [],
+        )
+        .unwrap_or_else(|e| panic!("{how}: the app cannot write after the restore: {e}"));
+        assert_eq!(notes(&app).0, 10, "{how}");
+        let mode: String = app
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal", "{how}");
+
+        // Same file: inode and mode kept.
+        let meta = fs::metadata(&stack.db).unwrap();
+        assert_eq!(meta.ino(), inode, "{how}: the live file was replaced");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{how}");
+        assert_eq!(sqlite_integrity(&stack.db), "ok", "{how}");
+
+        // The old content, the app's last write included, is kept aside.
+        let previous = stack.previous_copies();
+        assert_eq!(previous.len(), 1, "{how}: {previous:?}");
+        assert_eq!(
+            entry["previous_database"].as_str(),
+            previous[0].to_str(),
+            "{how}: {entry:#}"
+        );
+        assert_eq!(
+            fs::metadata(&previous[0]).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{how}: the copy of the old database must be private"
+        );
+        let old =
+            Connection::open_with_flags(&previous[0], rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        assert_eq!(notes(&old), (6, "old".into()), "{how}");
+    }
+}
+
+#[test]
+fn kill_9_during_the_copy_leaves_the_old_or_the_new_database_and_recovery_says_which() {
+    let mut outcomes = Vec::new();
+    for delay_ms in [0u64, 20, 80, 300] {
+        // Large enough that the copy takes a moment.
+        let stack = SqliteStack::new(60_000, 400);
+        let app = stack.app_connection();
+        assert_eq!(notes(&app), (60_000, "old".into()));
+        let backup = stack.backup_of(40_000, "new", 400);
+
+        let mut run = stack
+            .backupd()
+            .env("RESTORE_SAFETY_BACKUP", "false")
+            .background(&["restore", "--file", backup.to_str().unwrap()]);
+        // The evidence is on disk just before the first page is written.
+        let evidence = poll(Duration::from_millis(2), Duration::from_secs(120), || {
+            stack.state_json()?["in_progress"]["sqlite"]
+                .is_object()
+                .then_some(())
+                .or_else(|| (!run.is_running()).then_some(()))
+        });
+        assert!(evidence.is_some(), "{}", run.log());
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        run.signal("KILL");
+        let _ = run.wait_exit(Duration::from_secs(20));
+        let interrupted = stack
+            .state_json()
+            .is_some_and(|s| !s["in_progress"].is_null());
+
+        // Either database, whole, and the app's connection reads it.
+        let seen = notes(&app);
+        assert!(
+            seen == (60_000, "old".into()) || seen == (40_000, "new".into()),
+            "after kill -9 at {delay_ms} ms the live database holds {seen:?}"
+        );
+        assert_eq!(sqlite_integrity(&stack.db), "ok");
+        if !interrupted {
+            // The run had recorded its result before the kill.
+            assert_eq!(seen.1, "new");
+            outcomes.push(format!("{delay_ms} ms: finished before the kill"));
+            continue;
+        }
+
+        // The next start recovers and tells what is actually there.
+        let mut service = stack.backupd().background(&["restore"]);
+        let entry = wait_for("the recovery to be recorded", || {
+            let state = stack.state_json()?;
+            state["in_progress"]
+                .is_null()
+                .then(|| state["history"][0].clone())
+        });
+        service.stop_cleanly();
+        let said = format!("{entry:#}");
+        if seen.1 == "new" {
+            assert_eq!(entry["result"], "restored", "{said}");
+            assert!(
+                entry["note"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("had finished"),
+                "{said}"
+            );
+        } else {
+            assert_eq!(entry["result"], "interrupted", "{said}");
+            assert!(
+                entry["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("had not committed")
+                        || e.contains("before it began copying")),
+                "{said}"
+            );
+        }
+        // Nothing changed by recovery itself; the app writes on.
+        assert_eq!(notes(&app), seen);
+        app.execute("INSERT INTO notes (body) VALUES ('after recovery')", [])
+            .unwrap();
+        outcomes.push(format!(
+            "{delay_ms} ms: live={} result={}",
+            seen.1, entry["result"]
+        ));
+    }
+    eprintln!("kill -9 trials: {outcomes:#?}");
+}
+
+// ---------------------------------------------------------------- the app's key file
+
+#[test]
+fn an_empty_key_file_means_unencrypted_backups_with_a_warning() {
+    let app = SqliteApp::small(5);
+    fs::create_dir_all(&app.dir).unwrap();
+    fs::write(app.dir.join(".encryption_key"), " \n").unwrap();
+    let run = app.backupd().once();
+    run.assert_code(0)
+        .assert_stderr_mentions(&[".encryption_key", "NOT encrypted"]);
+    let backup = run.backup_path();
+    assert!(
+        file_name(&backup).ends_with(".db.gz"),
+        "an empty key file means no key: {backup:?}"
+    );
+    assert_sound_backup(&backup);
+}
+
+#[test]
+fn an_unreadable_key_file_fails_each_run_clearly_and_the_daemon_stays_up() {
+    let Some(_) = require_program("setpriv") else {
+        return;
+    };
+    let Some(()) = require(
+        "root (to run backupd as another uid)",
+        is_root().then_some(()),
+    ) else {
+        return;
+    };
+    const UID: u32 = 10001;
+    let app = SqliteApp::small(5);
+    fs::create_dir_all(&app.dir).unwrap();
+    // backupd (uid 10001) owns its folder and can read the database; the
+    // app wrote its key as root with mode 0600.
+    for path in [app.work.path(), &app.dir, &app.db] {
+        std::os::unix::fs::chown(path, Some(UID), Some(UID)).unwrap();
+    }
+    let key_file = app.dir.join(".encryption_key");
+    let key = run_ok(std::process::Command::new(Backupd::bin()).arg("keygen"));
+    fs::write(&key_file, key.trim()).unwrap();
+    fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let mut daemon = app
+        .backupd()
+        .env("BACKUP_INTERVAL_SECONDS", "2")
+        .env("BACKUP_RETRY_SECONDS", "0")
+        .env("HEALTH_MAX_AGE_SECONDS", "3600")
+        .run_as_uid(UID)
+        .current_dir("/")
+        .daemon();
+    daemon.wait_until_serving();
+    let status = wait_for("a failed run to be recorded", || {
+        let status = fs::read_to_string(app.status_file()).ok()?;
+        let status: Value = serde_json::from_str(&status).ok()?;
+        status["last_error"].is_string().then_some(status)
+    });
+    let error = status["last_error"].as_str().unwrap();
+    for word in [
+        key_file.to_str().unwrap(),
+        "owner 0:0",
+        "mode 0600",
+        "uid 10001 gid 10001",
+        "chown 10001:10001",
+    ] {
+        assert!(error.contains(word), "last_error lacks `{word}`: {error}");
+    }
+    assert!(status["last_backup"].is_null(), "{status:#}");
+    assert!(daemon.is_running(), "the daemon exited:\n{}", daemon.log());
+    assert_eq!(http_get(daemon.port, "/healthz").status, 503);
+    // Nothing in the clear.
+    assert!(
+        backup_files(&app.dir).is_empty(),
+        "{:?}",
+        dir_names(&app.dir)
+    );
+
+    // The operator fixes the owner; the next run encrypts.
+    std::os::unix::fs::chown(&key_file, Some(UID), Some(UID)).unwrap();
+    let backup = wait_for("an encrypted backup", || {
+        backup_files(&app.dir)
+            .into_iter()
+            .find(|n| n.ends_with(".db.gz.enc"))
+    });
+    let status = wait_for("the success to be recorded", || {
+        let status: Value =
+            serde_json::from_str(&fs::read_to_string(app.status_file()).ok()?).ok()?;
+        status["last_error"].is_null().then_some(status)
+    });
+    assert!(status["last_backup"].is_string(), "{status:#}");
+    assert_eq!(http_get(daemon.port, "/healthz").status, 200);
+    daemon.stop_cleanly();
+    eprintln!("encrypted backup after the fix: {backup}");
 }

@@ -68,15 +68,31 @@ impl Keys {
     pub fn with_decrypt_only_file(mut self, path: PathBuf) -> Result<Keys> {
         if !self.decrypt_only_files.contains(&path) && self.backup_dir_file.as_ref() != Some(&path)
         {
-            read_key_file(&path).map_err(Error::Config)?;
+            match read_key_file(&path) {
+                Err(KeyFileError::Invalid(reason)) => return Err(Error::Config(reason)),
+                Err(KeyFileError::Unreadable(reason)) => tracing::error!(
+                    "{reason}; files encrypted with its key cannot be restored until it is readable"
+                ),
+                Ok(_) => {}
+            }
             self.decrypt_only_files.push(path);
         }
         Ok(self)
     }
 
+    /// A malformed key file stops start-up; an unreadable one does not
+    /// (the app writes it as root 0600): the problem is logged now, and
+    /// every backup fails with it until it is fixed, so the daemon stays up,
+    /// records the error and turns unhealthy instead of crash-looping.
     fn check_files(&self) -> Result<()> {
         for path in self.backup_dir_file.iter() {
-            read_key_file(path).map_err(Error::Config)?;
+            match read_key_file(path) {
+                Ok(_) => {}
+                Err(KeyFileError::Invalid(reason)) => return Err(Error::Config(reason)),
+                Err(KeyFileError::Unreadable(reason)) => tracing::error!(
+                    "{reason}; backupd keeps running, and every backup fails until the file is readable"
+                ),
+            }
         }
         Ok(())
     }
@@ -90,7 +106,13 @@ impl Keys {
             return Ok(Some(ring.clone()));
         }
         match &self.backup_dir_file {
-            Some(path) => read_key_file(path).map_err(Error::Config),
+            Some(path) => read_key_file(path).map_err(|e| match e {
+                KeyFileError::Invalid(reason) => Error::Config(reason),
+                // A run-time failure of this backup, not a usage error.
+                KeyFileError::Unreadable(reason) => Error::Other(format!(
+                    "{reason}; no backup is written unencrypted while it exists"
+                )),
+            }),
             None => Ok(None),
         }
     }
@@ -108,12 +130,26 @@ impl Keys {
         if let Some(ring) = &self.configured {
             add(ring.clone());
         }
+        let mut unreadable = Vec::new();
         for path in self.backup_dir_file.iter().chain(&self.decrypt_only_files) {
-            if let Some(ring) = read_key_file(path)? {
-                add(ring);
+            match read_key_file(path) {
+                Ok(Some(ring)) => add(ring),
+                Ok(None) => {}
+                Err(KeyFileError::Invalid(reason)) => return Err(reason),
+                Err(KeyFileError::Unreadable(reason)) => unreadable.push(reason),
             }
         }
-        Ok(KeyRing::new(keys).ok())
+        match KeyRing::new(keys) {
+            Ok(ring) => {
+                for reason in &unreadable {
+                    tracing::warn!("{reason}; decrypting with the other keys");
+                }
+                Ok(Some(ring))
+            }
+            // The only key is out of reach: say so, not "no key configured".
+            Err(_) if !unreadable.is_empty() => Err(unreadable.join("; ")),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Where keys are looked for, for the message when none is found.
@@ -129,16 +165,70 @@ impl Keys {
     }
 }
 
-/// A key file's ring; `None` when the file does not exist. Errors name the
-/// file and never quote its content.
-fn read_key_file(path: &Path) -> std::result::Result<Option<KeyRing>, String> {
+/// Why a key file gives no key.
+#[derive(Debug)]
+enum KeyFileError {
+    /// It exists but backupd may not read it; the message says how to fix it.
+    Unreadable(String),
+    /// Its content is not a key (the message never quotes it).
+    Invalid(String),
+}
+
+/// A key file's ring; `None` when the file does not exist or holds only
+/// whitespace (which the app and the old helper read as "no key": backups
+/// are then not encrypted, with a warning). Errors name the file and never
+/// quote its content.
+fn read_key_file(path: &Path) -> std::result::Result<Option<KeyRing>, KeyFileError> {
     match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => {
+            tracing::warn!(
+                file = %path.display(),
+                "the key file is empty: no encryption key, backups are NOT encrypted"
+            );
+            Ok(None)
+        }
         Ok(text) => KeyRing::parse(&text)
             .map(Some)
-            .map_err(|e| format!("the key file {}: {e}", path.display())),
+            .map_err(|e| KeyFileError::Invalid(format!("the key file {}: {e}", path.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read the key file {}: {e}", path.display())),
+        Err(e) => Err(KeyFileError::Unreadable(unreadable_message(path, &e))),
     }
+}
+
+/// Names the file, its owner and mode, who backupd runs as, and the fix.
+fn unreadable_message(path: &Path, e: &io::Error) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let file = match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "owner {}:{}, mode {:04o}",
+            m.uid(),
+            m.gid(),
+            m.mode() & 0o7777
+        ),
+        Err(_) => "owner and mode unknown".to_string(),
+    };
+    // /proc/self belongs to the process's effective uid and gid.
+    let (uid, gid) = std::fs::metadata("/proc/self")
+        .map(|m| (m.uid().to_string(), m.gid().to_string()))
+        .unwrap_or_else(|_| ("?".into(), "?".into()));
+    // As the compose file mounts it (`./backups` → `/backups`).
+    let name = path
+        .iter()
+        .rev()
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<PathBuf>()
+        .display()
+        .to_string();
+    format!(
+        "cannot read the key file {} ({file}) as uid {uid} gid {gid}: {e}. Make it readable \
+         by backupd on the host, e.g. `sudo chown {uid}:{gid} {name}` (or \
+         `sudo chgrp {gid} {name} && sudo chmod 0640 {name}`); running \
+         the service as `user: \"0:0\"` is not the fix",
+        path.display()
+    )
 }
 
 #[cfg(test)]
@@ -209,6 +299,15 @@ mod tests {
         let message = Keys::load(None, None, dir.path()).unwrap_err().to_string();
         assert!(message.contains(KEY_FILE_NAME), "{message}");
         assert!(!message.contains("short"), "{message}");
+    }
+
+    #[test]
+    fn an_empty_key_file_means_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(KEY_FILE_NAME), " \n\t\r\n").unwrap();
+        let keys = Keys::load(None, None, dir.path()).unwrap();
+        assert!(keys.for_encryption().unwrap().is_none());
+        assert!(keys.for_decryption().unwrap().is_none());
     }
 
     #[test]
