@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod modes;
 pub mod offsite;
+pub mod process;
 pub mod restore;
 pub mod retention;
 pub mod schedule;

@@ -140,7 +140,9 @@ impl PgTarget {
         Ok(target)
     }
 
-    /// The libpq environment for child processes (`PGPASSWORD` included).
+    /// The libpq environment for child processes. The password is not part
+    /// of it: it travels in a private password file (`PGPASSFILE`, see
+    /// `db::postgres::Passfile`), never in an environment others can read.
     pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
         let mut env = Vec::new();
         if let Some(host) = &self.host {
@@ -151,9 +153,6 @@ impl PgTarget {
         }
         if let Some(user) = &self.user {
             env.push(("PGUSER", user.clone()));
-        }
-        if let Some(password) = &self.password {
-            env.push(("PGPASSWORD", password.clone()));
         }
         if let Some(dbname) = &self.dbname {
             env.push(("PGDATABASE", dbname.clone()));
@@ -282,6 +281,22 @@ mod tests {
                     .contains(&("PGSSLMODE", "require".into()))
             );
         }
+    }
+
+    #[test]
+    fn the_password_is_never_a_libpq_variable() {
+        let target = pg("postgresql://app:hunter2@db/assess?passfile=/run/secrets/pgpass");
+        let env = target.libpq_env();
+        assert!(
+            !env.iter()
+                .any(|(k, v)| *k == "PGPASSWORD" || v.contains("hunter2")),
+            "{env:?}"
+        );
+        // The operator's own password file stays usable for URLs without a password.
+        assert!(
+            env.contains(&("PGPASSFILE", "/run/secrets/pgpass".into())),
+            "{env:?}"
+        );
     }
 
     #[test]

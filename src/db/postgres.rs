@@ -1,6 +1,7 @@
 //! PostgreSQL backups: `pg_dump` in plain format, streamed through the
 //! archive pipeline. Connection settings reach the children only through
-//! libpq environment variables, so no secret is ever on a command line.
+//! libpq environment variables and the password through a private password
+//! file, so no secret is ever on a command line or in a child's environment.
 
 use std::collections::VecDeque;
 use std::process::Stdio;
@@ -26,46 +27,183 @@ pub const PG_DUMP_ARGS: &[&str] = &[
 const CHUNK: usize = 256 * 1024;
 const STDERR_LINES_KEPT: usize = 20;
 
-/// Secrets backupd reads from its environment; child processes never get them.
-const SECRET_VARIABLES: [&str; 6] = [
-    "BACKUP_ENCRYPTION_KEY",
-    "SQLALCHEMY_DATABASE_URI",
-    "DATABASE_URL",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ACCESS_KEY_ID",
-];
+/// A libpq client program (`psql`, `pg_dump`, `pg_restore`) for `target`,
+/// built on [`crate::process::command`]: nothing of our environment but the
+/// allow-list, the connection settings as `PG*` variables (never argv), and
+/// the password in a private password file made for each spawn.
+pub(crate) fn command(program: &str, target: &PgTarget) -> PgCommand {
+    let mut command = crate::process::command(program);
+    command.envs(target.libpq_env());
+    PgCommand {
+        command,
+        login: target
+            .password
+            .as_ref()
+            .filter(|p| !p.is_empty())
+            .map(|password| (target.user.clone(), password.clone())),
+    }
+}
 
-/// A libpq client program for `target`: connection settings from the
-/// environment only (never argv), stdin closed, killed when dropped.
-pub(crate) fn command(program: &str, target: &PgTarget) -> Command {
-    let mut cmd = Command::new(program);
-    // Settings the operator's environment may carry must not override the URL.
-    for var in [
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGPASSWORD",
-        "PGDATABASE",
-        "PGSERVICE",
-    ] {
-        cmd.env_remove(var);
+/// A child-to-be with a database login. Spawning writes the password to a
+/// [`Passfile`] (`PGPASSFILE`) that lives exactly as long as the child
+/// handle: libpq reads it when it connects, and it is removed when the
+/// handle is dropped (after `wait`, or on an error or cancellation).
+pub(crate) struct PgCommand {
+    command: Command,
+    /// (user, password) for the password file.
+    login: Option<(Option<String>, String)>,
+}
+
+impl PgCommand {
+    pub fn arg(&mut self, arg: impl AsRef<std::ffi::OsStr>) -> &mut Self {
+        self.command.arg(arg);
+        self
     }
-    // Our own secrets are no business of the database client.
-    for var in SECRET_VARIABLES {
-        cmd.env_remove(var);
+
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.command.args(args);
+        self
     }
-    cmd.envs(target.libpq_env())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
+
+    pub fn env(&mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> &mut Self {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn stdin(&mut self, cfg: Stdio) -> &mut Self {
+        self.command.stdin(cfg);
+        self
+    }
+
+    pub fn stdout(&mut self, cfg: Stdio) -> &mut Self {
+        self.command.stdout(cfg);
+        self
+    }
+
+    pub fn stderr(&mut self, cfg: Stdio) -> &mut Self {
+        self.command.stderr(cfg);
+        self
+    }
+
+    fn passfile(&mut self) -> std::io::Result<Option<Passfile>> {
+        let Some((user, password)) = &self.login else {
+            return Ok(None);
+        };
+        let passfile = Passfile::create(user.as_deref(), password)?;
+        self.command.env("PGPASSFILE", passfile.path());
+        Ok(Some(passfile))
+    }
+
+    /// Starts the child (from async code, see [`crate::process`]).
+    pub fn spawn(&mut self) -> std::io::Result<PgChild> {
+        let passfile = self.passfile()?;
+        let child = self.command.spawn()?;
+        Ok(PgChild {
+            child,
+            _passfile: passfile,
+        })
+    }
+
+    /// Runs the child to its end, collecting its output.
+    pub async fn output(&mut self) -> std::io::Result<std::process::Output> {
+        let _passfile = self.passfile()?;
+        self.command.output().await
+    }
+}
+
+/// A running libpq program and its password file, removed on drop.
+pub(crate) struct PgChild {
+    child: tokio::process::Child,
+    _passfile: Option<Passfile>,
+}
+
+impl PgChild {
+    pub async fn wait_with_output(self) -> std::io::Result<std::process::Output> {
+        let PgChild { child, _passfile } = self;
+        child.wait_with_output().await
+    }
+}
+
+impl std::ops::Deref for PgChild {
+    type Target = tokio::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for PgChild {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.child
+    }
+}
+
+/// A libpq password file for one child: one line `*:*:*:USER:PASSWORD` in a
+/// 0600 file inside a fresh 0700 directory with a random name under
+/// `$TMPDIR`; both are removed on drop. Host, port and database match
+/// anything (as `PGPASSWORD` did: the restore connects to the live, the
+/// staging and a maintenance database of the one server).
+pub(crate) struct Passfile {
+    dir: tempfile::TempDir,
+}
+
+const PASSFILE_NAME: &str = "pgpass";
+
+impl Passfile {
+    pub fn create(user: Option<&str>, password: &str) -> std::io::Result<Passfile> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+        if password.contains(['\n', '\r']) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the database password contains a line break, which a libpq password file cannot hold",
+            ));
+        }
+        let context = |e: std::io::Error| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create a private password file under {}: {e}",
+                    std::env::temp_dir().display()
+                ),
+            )
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("backupd-pg-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .map_err(context)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.path().join(PASSFILE_NAME))
+            .map_err(context)?;
+        let user = user.map_or_else(|| "*".to_string(), passfile_field);
+        writeln!(file, "*:*:*:{user}:{}", passfile_field(password)).map_err(context)?;
+        Ok(Passfile { dir })
+    }
+
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join(PASSFILE_NAME)
+    }
+}
+
+/// A `.pgpass` field: `\` and `:` escaped with a backslash.
+fn passfile_field(value: &str) -> String {
+    value.replace('\\', "\\\\").replace(':', "\\:")
 }
 
 /// Major version of the `pg_dump` on PATH, from `pg_dump --version`.
 pub async fn pg_dump_major() -> Result<u32> {
-    let out = Command::new("pg_dump")
+    let out = crate::process::command("pg_dump")
         .arg("--version")
-        .stdin(Stdio::null())
         .output()
         .await
         .map_err(|e| {
@@ -294,6 +432,24 @@ mod tests {
             Some(19)
         );
         assert_eq!(parse_pg_dump_version("garbage"), None);
+    }
+
+    #[test]
+    fn the_password_file_is_private_escaped_and_removed_on_drop() {
+        use std::os::unix::fs::PermissionsExt;
+        let passfile = Passfile::create(Some("ap:p"), r"p\w:rd").unwrap();
+        let path = passfile.path();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "*:*:*:ap\\:p:p\\\\w\\:rd\n"
+        );
+        let dir = path.parent().unwrap().to_path_buf();
+        drop(passfile);
+        assert!(!path.exists() && !dir.exists());
+        assert!(Passfile::create(None, "two\nlines").is_err());
     }
 
     #[test]

@@ -251,12 +251,11 @@ async fn check_custom_dump(path: &Path, gzip: bool) -> Result<u64, String> {
                 crate::error::Error::Verify { reason, .. } => reason,
                 other => other.to_string(),
             })?;
-    let mut command = tokio::process::Command::new("pg_restore");
+    let mut command = crate::process::command("pg_restore");
     command
         .arg("--list")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     let out = if gzip {
         let mut child = command
             .stdin(Stdio::piped())

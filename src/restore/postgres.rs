@@ -25,11 +25,12 @@ use std::time::Duration;
 
 use flate2::read::MultiGzDecoder;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::process::{ChildStdin, Command};
+use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::PgTarget;
+use crate::db::postgres::PgCommand;
 use crate::error::{Error, Result};
 use crate::restore::kind::{FileKind, Payload};
 
@@ -188,15 +189,14 @@ fn conninfo(dbname: &str) -> String {
 
 /// A libpq program for database `dbname` of `target`: settings from the
 /// environment only, killed when dropped.
-fn pg_command(program: &str, target: &PgTarget, dbname: &str) -> Command {
+fn pg_command(program: &str, target: &PgTarget, dbname: &str) -> PgCommand {
     let mut cmd = crate::db::postgres::command(program, target);
     cmd.env("PGDATABASE", dbname)
         .arg("-d")
         .arg(conninfo(dbname))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+        .stderr(Stdio::null());
     cmd
 }
 
