@@ -1,11 +1,20 @@
-//! The shipped image, end to end on this machine's Docker engine, with no
+//! The shipped images, end to end on this machine's Docker engine, with no
 //! registry: `docker/test/e2e.sh` builds a Debian base by debootstrap (kept
 //! between runs), a PostgreSQL server image on it, and Dockerfile.backup's
-//! runtime stage with this build's binary; then, through
-//! docker/compose.backup.yml, db-backup backs up the PostgreSQL container
-//! (encrypted), the file is dropped into restore/incoming, db-restore stops
-//! the stand-in web container, restores, starts it again, and the data
-//! matches.
+//! runtime stage with this build's binary, tagged twice from the same
+//! layers: the backup image (default command `backup`) and the db-restore
+//! image (its `restore` target, default command `restore`). Then:
+//!
+//! 1. through docker/compose.backup.yml, db-backup backs up the PostgreSQL
+//!    container (encrypted), the file is dropped into restore/incoming,
+//!    db-restore stops the stand-in web container, restores, starts it
+//!    again, and the data matches;
+//! 2. through docker/test/compose.app.yml (a reconstruction of the app's own
+//!    compose file: no `command:`, db-restore mounts only /restore) with only
+//!    BACKUP_IMAGE and RESTORE_IMAGE changed, db-backup backs up, the app's
+//!    manual backup survives the next run, a backup the app drops into
+//!    restore/incoming is restored by db-restore, and the safety copy is in
+//!    restore/safety.
 
 mod common;
 

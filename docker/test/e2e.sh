@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# End to end on the local Docker engine, with no registry: db-backup (the
-# image built from Dockerfile.backup, run through docker/compose.backup.yml)
-# backs up a PostgreSQL container with encryption on; the backup is dropped
-# into restore/incoming; db-restore stops the stand-in web container,
-# restores, starts it again, and the data matches.
+# End to end on the local Docker engine, with no registry. Both images are
+# built from Dockerfile.backup's layers: backupd-test/backupd:e2e (the
+# runtime target, CMD backup) and backupd-test/backupd-db-restore:e2e (the
+# restore target, CMD restore).
+#
+# 1. Through docker/compose.backup.yml: db-backup backs up a PostgreSQL
+#    container with encryption on; the backup is dropped into
+#    restore/incoming; db-restore stops the stand-in web container,
+#    restores, starts it again, and the data matches.
+# 2. Through compose.app.yml (a reconstruction of the app's own file; no
+#    `command:`, db-restore mounts only /restore) with only BACKUP_IMAGE and
+#    RESTORE_IMAGE changed: db-backup backs up; the app's manual backup
+#    survives the next run; a backup dropped into restore/incoming is restored by db-restore, and its
+#    safety copy is in restore/safety.
 #
 # Usage:  docker/test/e2e.sh [BINARY]     (default: target/debug/backupd)
 # Env:    COMPOSE  "docker compose" or "docker-compose" (default: whichever works)
@@ -41,12 +50,21 @@ dc() {
     "${COMPOSE_CMD[@]}" -p "$PROJECT" --project-directory "$work" \
         -f "$REPO/docker/compose.backup.yml" -f "$HERE/compose.e2e.yml" "$@"
 }
+# Scenario 2's project: the app's own file, in $work/app.
+APP_PROJECT=$PROJECT-app
+dc_app() {
+    "${COMPOSE_CMD[@]}" -p "$APP_PROJECT" --project-directory "$work/app" \
+        -f "$HERE/compose.app.yml" -f "$HERE/compose.app-e2e.yml" "$@"
+}
+scenario=1
 cleanup() {
     status=$?
     if [ "$status" != 0 ]; then
-        dc logs --no-color --tail 40 >&2 2>&1 || true
+        if [ "$scenario" = 1 ]; then dc logs --no-color --tail 40 >&2 2>&1 || true; fi
+        if [ "$scenario" = 2 ]; then dc_app logs --no-color --tail 40 >&2 2>&1 || true; fi
     fi
     dc down -v --remove-orphans >/dev/null 2>&1 || true
+    dc_app down -v --remove-orphans >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -163,4 +181,106 @@ web_now=$(docker inspect -f '{{.State.Running}} {{.State.StartedAt}}' "$WEB_CONT
 [ "${web_now#* }" != "$web_started" ] || fail "the web container was never stopped and started"
 compgen -G "$work/backups/pre-restore-pg_dump-*.sql.gz.enc" >/dev/null || fail "no encrypted safety backup"
 [ ! -e "$work/restore/incoming/$name" ] || fail "the restored file is still in incoming"
-lap "PASS: data restored ($after), web restarted, safety backup kept"
+lap "PASS (compose.backup.yml): data restored ($after), web restarted, safety backup kept"
+
+dc down -v --remove-orphans >/dev/null 2>&1
+
+# ---------------------------------------------------------------------------
+# 2. The app's own compose file, only the two image variables changed.
+scenario=2
+app=$work/app
+# The operator's step from docker/README.md ("Upgrading"): folders for uid
+# 10001. restore/safety is left to backupd to create.
+install -d -o 10001 -g 10001 "$app/backups" "$app/restore" \
+    "$app/restore/incoming" "$app/restore/failed" "$app/restore/state"
+# The app's .env (its own settings, not backupd's).
+printf 'POSTGRES_USER=app\nPOSTGRES_PASSWORD=app-e2e-password-2\nPOSTGRES_DB=app\n' > "$app/.env"
+dc_app up -d --no-build db web >/dev/null 2>&1
+db=$(dc_app ps -q db)
+until [ "$(docker inspect -f '{{.State.Health.Status}}' "$db")" = healthy ]; do
+    sleep 0.5
+    [ $((SECONDS - t0)) -lt 1500 ] || fail "app stack: PostgreSQL never became healthy"
+done
+psql_db -c "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
+            INSERT INTO items SELECT g, 'app item ' || g FROM generate_series(1, 500) g;"
+before=$(psql_db -c "$checksum")
+lap "app stack: PostgreSQL healthy"
+
+# db-backup with the image's default command takes its start-up backup.
+dc_app up -d --no-build db-backup >/dev/null 2>&1
+until backup=$(find "$app/backups" -maxdepth 1 -name 'pg_dump-2*.sql.gz' | grep .); do
+    sleep 0.5
+    [ $((SECONDS - t0)) -lt 1600 ] || fail "app stack: db-backup wrote no backup"
+done
+[ "$(docker inspect -f '{{json .Config.Cmd}}' "$(dc_app ps -q db-backup)")" = '["backup"]' ] \
+    || fail "app stack: db-backup does not run the image's default command backup"
+lap "app stack: db-backup wrote $(basename "$backup")"
+
+# The app's admin page takes a manual backup into its BACKUP_DIR.
+manual=pg_dump-manual-$(date -u +%Y%m%dT%H%M%SZ).sql.gz
+docker exec "$db" pg_dump -U app -d app | gzip \
+    | dc_app exec -T web sh -c "cat > /backups/.$manual.tmp && mv /backups/.$manual.tmp /backups/$manual"
+[ -s "$app/backups/$manual" ] || fail "app stack: the stand-in app wrote no manual backup"
+
+# The next run of db-backup (a restart: BACKUP_ON_START) rewrites the status
+# file; the manual backup must still exist.
+status_file=$app/backups/backup-status.json
+first=/backups/$(basename "$backup")
+until python3 - "$status_file" "$first" <<'PY' 2>/dev/null
+import json, sys
+sys.exit(0 if json.load(open(sys.argv[1])).get("last_file") == sys.argv[2] else 1)
+PY
+do
+    sleep 0.5
+    [ $((SECONDS - t0)) -lt 1650 ] || fail "app stack: the status file never named $first"
+done
+dc_app restart db-backup >/dev/null 2>&1
+until python3 - "$status_file" "$first" <<'PY' 2>/dev/null
+import json, sys
+status = json.load(open(sys.argv[1]))
+sys.exit(0 if status.get("last_file") and status["last_file"] != sys.argv[2] else 1)
+PY
+do
+    sleep 0.5
+    [ $((SECONDS - t0)) -lt 1700 ] || fail "app stack: db-backup's next run never finished"
+done
+[ -s "$app/backups/$manual" ] || fail "app stack: the manual backup was deleted"
+lap "app stack: next run done, $manual kept"
+
+# The data changes; the app's restore page drops the first backup
+# (decrypted: here it was never encrypted) into /restore/incoming.
+psql_db -c "DELETE FROM items WHERE id > 5; UPDATE items SET name = 'changed';"
+[ "$(psql_db -c "$checksum")" != "$before" ] || fail "app stack: the change did not happen"
+dc_app up -d --no-build db-restore >/dev/null 2>&1
+[ "$(docker inspect -f '{{json .Config.Cmd}}' "$(dc_app ps -q db-restore)")" = '["restore"]' ] \
+    || fail "app stack: db-restore does not run the image's default command restore"
+name=$(basename "$backup")
+dc_app exec -T web sh -c "cat > /restore/incoming/.$name.tmp && mv /restore/incoming/.$name.tmp /restore/incoming/$name" \
+    < "$backup"
+lap "app stack: backup dropped into restore/incoming by the app"
+
+state=$app/restore/state/restore-state.json
+until [ -s "$state" ] && python3 - "$state" "$name" <<'PY' 2>/dev/null
+import json, sys
+state = json.load(open(sys.argv[1]))
+done = [h for h in state.get("history", []) if sys.argv[2] in h.get("file", "")]
+sys.exit(0 if done and not state.get("in_progress") else 1)
+PY
+do
+    sleep 0.5
+    [ $((SECONDS - t0)) -lt 1800 ] || fail "app stack: the restore never finished"
+done
+python3 - "$state" <<'PY' || fail "app stack: the restore did not succeed, or its safety copy is not in /restore/safety"
+import json, sys
+entry = json.load(open(sys.argv[1]))["history"][0]  # newest first
+print("history:", {k: entry.get(k) for k in ("result", "error", "safety_backup")}, file=sys.stderr)
+assert entry.get("result") == "restored", entry
+assert (entry.get("safety_backup") or "").startswith("/restore/safety/pre-restore-pg_dump-"), entry
+PY
+after=$(psql_db -c "$checksum")
+[ "$before" = "$after" ] || fail "app stack: data differs after the restore: before '$before', after '$after'"
+compgen -G "$app/restore/safety/pre-restore-pg_dump-*.sql.gz" >/dev/null \
+    || fail "app stack: no safety copy in ./restore/safety"
+! compgen -G "$app/backups/pre-restore-*" >/dev/null || fail "app stack: a safety copy in ./backups"
+[ ! -e "$app/restore/incoming/$name" ] || fail "app stack: the restored file is still in incoming"
+lap "PASS (app's compose file): restored ($after), safety copy in restore/safety, manual backup kept"
