@@ -12,7 +12,8 @@
 //! 2. through docker/test/compose.app.yml (a reconstruction of the app's own
 //!    compose file: no `command:`, db-restore mounts only /restore) with only
 //!    BACKUP_IMAGE and RESTORE_IMAGE changed, db-backup backs up, the app's
-//!    manual backup survives the next run, a backup the app drops into
+//!    manual backup stays listed in backup-status.json's `backups` after the
+//!    next run, a backup the app drops into
 //!    restore/incoming is restored by db-restore, and the safety copy is in
 //!    restore/safety.
 

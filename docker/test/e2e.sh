@@ -11,7 +11,8 @@
 # 2. Through compose.app.yml (a reconstruction of the app's own file; no
 #    `command:`, db-restore mounts only /restore) with only BACKUP_IMAGE and
 #    RESTORE_IMAGE changed: db-backup backs up; the app's manual backup
-#    survives the next run; a backup dropped into restore/incoming is restored by db-restore, and its
+#    stays listed in backup-status.json's `backups` after the next run; a
+#    backup dropped into restore/incoming is restored by db-restore, and its
 #    safety copy is in restore/safety.
 #
 # Usage:  docker/test/e2e.sh [BINARY]     (default: target/debug/backupd)
@@ -223,7 +224,7 @@ docker exec "$db" pg_dump -U app -d app | gzip \
 [ -s "$app/backups/$manual" ] || fail "app stack: the stand-in app wrote no manual backup"
 
 # The next run of db-backup (a restart: BACKUP_ON_START) rewrites the status
-# file; the manual backup must still exist.
+# file; the manual backup must still be listed there, and still exist.
 status_file=$app/backups/backup-status.json
 first=/backups/$(basename "$backup")
 until python3 - "$status_file" "$first" <<'PY' 2>/dev/null
@@ -244,8 +245,14 @@ do
     sleep 0.5
     [ $((SECONDS - t0)) -lt 1700 ] || fail "app stack: db-backup's next run never finished"
 done
+python3 - "$status_file" "$manual" <<'PY' || fail "app stack: the app's manual backup is not listed in backups"
+import json, os, sys
+listed = [os.path.basename(b) for b in json.load(open(sys.argv[1]))["backups"]]
+print("backups:", listed, file=sys.stderr)
+assert sys.argv[2] in listed, listed
+PY
 [ -s "$app/backups/$manual" ] || fail "app stack: the manual backup was deleted"
-lap "app stack: next run done, $manual kept"
+lap "app stack: next run done, $manual still listed in backups"
 
 # The data changes; the app's restore page drops the first backup
 # (decrypted: here it was never encrypted) into /restore/incoming.
@@ -283,4 +290,4 @@ compgen -G "$app/restore/safety/pre-restore-pg_dump-*.sql.gz" >/dev/null \
     || fail "app stack: no safety copy in ./restore/safety"
 ! compgen -G "$app/backups/pre-restore-*" >/dev/null || fail "app stack: a safety copy in ./backups"
 [ ! -e "$app/restore/incoming/$name" ] || fail "app stack: the restored file is still in incoming"
-lap "PASS (app's compose file): restored ($after), safety copy in restore/safety, manual backup kept"
+lap "PASS (app's compose file): restored ($after), safety copy in restore/safety, manual backup listed"
