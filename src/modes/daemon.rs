@@ -96,10 +96,12 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         database = %cfg.database,
         backup_dir = %cfg.paths.backup_dir.display(),
         schedule = %schedule,
-        encryption = if cfg.keys.for_encryption().is_ok_and(|ring| ring.is_some()) {
-            "fernet"
-        } else {
-            "off"
+        // An unreadable key file is not "off": every backup fails until it
+        // is fixed (the reason was logged just before).
+        encryption = match cfg.keys.for_encryption() {
+            Ok(Some(_)) => "fernet",
+            Ok(None) => "off",
+            Err(_) => "key unavailable: backups fail until it is fixed",
         },
         offsite = %cfg.remote.as_ref().map_or_else(
             || "off".to_string(),

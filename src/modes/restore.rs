@@ -915,6 +915,19 @@ impl Service {
         let file = PathBuf::from(&interrupted.file);
         // Only a dropped file is ours to move; one named with --file stays.
         let dropped = file.exists() && file.parent() == Some(self.cfg.watch_dir.as_path());
+        if finished {
+            // As after any finished restore (the old helper's keys).
+            let mtime = std::fs::metadata(&file)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            state.last_processed = Some(LastProcessed {
+                path: interrupted.file.clone(),
+                mtime,
+                completed_at: timestamp(SystemClock.now()),
+            });
+        }
         if finished && dropped {
             // Restored: as after any successful restore, the file goes.
             if let Err(e) = std::fs::remove_file(&file) {

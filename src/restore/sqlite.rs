@@ -118,15 +118,60 @@ fn db_error(target: &Path, what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// A read-write connection to the live file that waits for the app's locks.
+/// Writing into the file (not renaming over it) needs write access to the
+/// file itself, and to its folder for the `-wal`/`-shm` files.
 fn open_live(target: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         target,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| db_error(target, "cannot open the live database", e))?;
+    .map_err(|e| {
+        db_error(
+            target,
+            "cannot open the live database",
+            access_hint(target, e),
+        )
+    })?;
     conn.busy_timeout(LOCK_WAIT)
         .map_err(|e| db_error(target, "cannot set a busy timeout", e))?;
+    // Opening is lazy: read the schema now, so a file we may not write is
+    // reported here, with the hint, before anything is copied.
+    let read_only = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+        .map_err(|e| access_hint(target, e))
+        .and_then(|()| {
+            conn.is_readonly(rusqlite::MAIN_DB)
+                .map_err(|e| access_hint(target, e))
+        })
+        .map_err(|e| db_error(target, "cannot read the live database", e))?;
+    if read_only {
+        return Err(db_error(
+            target,
+            "cannot write the live database",
+            access_hint(target, "it opened read-only"),
+        ));
+    }
     Ok(conn)
+}
+
+/// `e`, plus who owns the file, its mode and who backupd runs as.
+fn access_hint(target: &Path, e: impl std::fmt::Display) -> String {
+    let file = match fs::metadata(target) {
+        Ok(m) => format!(
+            "owner {}:{}, mode {:04o}",
+            m.uid(),
+            m.gid(),
+            m.mode() & 0o7777
+        ),
+        Err(_) => "owner and mode unknown".to_string(),
+    };
+    let me = fs::metadata("/proc/self")
+        .map(|m| format!("uid {} gid {}", m.uid(), m.gid()))
+        .unwrap_or_else(|_| "an unknown uid".into());
+    format!(
+        "{e} ({file}; backupd runs as {me} and must read and write the file, and create \
+         its -wal/-shm files in its folder)"
+    )
 }
 
 /// The live file is missing (a first start): create it empty with its
