@@ -329,7 +329,9 @@ fn recover_with_the_service(stack: &SqliteStack) -> Value {
 fn kill_9_during_the_copy_leaves_the_old_or_the_new_database_and_recovery_says_which() {
     let mut outcomes = Vec::new();
     // Later and later kills, until the run finishes first.
-    for delay_ms in [0u64, 40, 80, 120, 160, 200, 250, 300, 400, 600, 1000, 2500, 6000] {
+    for delay_ms in [
+        0u64, 40, 80, 120, 160, 200, 250, 300, 400, 600, 1000, 2500, 6000,
+    ] {
         // Large enough that the copy takes a moment.
         let stack = SqliteStack::new(40_000, 400);
         let app = stack.app_connection();
@@ -613,10 +615,8 @@ fn a_live_database_backupd_may_not_write_is_left_as_it_was_with_a_clear_reason()
     let backup = stack.backup_of(5, "new", 10);
     chown_tree(stack.work.path(), UID);
     // The app (root) owns its database; backupd may read it, not write it.
-    for path in [&stack.db] {
-        std::os::unix::fs::chown(path, Some(0), Some(0)).unwrap();
-        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
-    }
+    std::os::unix::fs::chown(&stack.db, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&stack.db, fs::Permissions::from_mode(0o644)).unwrap();
     let run = stack
         .backupd()
         .env("RESTORE_SAFETY_BACKUP", "false")
