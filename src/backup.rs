@@ -32,6 +32,12 @@ pub struct Outcome {
 pub struct Run {
     pub result: Result<Outcome>,
     pub upload: Option<SyncReport>,
+    /// Why the run failed before the dump began (lock, backup file, key);
+    /// recorded as `start_error`, which makes `/healthz` unhealthy at once.
+    pub start_error: Option<String>,
+    /// False when the status file could not be written (e.g. no descriptor
+    /// left): the daemon then keeps the failure in memory for `/healthz`.
+    pub recorded: bool,
 }
 
 /// What to do when another backup holds the directory lock.
@@ -67,13 +73,23 @@ pub async fn run(
                 return Run {
                     result: Err(Error::Busy),
                     upload: None,
+                    start_error: None,
+                    recorded: true,
                 };
             }
             other => other,
         };
-        let (lock, result) = match lock {
-            Ok(lock) => (Some(lock), take_backup(cfg, cancel, clock).await),
+        let (lock, prepared) = match lock {
+            Ok(lock) => (Some(lock), prepare_backup(cfg, clock)),
             Err(e) => (None, Err(e)),
+        };
+        let start_error = match &prepared {
+            Err(Error::Cancelled) | Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        let result = match prepared {
+            Ok(file) => take_backup(cfg, file, cancel, clock).await,
+            Err(e) => Err(e),
         };
         let duration_seconds = started.elapsed().as_secs_f64();
         let result = result.map(|(backup, deleted)| Outcome {
@@ -82,9 +98,13 @@ pub async fn run(
             duration_seconds,
             finished: clock.now(),
         });
-        if let Err(e) = record_status(cfg, attempt, &result) {
-            tracing::warn!(error = %e, "could not update the status file");
-        }
+        let recorded = match record_status(cfg, attempt, &result, start_error.as_deref()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "could not record this run in the status file");
+                false
+            }
+        };
         // Also after a failed backup: earlier ones may still be missing
         // from the bucket.
         let mut upload = None;
@@ -108,6 +128,11 @@ pub async fn run(
                 deleted = outcome.deleted.len(),
                 "backup finished"
             ),
+            Err(e) if start_error.is_some() => tracing::error!(
+                result = "failure",
+                error = %e,
+                "the backup could not start"
+            ),
             Err(e) => tracing::error!(
                 result = "failure",
                 duration_seconds = format!("{duration_seconds:.2}"),
@@ -115,7 +140,12 @@ pub async fn run(
                 "backup failed"
             ),
         }
-        Run { result, upload }
+        Run {
+            result,
+            upload,
+            start_error,
+            recorded,
+        }
     }
     .instrument(span)
     .await
@@ -148,12 +178,9 @@ async fn lock_dir(
     Ok(lock)
 }
 
-/// The backup itself, with the folder locked by the caller.
-async fn take_backup(
-    cfg: &BackupConfig,
-    cancel: &CancellationToken,
-    clock: &dyn Clock,
-) -> Result<(Committed, Vec<StoredBackup>)> {
+/// Everything before the dump, with the folder locked by the caller: a
+/// failure here means the run could not start.
+fn prepare_backup(cfg: &BackupConfig, clock: &dyn Clock) -> Result<BackupFile> {
     let dir = cfg.paths.backup_dir.clone();
     for stale in local::remove_stale_partials(&dir)? {
         tracing::info!(file = %stale.display(), "removed a partial file left by an interrupted run");
@@ -167,9 +194,17 @@ async fn take_backup(
     let name = local::free_name(&dir, kind, clock.now(), ring.is_some()).file_name();
     tracing::Span::current().record("file", name.as_str());
     let key = ring.as_ref().map(|ring| ring.encrypting_key());
-    let file = BackupFile::create(&dir, &name, cfg.compression_level, key)?;
-    let committed = dump_into(cfg, file, cancel).await?;
+    BackupFile::create(&dir, &name, cfg.compression_level, key)
+}
 
+/// The backup itself into the prepared file, then retention.
+async fn take_backup(
+    cfg: &BackupConfig,
+    file: BackupFile,
+    cancel: &CancellationToken,
+    clock: &dyn Clock,
+) -> Result<(Committed, Vec<StoredBackup>)> {
+    let committed = dump_into(cfg, file, cancel).await?;
     let deleted = apply_retention(cfg, clock);
     Ok((committed, deleted))
 }
@@ -291,6 +326,7 @@ fn record_status(
     cfg: &BackupConfig,
     attempt: chrono::DateTime<chrono::Utc>,
     result: &Result<Outcome>,
+    start_error: Option<&str>,
 ) -> Result<()> {
     let path = &cfg.paths.status_file;
     let mut status = Status::read_or_default(path);
@@ -309,6 +345,7 @@ fn record_status(
         }
         Err(e) => status.last_error = Some(e.to_string()),
     }
+    status.start_error = start_error.map(String::from);
     // Every backup file, the app's manual ones and the safety backups too:
     // the app's admin page lists (and offers to download) exactly these.
     if let Ok(files) = local::list_all(&cfg.paths.backup_dir) {

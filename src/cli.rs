@@ -47,7 +47,8 @@ Daemon (backupd backup) and healthcheck:
   BACKUP_ON_START               back up at start-up   [default: true]
   BACKUP_RETRY_SECONDS          retry a failure once  [default: 300; 0 = off]
   DB_STARTUP_TIMEOUT            wait for PostgreSQL   [default: 60]
-  STATUS_BIND, STATUS_PORT      HTTP server           [default: 0.0.0.0, 9090]
+  STATUS_BIND, STATUS_PORT      HTTP server [default: 127.0.0.1, 9090; image: 0.0.0.0]
+  STATUS_TOKEN(_FILE)           bearer token for /status, /, /metrics (not /healthz)
   HEALTH_MAX_AGE_SECONDS        healthy if younger    [default: 172800]
   BACKUP_SHUTDOWN_TIMEOUT       stop grace on SIGTERM [default: 8]
 
@@ -366,9 +367,17 @@ pub struct DaemonArgs {
     #[arg(long, env = "DB_STARTUP_TIMEOUT", default_value = "60", value_parser = whole_number("DB_STARTUP_TIMEOUT", 60))]
     pub db_startup_timeout: u64,
 
-    /// Address of the status/health/metrics server.
-    #[arg(long, env = "STATUS_BIND", default_value = "0.0.0.0", value_parser = clean_value)]
+    /// Address of the status/health/metrics server (the image sets 0.0.0.0).
+    #[arg(long, env = "STATUS_BIND", default_value = "127.0.0.1", value_parser = clean_value)]
     pub status_bind: String,
+
+    /// Bearer token that /status, / and /metrics require (/healthz stays open).
+    #[arg(long, env = "STATUS_TOKEN", hide_env_values = true, value_parser = clean_value)]
+    pub status_token: Option<String>,
+
+    /// File holding STATUS_TOKEN (Docker secret).
+    #[arg(long, env = "STATUS_TOKEN_FILE", value_parser = clean_value)]
+    pub status_token_file: Option<String>,
 
     /// Port of the status/health/metrics server.
     #[arg(long, env = "STATUS_PORT", default_value = "9090", value_parser = whole_number("STATUS_PORT", 9090))]

@@ -1,5 +1,6 @@
-//! Is the last successful backup recent enough? Shared by `/healthz` and
-//! `backupd healthcheck`, so both give the same answer for the same file.
+//! Is the last successful backup recent enough, and could the last run
+//! start at all? Shared by `/healthz` and `backupd healthcheck`, so both give
+//! the same answer for the same file.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Serialize;
@@ -26,6 +27,23 @@ pub fn evaluate(status: Option<&Status>, now: DateTime<Utc>, max_age_seconds: u6
     let Some(status) = status else {
         return unhealthy("no status file yet: no backup has run".into(), None, None);
     };
+    // A run that failed in the middle (the database was down) is retried and
+    // only matters once the last success grows stale; a run that could not
+    // even start (no descriptor for the lock or the backup file, an
+    // unreadable key) is a problem of backupd's own that will not heal by
+    // itself, so it is unhealthy at once.
+    if let Some(e) = &status.start_error {
+        let at = status.last_attempt.as_deref().unwrap_or("unknown time");
+        return unhealthy(
+            format!("the last backup (at {at}) could not start: {e}"),
+            status.last_backup.clone(),
+            status
+                .last_backup
+                .as_deref()
+                .and_then(parse_timestamp)
+                .map(|t| now.signed_duration_since(t).num_seconds()),
+        );
+    }
     let Some(last) = status.last_backup.clone() else {
         let why = match &status.last_error {
             Some(e) => format!("no backup has succeeded yet; last error: {e}"),
@@ -104,5 +122,18 @@ mod tests {
         assert!(!evaluate(None, now, 172_800).healthy);
         let never = evaluate(Some(&status(None, Some("cannot connect"))), now, 172_800);
         assert!(!never.healthy && never.reason.contains("cannot connect"));
+    }
+
+    #[test]
+    fn a_run_that_could_not_start_is_unhealthy_even_after_a_fresh_success() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 3, 0, 0, 0).unwrap();
+        let mut fresh = status(Some("2026-01-02T23:00:00Z"), Some("Too many open files"));
+        fresh.start_error = Some("Too many open files".into());
+        let health = evaluate(Some(&fresh), now, 172_800);
+        assert!(
+            !health.healthy && health.reason.contains("could not start"),
+            "{health:?}"
+        );
+        assert_eq!(health.age_seconds, Some(3600));
     }
 }

@@ -22,6 +22,10 @@ pub struct Status {
     pub last_attempt: Option<String>,
     /// `null` after a success; what went wrong otherwise (passwords masked).
     pub last_error: Option<String>,
+    /// Why the last run could not even start (lock, backup file, key);
+    /// `null` once a run starts. Set, it makes `/healthz` unhealthy at once.
+    #[serde(default)]
+    pub start_error: Option<String>,
     pub last_duration_seconds: Option<f64>,
     pub last_size_bytes: Option<u64>,
     pub last_sha256: Option<String>,
@@ -44,6 +48,9 @@ pub struct Status {
     pub other: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The largest status file read (or served). Thousands of backup names fit.
+pub const MAX_STATUS_BYTES: u64 = 1 << 20;
+
 /// The timestamp format of the status file, as the old helper wrote it.
 pub fn timestamp(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -51,17 +58,61 @@ pub fn timestamp(time: DateTime<Utc>) -> String {
 
 impl Status {
     /// Reads the status file; a missing file is `None`.
+    ///
+    /// The file sits in `BACKUP_DIR`, which the app can write, and its content
+    /// is served over HTTP: it is opened without following a link and without
+    /// blocking (a planted FIFO), checked to be a regular file on that same
+    /// descriptor, and read up to [`MAX_STATUS_BYTES`]. A symlink to
+    /// `/proc/self/environ` is refused here, never read.
     pub fn read(path: &Path) -> Result<Option<Self>> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                Error::Other(format!(
-                    "cannot parse the status file {}: {e}",
-                    path.display()
-                ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("read the status file", path, e)),
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+
+        let refused =
+            |why: &str| Error::Other(format!("refused the status file {}: {why}", path.display()));
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(refused("it is a symbolic link, which is never followed"));
+            }
+            Err(e) => return Err(Error::io("open the status file", path, e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("inspect the status file", path, e))?;
+        if !meta.is_file() {
+            return Err(refused("it is not a regular file"));
         }
+        // backupd replaces the file by a rename, so it has one link; a second
+        // one is somebody's hard link to another file.
+        if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+            return Err(refused("it has another hard link"));
+        }
+        if meta.len() > MAX_STATUS_BYTES {
+            return Err(refused(&format!(
+                "it is larger than {MAX_STATUS_BYTES} bytes"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.take(MAX_STATUS_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read the status file", path, e))?;
+        if bytes.len() as u64 > MAX_STATUS_BYTES {
+            return Err(refused(&format!(
+                "it is larger than {MAX_STATUS_BYTES} bytes"
+            )));
+        }
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::Other(format!(
+                "cannot parse the status file {}: {e}",
+                path.display()
+            ))
+        })
     }
 
     /// Reads the previous status to update; a damaged file is replaced, not fatal.
@@ -104,6 +155,36 @@ mod tests {
         ] {
             assert!(json.get(key).is_some(), "{key}");
         }
+    }
+
+    #[test]
+    fn links_fifos_and_huge_files_are_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup-status.json");
+        assert_eq!(Status::read(&path).unwrap(), None);
+
+        std::os::unix::fs::symlink("/proc/self/environ", &path).unwrap();
+        let e = Status::read(&path).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+
+        let fifo = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = Status::read(&path).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+
+        let other = dir.path().join("other.json");
+        std::fs::write(&other, "{}").unwrap();
+        std::fs::hard_link(&other, &path).unwrap();
+        let e = Status::read(&path).unwrap_err().to_string();
+        assert!(e.contains("hard link"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+
+        let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(MAX_STATUS_BYTES as usize));
+        std::fs::write(&path, huge).unwrap();
+        let e = Status::read(&path).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! a clean stop on SIGTERM/SIGINT, also in the middle of a backup.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,7 +15,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::BackupConfig;
 use crate::db::{Database, postgres};
 use crate::error::{Error, Result};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, StatusToken};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::schedule::{self, CronSchedule, Schedule};
 use crate::state::Status;
@@ -66,6 +66,27 @@ fn status_addr(args: &DaemonArgs) -> Result<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// `STATUS_TOKEN`, or the content of `STATUS_TOKEN_FILE`; an empty or
+/// unreadable file stops start-up rather than leaving the status open.
+fn status_token(args: &DaemonArgs) -> Result<Option<StatusToken>> {
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let token = match (given(&args.status_token), given(&args.status_token_file)) {
+        (Some(token), file) => {
+            if file.is_some() {
+                tracing::warn!(
+                    "both STATUS_TOKEN and STATUS_TOKEN_FILE are set; using STATUS_TOKEN"
+                );
+            }
+            token
+        }
+        (None, Some(file)) => {
+            crate::config::read_secret_file(std::path::Path::new(&file), "STATUS_TOKEN_FILE")?
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(StatusToken::new(&token)))
+}
+
 pub async fn run(args: &DaemonArgs) -> Result<()> {
     let cfg = BackupConfig::from_args(&args.backup)?;
     let schedule = schedule_from_args(args)?;
@@ -79,10 +100,13 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
     if let Ok(Some(status)) = Status::read(&cfg.paths.status_file) {
         metrics.load_status(&status);
     }
+    let unrecorded_start_error = Arc::new(Mutex::new(None));
     let state = AppState {
         status_file: cfg.paths.status_file.clone(),
         max_age_seconds: args.health.health_max_age_seconds,
         metrics: Arc::clone(&metrics),
+        token: status_token(args)?,
+        unrecorded_start_error: Arc::clone(&unrecorded_start_error),
     };
     let server = http::start(addr, state, cancel.clone()).await?;
 
@@ -150,6 +174,11 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
             None => break,
         };
         record_metrics(&metrics, &run);
+        // Normally the status file carries a start failure to /healthz; when
+        // it could not be written (no descriptor left), memory does.
+        if let Ok(mut unrecorded) = unrecorded_start_error.lock() {
+            *unrecorded = run.start_error.clone().filter(|_| !run.recorded);
+        }
         let result = run.result;
         if matches!(result, Err(Error::Cancelled)) {
             break;
@@ -211,6 +240,8 @@ async fn run_backup(
         Err(e) => Some(Run {
             result: Err(Error::Other(format!("the backup task failed: {e}"))),
             upload: None,
+            start_error: None,
+            recorded: false,
         }),
     }
 }
