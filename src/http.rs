@@ -267,19 +267,10 @@ async fn read_status(state: &AppState) -> Result<Option<Status>> {
 /// knows ever leave (unknown keys stay in the file), whatever it holds.
 async fn status(State(state): State<AppState>) -> Response {
     match read_status(&state).await {
-        Ok(Some(mut status)) => match {
+        Ok(Some(mut status)) => {
             status.other.clear();
-            serde_json::to_string_pretty(&status)
-        } {
-            Ok(json) => json_response(StatusCode::OK, json),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot serialize the status");
-                json_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    r#"{"error":"cannot serialize the status"}"#.into(),
-                )
-            }
-        },
+            serialized(&status)
+        }
         Ok(None) => json_response(
             StatusCode::NOT_FOUND,
             r#"{"error":"no backup has run yet"}"#.into(),
@@ -289,6 +280,19 @@ async fn status(State(state): State<AppState>) -> Response {
             json_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 r#"{"error":"cannot read the status file (see the log)"}"#.into(),
+            )
+        }
+    }
+}
+
+fn serialized(status: &Status) -> Response {
+    match serde_json::to_string_pretty(status) {
+        Ok(json) => json_response(StatusCode::OK, json),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot serialize the status");
+            json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"error":"cannot serialize the status"}"#.into(),
             )
         }
     }

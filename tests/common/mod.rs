@@ -1642,12 +1642,26 @@ impl fmt::Display for HttpResponse {
 /// `/../x` reach the server unchanged) to 127.0.0.1:`port` over a plain
 /// TcpStream with `Connection: close`, and reads the whole response.
 pub fn http_request(port: u16, method: &str, target: &str) -> std::io::Result<HttpResponse> {
+    http_request_with(port, method, target, &[])
+}
+
+/// [`http_request`] with extra request headers (e.g. `Authorization`).
+pub fn http_request_with(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(15)))?;
     stream.set_write_timeout(Some(Duration::from_secs(15)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
         "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: backupd-tests\r\n\
-         Accept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+         Accept: */*\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
