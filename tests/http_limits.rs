@@ -5,7 +5,8 @@
 //! file) is never served; `STATUS_TOKEN` guards `/status` and `/metrics`
 //! but not `/healthz`; the binary listens on loopback unless told
 //! otherwise; and a backup that cannot even start is recorded and makes
-//! `/healthz` unhealthy.
+//! `/healthz` unhealthy (from memory when not even the status file can be
+//! written). Descriptor shortage is real: `prlimit` on the running daemon.
 
 mod common;
 
@@ -60,6 +61,9 @@ fn last_backup(status_file: &Path) -> Option<String> {
 
 #[test]
 fn three_hundred_idle_connections_neither_stop_the_schedule_nor_healthz() {
+    let Some(_) = require_program("prlimit") else {
+        return;
+    };
     let app = SqliteApp::small(100);
     let mut daemon = app
         .backupd()
@@ -76,7 +80,7 @@ fn three_hundred_idle_connections_neither_stop_the_schedule_nor_healthz() {
     run_ok(
         std::process::Command::new("prlimit")
             .arg(format!("--pid={}", daemon.pid()))
-            .arg(format!("--nofile={limit}:{limit}")),
+            .arg(format!("--nofile={limit}:")),
     );
 
     let mut idle: Vec<TcpStream> = (0..300)
@@ -373,5 +377,58 @@ fn a_backup_that_cannot_start_is_recorded_and_makes_healthz_unhealthy() {
     std::fs::remove_dir(&lock).unwrap();
     wait_for_answer(&daemon, "/healthz", 200);
     assert!(read_status(&app.status_file())["start_error"].is_null());
+    daemon.stop_cleanly();
+}
+
+#[test]
+fn a_run_without_descriptors_is_unhealthy_even_when_the_status_file_cannot_be_written() {
+    let Some(_) = require_program("prlimit") else {
+        return;
+    };
+    let app = SqliteApp::small(10);
+    let mut daemon = app
+        .backupd()
+        .env("BACKUP_ON_START", "false")
+        .env("BACKUP_INTERVAL_SECONDS", "20")
+        .env("BACKUP_RETRY_SECONDS", "0")
+        .daemon();
+    daemon.wait_until_serving();
+
+    // No descriptor left for anything new: the next run can neither open
+    // its lock or backup file nor write the status file (EMFILE).
+    let prlimit = |soft: &str| {
+        run_ok(
+            std::process::Command::new("prlimit")
+                .arg(format!("--pid={}", daemon.pid()))
+                .arg(format!("--nofile={soft}:")),
+        )
+    };
+    let original = run_ok(
+        std::process::Command::new("prlimit")
+            .arg(format!("--pid={}", daemon.pid()))
+            .args(["--nofile", "--output=SOFT", "--noheadings"]),
+    );
+    prlimit(&open_descriptors(daemon.pid()).to_string());
+    assert!(
+        daemon.wait_for_log(GIVE_UP, |log| log
+            .contains("could not record this run in the status file")),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.log().contains("the backup could not start"));
+    prlimit(original.trim());
+
+    // The status file says nothing (it could not be written); memory does,
+    // until the next run (20 s later).
+    let resp = http_get(daemon.port, "/healthz");
+    assert_eq!(resp.status, 503, "{resp}");
+    let reason = resp.json()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("could not start") && reason.contains("Too many open files"),
+        "{resp}"
+    );
     daemon.stop_cleanly();
 }
