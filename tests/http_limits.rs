@@ -83,9 +83,13 @@ fn three_hundred_idle_connections_neither_stop_the_schedule_nor_healthz() {
             .arg(format!("--nofile={limit}:")),
     );
 
+    // (Before the cap, the daemon ran out of descriptors, stopped accepting
+    // and these connects hung in the full backlog.)
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], daemon.port));
     let mut idle: Vec<TcpStream> = (0..300)
         .map(|i| {
-            let mut stream = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+            let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("idle connection {i}: {e}\n{}", daemon.log()));
             if i % 2 == 1 {
                 // A request head that never ends (slowloris).
                 let _ = stream.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n");
