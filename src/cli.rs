@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{
     boolean, clean_value, compression_level, log_format, retention_days, whole_number,
@@ -32,6 +33,7 @@ an empty value counts as unset):
   AWS_REGION                    region [default: SDK chain; us-east-1 w/ endpoint]
   AWS_ACCESS_KEY_ID(_FILE)      credentials [default: the standard AWS chain:
   AWS_SECRET_ACCESS_KEY(_FILE)    environment, profile, web identity, instance role]
+  AWS_SESSION_TOKEN(_FILE)      with temporary keys (STS) given as the two above
   AWS_ENDPOINT_URL              S3-compatible server (MinIO, Garage, Ceph)
   AWS_S3_FORCE_PATH_STYLE       http://host/bucket/key URLs [default: false]
   AWS_S3_STORAGE_CLASS          e.g. STANDARD_IA      [default: the bucket's]
@@ -39,7 +41,9 @@ an empty value counts as unset):
   AWS_S3_CHECKSUM_WHEN_REQUIRED [default: true with AWS_ENDPOINT_URL, else false]
   BACKUP_S3_RETENTION_DAYS      remote retention; 0 = off [default: local days]
   LOG_FORMAT                    text or json          [default: text]
-  LOG_LEVEL                     error..trace          [default: info; RUST_LOG wins]
+  LOG_LEVEL                     error..trace, backupd's own logs [default: info];
+                                other crates log warnings only, unless RUST_LOG
+                                names them (RUST_LOG wins: debug,bollard=debug)
 Daemon (backupd backup) and healthcheck:
   BACKUP_INTERVAL_SECONDS       between backups       [default: 86400]
   BACKUP_SCHEDULE               cron expression; wins over the interval
@@ -174,6 +178,85 @@ pub enum Command {
     },
 }
 
+/// A flag whose value is a secret, and the ways to give it that `ps` cannot show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretFlag {
+    /// The clap argument id (the field name).
+    id: &'static str,
+    pub flag: &'static str,
+    pub alternative: &'static str,
+}
+
+const SECRET_FLAGS: &[SecretFlag] = &[
+    SecretFlag {
+        id: "sqlalchemy_database_uri",
+        flag: "--sqlalchemy-database-uri",
+        alternative: "SQLALCHEMY_DATABASE_URI or SQLALCHEMY_DATABASE_URI_FILE",
+    },
+    SecretFlag {
+        id: "database_url",
+        flag: "--database-url",
+        alternative: "DATABASE_URL or DATABASE_URL_FILE",
+    },
+    SecretFlag {
+        id: "encryption_key",
+        flag: "--encryption-key",
+        alternative: "BACKUP_ENCRYPTION_KEY or BACKUP_ENCRYPTION_KEY_FILE",
+    },
+    SecretFlag {
+        id: "secret_access_key",
+        flag: "--aws-secret-access-key",
+        alternative: "AWS_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY_FILE",
+    },
+    SecretFlag {
+        id: "session_token",
+        flag: "--aws-session-token",
+        alternative: "AWS_SESSION_TOKEN or AWS_SESSION_TOKEN_FILE",
+    },
+];
+
+impl Cli {
+    /// Parses the command line (exiting on a usage error, as
+    /// `Cli::parse`) and names the secrets that were given as flags rather
+    /// than through the environment or a file.
+    pub fn parse_checked() -> (Cli, Vec<SecretFlag>) {
+        let matches = Cli::command().get_matches();
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        (cli, secret_flags_given(&matches))
+    }
+}
+
+/// The secret flags whose value came from the command line, where every
+/// local user can read it (`ps`, `/proc/PID/cmdline`).
+pub fn secret_flags_given(matches: &ArgMatches) -> Vec<SecretFlag> {
+    let mut found = Vec::new();
+    let mut level = Some(matches);
+    while let Some(m) = level {
+        for secret in SECRET_FLAGS {
+            // value_source panics on ids this (sub)command does not have.
+            if m.ids().any(|id| id.as_str() == secret.id)
+                && m.value_source(secret.id) == Some(ValueSource::CommandLine)
+            {
+                found.push(*secret);
+            }
+        }
+        level = m.subcommand().map(|(_, sub)| sub);
+    }
+    found
+}
+
+/// One warning per secret given as a flag (call once logging is set up).
+pub fn warn_about_secret_flags(flags: &[SecretFlag]) {
+    for secret in flags {
+        tracing::warn!(
+            flag = secret.flag,
+            "{} was given on the command line, where every local user can read it (ps, /proc/PID/cmdline); use {} instead",
+            secret.flag,
+            secret.alternative
+        );
+    }
+}
+
 /// text or json
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -241,6 +324,14 @@ pub struct S3Args {
     /// File holding AWS_SECRET_ACCESS_KEY (Docker secret).
     #[arg(long = "aws-secret-access-key-file", env = "AWS_SECRET_ACCESS_KEY_FILE", value_parser = clean_value)]
     pub secret_access_key_file: Option<String>,
+
+    /// Session token of temporary credentials (STS), sent with the access key above.
+    #[arg(long = "aws-session-token", env = "AWS_SESSION_TOKEN", hide_env_values = true, value_parser = clean_value)]
+    pub session_token: Option<String>,
+
+    /// File holding AWS_SESSION_TOKEN (Docker secret).
+    #[arg(long = "aws-session-token-file", env = "AWS_SESSION_TOKEN_FILE", value_parser = clean_value)]
+    pub session_token_file: Option<String>,
 
     /// URL of an S3-compatible server (MinIO, Garage, Ceph).
     #[arg(long = "s3-endpoint-url", env = "AWS_ENDPOINT_URL", value_parser = clean_value)]
@@ -503,7 +594,40 @@ mod tests {
 
     #[test]
     fn the_command_line_definition_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn secrets_given_as_flags_are_named_and_environment_values_are_not() {
+        let matches = Cli::command()
+            .try_get_matches_from([
+                "backupd",
+                "once",
+                "--database-url",
+                "postgresql://app:pw@db/app",
+                "--encryption-key",
+                "k",
+                "--aws-session-token",
+                "t",
+                "--backup-dir",
+                "/tmp",
+            ])
+            .unwrap();
+        let flags: Vec<&str> = secret_flags_given(&matches)
+            .iter()
+            .map(|f| f.flag)
+            .collect();
+        assert_eq!(
+            flags,
+            ["--database-url", "--encryption-key", "--aws-session-token"]
+        );
+        let matches = Cli::command()
+            .try_get_matches_from(["backupd", "list", "--backup-dir", "/tmp"])
+            .unwrap();
+        assert!(secret_flags_given(&matches).is_empty());
+        let matches = Cli::command()
+            .try_get_matches_from(["backupd", "keygen"])
+            .unwrap();
+        assert!(secret_flags_given(&matches).is_empty());
     }
 }

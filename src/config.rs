@@ -217,6 +217,16 @@ pub fn s3_settings(args: &S3Args) -> Result<Option<S3Settings>> {
         &args.secret_access_key_file,
         "AWS_SECRET_ACCESS_KEY",
     )?;
+    let session_token = secret(
+        &args.session_token,
+        &args.session_token_file,
+        "AWS_SESSION_TOKEN",
+    )?;
+    if session_token.is_some() && access_key_id.is_none() {
+        return Err(Error::Config(
+            "AWS_SESSION_TOKEN (or its _FILE) is set but AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not; a session token only works with the temporary keys it was issued with".into(),
+        ));
+    }
     match (&access_key_id, &secret_access_key) {
         (Some(_), None) => {
             return Err(Error::Config(
@@ -245,6 +255,7 @@ pub fn s3_settings(args: &S3Args) -> Result<Option<S3Settings>> {
         checksum_when_required,
         access_key_id,
         secret_access_key,
+        session_token,
     }))
 }
 
@@ -326,6 +337,47 @@ mod tests {
             compression_level("12")
                 .unwrap_err()
                 .contains("BACKUP_COMPRESSION_LEVEL")
+        );
+    }
+
+    fn s3_args(extra: &[&str]) -> S3Args {
+        use clap::Parser;
+        let mut argv = vec!["backupd", "list", "--remote", "--s3-bucket", "b"];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::List { s3, .. } => s3,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_session_token_goes_with_explicit_keys_and_stays_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "token-from-file\n").unwrap();
+        let keys = [
+            "--aws-access-key-id",
+            "AKID",
+            "--aws-secret-access-key",
+            "sk",
+        ];
+        let mut with_file = keys.to_vec();
+        with_file.extend(["--aws-session-token-file", file.to_str().unwrap()]);
+        let settings = s3_settings(&s3_args(&with_file)).unwrap().unwrap();
+        assert_eq!(settings.session_token.as_deref(), Some("token-from-file"));
+        assert!(!format!("{settings:?}").contains("token-from-file"));
+
+        let mut direct = keys.to_vec();
+        direct.extend(["--aws-session-token", "tok"]);
+        let settings = s3_settings(&s3_args(&direct)).unwrap().unwrap();
+        assert_eq!(settings.session_token.as_deref(), Some("tok"));
+
+        let err = s3_settings(&s3_args(&["--aws-session-token", "tok"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("AWS_SESSION_TOKEN") && err.contains("AWS_ACCESS_KEY_ID"),
+            "{err}"
         );
     }
 

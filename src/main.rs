@@ -1,10 +1,9 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = backupd::cli::Cli::parse();
+    let (cli, secret_flags) = backupd::cli::Cli::parse_checked();
     backupd::logging::init(&cli.log);
+    backupd::cli::warn_about_secret_flags(&secret_flags);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -201,6 +201,9 @@ pub struct S3Settings {
     pub access_key_id: Option<String>,
     /// Explicit secret key, set together with `access_key_id`. Never logged.
     pub secret_access_key: Option<String>,
+    /// Session token of temporary explicit keys (`AWS_SESSION_TOKEN`), sent
+    /// as `x-amz-security-token`. Never logged.
+    pub session_token: Option<String>,
 }
 
 impl S3Settings {
@@ -218,6 +221,7 @@ impl S3Settings {
             checksum_when_required: false,
             access_key_id: None,
             secret_access_key: None,
+            session_token: None,
         }
     }
 }
@@ -239,6 +243,7 @@ impl fmt::Debug for S3Settings {
                 "secret_access_key",
                 &self.secret_access_key.as_ref().map(|_| "***"),
             )
+            .field("session_token", &self.session_token.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -394,6 +399,11 @@ impl S3Store {
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together".into(),
             ));
         }
+        if settings.session_token.is_some() && settings.access_key_id.is_none() {
+            return Err(Error::Config(
+                "AWS_SESSION_TOKEN is set but AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not; a session token only works with the temporary keys it was issued with".into(),
+            ));
+        }
 
         // ring instead of the SDK default (aws-lc-rs): no C toolchain or
         // CMake-sized build; the system's CA certificates are trusted.
@@ -429,7 +439,7 @@ impl S3Store {
             loader = loader.credentials_provider(Credentials::new(
                 id.clone(),
                 secret.clone(),
-                None,
+                settings.session_token.clone(),
                 None,
                 "backupd settings",
             ));
@@ -1293,6 +1303,7 @@ mod tests {
         assert_eq!(store.key_for("x.sql.gz"), "prod/db/x.sql.gz");
         assert_eq!(store.describe(), "s3://bucket/prod/db/");
         assert_eq!(store.url_for("prod/db/x"), "s3://bucket/prod/db/x");
+        settings.session_token = Some("very-secret-token".into());
         assert!(!format!("{settings:?}").contains("very-secret"));
 
         settings.prefix = String::new();

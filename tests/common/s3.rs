@@ -67,6 +67,11 @@ pub struct Control {
     part_checksums: Mutex<HashMap<(String, i32), String>>,
     /// Every PutObject and CreateMultipartUpload, in order.
     writes: Mutex<Vec<WriteSeen>>,
+    /// When set, requests must carry this `x-amz-security-token` (a session
+    /// token, which the SigV4 signature covers) or get AccessDenied.
+    required_session_token: Mutex<Option<String>>,
+    /// Every `x-amz-security-token` received.
+    session_tokens: Mutex<Vec<String>>,
 }
 
 /// The object options of one PutObject or CreateMultipartUpload request.
@@ -276,6 +281,16 @@ impl S3Server {
         self.control.writes.lock().unwrap().clone()
     }
 
+    /// Refuses every request without `x-amz-security-token: TOKEN` from now on.
+    pub fn require_session_token(&self, token: &str) {
+        *self.control.required_session_token.lock().unwrap() = Some(token.to_string());
+    }
+
+    /// Every session token received so far.
+    pub fn session_tokens_seen(&self) -> Vec<String> {
+        self.control.session_tokens.lock().unwrap().clone()
+    }
+
     pub fn trailer_requests(&self) -> usize {
         self.control.trailer_requests.load(Ordering::SeqCst)
     }
@@ -393,6 +408,8 @@ impl TestS3 {
     /// Refuses aws-chunked trailing checksums, as many S3-compatible servers
     /// do (the SDK's default since early 2025).
     fn refuse_trailers(&self, headers: &hyper::HeaderMap) -> S3Result<()> {
+        // Every operation passes here, so the session token is checked too.
+        self.check_session_token(headers)?;
         let header = |name: &str| {
             headers
                 .get(name)
@@ -409,6 +426,22 @@ impl TestS3 {
                 NotImplemented,
                 "this server does not accept aws-chunked trailing checksums"
             ));
+        }
+        Ok(())
+    }
+
+    /// s3s has already checked the signature, which covers the token header.
+    fn check_session_token(&self, headers: &hyper::HeaderMap) -> S3Result<()> {
+        let token = headers
+            .get("x-amz-security-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(token) = &token {
+            self.control.session_tokens.lock().unwrap().push(token.clone());
+        }
+        let required = self.control.required_session_token.lock().unwrap().clone();
+        if required.is_some() && token != required {
+            return Err(s3_error!(AccessDenied, "missing or wrong session token"));
         }
         Ok(())
     }
