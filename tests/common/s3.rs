@@ -437,7 +437,11 @@ impl TestS3 {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         if let Some(token) = &token {
-            self.control.session_tokens.lock().unwrap().push(token.clone());
+            self.control
+                .session_tokens
+                .lock()
+                .unwrap()
+                .push(token.clone());
         }
         let required = self.control.required_session_token.lock().unwrap().clone();
         if required.is_some() && token != required {
