@@ -271,7 +271,10 @@ async fn dump_into(
 /// Deletes expired backups. A failure here is logged, not fatal: the new
 /// backup is safe, and the next run tries again.
 fn apply_retention(cfg: &BackupConfig, clock: &dyn Clock) -> Vec<StoredBackup> {
-    let backups = match local::list(&cfg.paths.backup_dir) {
+    // A name stamped after both our clock and the system's is planted: it
+    // must not count for keep-min (and is never deleted, not being ours).
+    let now = clock.now().max(chrono::Utc::now());
+    let backups = match local::list_at(&cfg.paths.backup_dir, now) {
         Ok(backups) => backups,
         Err(e) => {
             tracing::warn!(error = %e, "retention skipped");

@@ -80,6 +80,7 @@ Restore environment variables (besides the database URL variables above):
   RESTORE_START_WAIT_SECONDS    wait after starting   [default: 5]
   RESTORE_HEALTH_TIMEOUT        wait for healthy      [default: 120]
   RESTORE_SAFETY_BACKUP         back up before restoring [default: true]
+  RESTORE_REQUIRE_ENCRYPTED     refuse plain (non-.enc) files [default: false]
   RESTORE_PG_STRATEGY           staging or inplace    [default: staging]
   RESTORE_KEEP_PREVIOUS         previous databases kept [default: 1]
   RESTORE_SQLITE_PATH           SQLite file to replace [default: BASE + URL path]
@@ -562,6 +563,10 @@ pub struct RestoreArgs {
     /// Take a backup of the current database before restoring (name prefix pre-restore-).
     #[arg(long, env = "RESTORE_SAFETY_BACKUP", default_value = "true", value_parser = boolean("RESTORE_SAFETY_BACKUP", true))]
     pub safety_backup: bool,
+
+    /// Restore only Fernet-encrypted (.enc) files; plain ones are refused.
+    #[arg(long, env = "RESTORE_REQUIRE_ENCRYPTED", default_value = "false", value_parser = boolean("RESTORE_REQUIRE_ENCRYPTED", false))]
+    pub require_encrypted: bool,
 
     /// PostgreSQL: `staging` (load into a new database, then swap) or `inplace` (drop, create, load).
     #[arg(long, env = "RESTORE_PG_STRATEGY", default_value = "staging", value_parser = clean_value)]

@@ -15,9 +15,9 @@ use crate::archive::sidecar_path;
 use crate::config::RemoteConfig;
 use crate::error::{Error, Result};
 use crate::retention;
-use crate::store::BackupName;
 use crate::store::local::{self, StoredBackup};
 use crate::store::s3::{RemoteObject, S3Store};
+use crate::store::{BackupName, stamped_in_future};
 
 /// A multipart upload under the prefix started longer ago than this is
 /// abandoned (no backup plus upload takes two days) and is aborted.
@@ -55,13 +55,18 @@ pub struct RemoteBackup {
 }
 
 /// This tool's backups in the bucket (other objects are ignored), newest first.
+/// Names stamped in the future are left out (see [`stamped_in_future`]).
 pub async fn list_backups(store: &S3Store) -> Result<Vec<RemoteBackup>> {
     let objects = store.list().await?;
+    let (now, place) = (Utc::now(), store.describe());
     let names: BTreeSet<&str> = objects.iter().map(|o| o.name.as_str()).collect();
     let mut backups: Vec<RemoteBackup> = objects
         .iter()
         .filter_map(|object| {
             let name = BackupName::parse(&object.name)?;
+            if stamped_in_future(&name, now, &place) {
+                return None;
+            }
             Some(RemoteBackup {
                 has_sidecar: names.contains(format!("{}.sha256", object.name).as_str()),
                 name,
@@ -108,7 +113,7 @@ async fn sync_into(
         Err(e) => tracing::warn!(error = %e, "cannot clean up abandoned multipart uploads"),
     }
     let present: BTreeSet<String> = store.list().await?.into_iter().map(|o| o.name).collect();
-    let local = local::list(backup_dir)?;
+    let local = local::list_at(backup_dir, now.max(Utc::now()))?;
     // A local backup remote retention would delete at once is not sent.
     let too_old: BTreeSet<String> = retention::expired(&local, remote.retention, now)
         .into_iter()
@@ -142,6 +147,26 @@ async fn send(
     report: &mut SyncReport,
 ) -> Result<()> {
     let name = backup.name.file_name();
+    let sidecar_name = format!("{name}.sha256");
+    if present.contains(&name) && present.contains(&sidecar_name) {
+        return Ok(());
+    }
+    // backupd writes the sidecar after the data, from the bytes it wrote: a
+    // file without a matching one is not a backup it finished (or it was
+    // planted, or altered). Anyone who can write BACKUP_DIR can write a
+    // sidecar too, so this keeps out mistakes and crude plants; encryption
+    // with RESTORE_REQUIRE_ENCRYPTED is what keeps out a careful attacker.
+    let path = backup.path.clone();
+    let matches = tokio::task::spawn_blocking(move || crate::verify::sidecar_matches(&path))
+        .await
+        .map_err(|e| Error::Other(format!("the checksum task failed: {e}")))??;
+    if !matches {
+        tracing::warn!(
+            file = %name,
+            "not uploading: it has no .sha256 beside it that matches (not a backup backupd finished)"
+        );
+        return Ok(());
+    }
     if !present.contains(&name) {
         let started = Instant::now();
         let uploaded = store.upload(&backup.path, &name, cancel).await?;
@@ -160,8 +185,7 @@ async fn send(
             duration,
         });
     }
-    let sidecar_name = format!("{name}.sha256");
-    if backup.has_sidecar && !present.contains(&sidecar_name) {
+    if !present.contains(&sidecar_name) {
         store
             .upload(&sidecar_path(&backup.path), &sidecar_name, cancel)
             .await?;

@@ -5,15 +5,16 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use flate2::read::MultiGzDecoder;
 use sha2::{Digest, Sha256};
 
 use crate::archive::{self, has_pg_dump_trailer};
-use crate::crypto::fernet::{DecryptError, KeyRing, decrypt_file};
+use crate::crypto::fernet::{DecryptError, KeyRing, decrypt_from};
 use crate::db::sqlite::check_integrity;
 use crate::error::{Error, Result};
+use crate::restore::input::{self, FirstPassHash, HashingReader};
 
 /// What a sound backup turned out to be.
 #[derive(Debug)]
@@ -38,12 +39,14 @@ enum Content {
 }
 
 /// Verifies `path`; `keys` decrypt an `.enc` file (`Err` holds why there
-/// are none, for the message).
+/// are none, for the message). The file is opened once (no symlink, no
+/// FIFO) and every pass reads that descriptor, as a restore does.
 pub fn verify(path: &Path, keys: std::result::Result<Option<&KeyRing>, String>) -> Result<Report> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("open", path, e))?;
-    if !meta.is_file() {
-        return Err(Error::verify(path, "not a regular file"));
-    }
+    let file = input::open(path).map_err(|reason| Error::verify(path, reason))?;
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io("inspect", path, e))?
+        .len();
     let full_name = archive::file_name(path);
     let (name, encrypted) = match full_name.strip_suffix(".enc") {
         Some(rest) => (rest.to_string(), true),
@@ -60,11 +63,6 @@ pub fn verify(path: &Path, keys: std::result::Result<Option<&KeyRing>, String>) 
         }
         (true, Err(reason)) => return Err(Error::verify(path, reason)),
     };
-    let source = Source {
-        path,
-        gzipped: false,
-        ring,
-    };
     let (content, gzipped) = if name.ends_with(".sql.gz") {
         (Content::PlainSql, true)
     } else if name.ends_with(".db.gz") {
@@ -79,57 +77,97 @@ pub fn verify(path: &Path, keys: std::result::Result<Option<&KeyRing>, String>) 
             "unrecognised file name: expected .sql.gz, .db.gz, .sql or .db (each optionally .enc)",
         ));
     };
-    let source = Source { gzipped, ..source };
+    let source = Source {
+        path,
+        file: &file,
+        gzipped,
+        ring,
+    };
+    let expected = read_sidecar(path)?;
 
-    let checksum = check_sidecar(path)?;
-    let raw_bytes = match content {
+    // A checksum mismatch explains a damaged stream better than the stream
+    // does, so it is reported first.
+    let decoded = match content {
         Content::PlainSql => {
             let mut tail = TailSink::default();
-            let n = source.decode_into(&mut tail)?;
-            if !has_pg_dump_trailer(&tail.bytes) {
-                return Err(Error::verify(
-                    path,
-                    "the SQL dump does not end with pg_dump's trailer '-- PostgreSQL database dump complete' (incomplete dump)",
-                ));
-            }
-            n
+            source.decode_into(&mut tail).map(|(n, sha)| {
+                let complete = has_pg_dump_trailer(&tail.bytes);
+                (n, sha, complete, None)
+            })
         }
         Content::Sqlite => {
-            let (db, _guard, n) = if gzipped || encrypted {
-                let scratch = Scratch::beside(path)?;
-                let mut out = io::BufWriter::new(
-                    File::create(&scratch.0).map_err(|e| Error::io("create", &scratch.0, e))?,
-                );
-                let n = source.decode_into(&mut out)?;
-                out.flush().map_err(|e| Error::io("write", &scratch.0, e))?;
-                (scratch.0.clone(), Some(scratch), n)
-            } else {
-                (path.to_path_buf(), None, meta.len())
-            };
-            check_integrity(&db, "integrity_check").map_err(|reason| {
-                Error::verify(path, format!("SQLite integrity_check failed: {reason}"))
-            })?;
-            n
+            // Always a private copy: SQLite opens files by path, and the
+            // temporary folder (sticky, our file 0600 with a random name) is
+            // one nobody else can swap a file in.
+            let scratch = tempfile::NamedTempFile::new()
+                .map_err(|e| Error::io("create a scratch copy in", &std::env::temp_dir(), e))?;
+            let mut out = io::BufWriter::new(scratch.as_file());
+            let decoded = source.decode_into(&mut out);
+            out.flush()
+                .map_err(|e| Error::io("write", scratch.path(), e))?;
+            drop(out);
+            decoded.map(|(n, sha)| (n, sha, true, Some(scratch)))
         }
     };
+    let checksum = match (&expected, &decoded) {
+        (None, _) => ChecksumCheck::NoSidecar,
+        (Some(_), Err(_)) => ChecksumCheck::NoSidecar,
+        (Some(expected), Ok((_, actual, _, _))) if actual == expected => ChecksumCheck::Matched,
+        (Some(_), Ok(_)) => {
+            return Err(Error::verify(
+                path,
+                format!(
+                    "the SHA-256 checksum does not match {} (the file was altered or damaged)",
+                    archive::sidecar_path(path).display()
+                ),
+            ));
+        }
+    };
+    if let (Some(expected), Err(_)) = (&expected, &decoded) {
+        // Hash the whole file to tell damage the sidecar knows about.
+        let (_, actual) = HashingReader::new(&file)
+            .finish_to_end()
+            .map_err(|e| Error::io("read", path, e))?;
+        if actual != *expected {
+            return Err(Error::verify(
+                path,
+                format!(
+                    "the SHA-256 checksum does not match {} (the file was altered or damaged)",
+                    archive::sidecar_path(path).display()
+                ),
+            ));
+        }
+    }
+    let (raw_bytes, _, complete, scratch) = decoded?;
+    if !complete {
+        return Err(Error::verify(
+            path,
+            "the SQL dump does not end with pg_dump's trailer '-- PostgreSQL database dump complete' (incomplete dump)",
+        ));
+    }
+    if let Some(scratch) = &scratch {
+        check_integrity(scratch.path(), "integrity_check").map_err(|reason| {
+            Error::verify(path, format!("SQLite integrity_check failed: {reason}"))
+        })?;
+    }
     Ok(Report {
         kind: match content {
             Content::PlainSql => "PostgreSQL plain SQL dump",
             Content::Sqlite => "SQLite database",
         },
-        compressed_bytes: meta.len(),
+        compressed_bytes: size,
         raw_bytes,
         checksum,
         encrypted,
     })
 }
 
-/// Compares the file with `FILE.sha256` (sha256sum format) when there is one.
-pub fn check_sidecar(path: &Path) -> Result<ChecksumCheck> {
+/// The hex digest in `FILE.sha256` (sha256sum format), `None` without one.
+fn read_sidecar(path: &Path) -> Result<Option<String>> {
     let sidecar = archive::sidecar_path(path);
-    let text = match std::fs::read_to_string(&sidecar) {
+    let text = match read_small_regular(&sidecar) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ChecksumCheck::NoSidecar),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", &sidecar, e)),
     };
     let expected = text
@@ -143,17 +181,47 @@ pub fn check_sidecar(path: &Path) -> Result<ChecksumCheck> {
             format!("{} does not hold a SHA-256 checksum", sidecar.display()),
         ));
     }
-    let actual = sha256_file(path)?;
-    if actual != expected {
-        return Err(Error::verify(
-            path,
-            format!(
-                "the SHA-256 checksum does not match {} (the file was altered or damaged)",
-                sidecar.display()
-            ),
+    Ok(Some(expected))
+}
+
+/// A sidecar is read without following links and only when it is a small
+/// regular file.
+pub fn read_small_regular(path: &Path) -> io::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a small regular file",
         ));
     }
-    Ok(ChecksumCheck::Matched)
+    let mut text = String::new();
+    file.take(4096).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Whether `FILE.sha256` exists and matches the file (opened once, without
+/// following links). `Ok(false)` for no sidecar or a mismatch.
+pub fn sidecar_matches(path: &Path) -> Result<bool> {
+    let Some(expected) = read_sidecar(path).or_else(|e| match e {
+        Error::Verify { .. } => Ok(None),
+        other => Err(other),
+    })?
+    else {
+        return Ok(false);
+    };
+    let file = match input::open(path) {
+        Ok(file) => file,
+        Err(_) => return Ok(false),
+    };
+    let (_, actual) = HashingReader::new(&file)
+        .finish_to_end()
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(actual == expected)
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -173,11 +241,23 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 /// Streams the (optionally gzipped) file into `out`; returns the raw length.
 pub fn decompress_into(path: &Path, gzipped: bool, out: &mut impl Write) -> Result<u64> {
-    let file = BufReader::new(File::open(path).map_err(|e| Error::io("open", path, e))?);
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    decompress_from(file, gzipped, out, path)
+}
+
+/// Streams `reader` (gunzipped when `gzipped`) into `out`; returns the raw
+/// length. Errors name `path`.
+pub fn decompress_from(
+    reader: impl Read,
+    gzipped: bool,
+    out: &mut impl Write,
+    path: &Path,
+) -> Result<u64> {
+    let reader = BufReader::with_capacity(1 << 16, reader);
     let mut reader: Box<dyn Read> = if gzipped {
-        Box::new(MultiGzDecoder::new(file))
+        Box::new(MultiGzDecoder::new(reader))
     } else {
-        Box::new(file)
+        Box::new(reader)
     };
     io::copy(&mut reader, out).map_err(|e| Error::verify(path, gzip_reason(&e)))
 }
@@ -185,47 +265,65 @@ pub fn decompress_into(path: &Path, gzipped: bool, out: &mut impl Write) -> Resu
 /// A backup file and the layers around its content.
 struct Source<'a> {
     path: &'a Path,
+    file: &'a File,
     gzipped: bool,
     /// Set when the file is a Fernet token.
     ring: Option<&'a KeyRing>,
 }
 
 impl Source<'_> {
-    /// Streams the content into `out`; returns its length. An encrypted
-    /// file is authenticated completely before a byte is decrypted; the
-    /// decryption then runs on its own thread, feeding the decompressor
-    /// through a pipe, so both stay streaming.
-    fn decode_into(&self, out: &mut impl Write) -> Result<u64> {
+    /// Streams the content into `out`; returns its length and the SHA-256
+    /// of the file's bytes that were read. An encrypted file is
+    /// authenticated completely before a byte is decrypted; the decryption
+    /// then runs on its own thread, feeding the decompressor through a
+    /// pipe, so both stay streaming.
+    fn decode_into(&self, out: &mut impl Write) -> Result<(u64, String)> {
         let Some(ring) = self.ring else {
-            return decompress_into(self.path, self.gzipped, out);
+            let mut reader = HashingReader::new(self.file);
+            let n = decompress_from(&mut reader, self.gzipped, out, self.path)?;
+            let (_, sha) = reader
+                .finish_to_end()
+                .map_err(|e| Error::io("read", self.path, e))?;
+            return Ok((n, sha));
         };
         let (reader, writer) =
             io::pipe().map_err(|e| Error::io("create a pipe to decrypt", self.path, e))?;
-        let (ring, path) = (ring.clone(), self.path.to_path_buf());
-        let decrypting = std::thread::spawn(move || {
-            decrypt_file(&ring, &path, io::BufWriter::with_capacity(1 << 16, writer))
-        });
-        let reader = BufReader::with_capacity(1 << 16, reader);
-        let mut content: Box<dyn Read> = if self.gzipped {
-            Box::new(MultiGzDecoder::new(reader))
-        } else {
-            Box::new(reader)
-        };
-        let copied = io::copy(&mut content, out);
-        // A decompressor that stops early closes the pipe: the decryption
-        // then fails with a broken pipe, which only the decompressor explains.
-        drop(content);
-        let decrypted = decrypting
-            .join()
-            .map_err(|_| Error::Other("the decryption thread panicked".into()))?;
-        match (decrypted, copied) {
-            (Err(e @ (DecryptError::Rejected { .. } | DecryptError::Read { .. })), _) => {
-                Err(Error::verify(self.path, e.to_string()))
+        let name = self.path.display().to_string();
+        let file = self.file;
+        std::thread::scope(|scope| {
+            let decrypting = scope.spawn(move || {
+                let mut token = FirstPassHash::new(file);
+                let decrypted = decrypt_from(
+                    ring,
+                    &mut token,
+                    &name,
+                    io::BufWriter::with_capacity(1 << 16, writer),
+                );
+                decrypted.map(|_| token.first_pass())
+            });
+            let reader = BufReader::with_capacity(1 << 16, reader);
+            let mut content: Box<dyn Read> = if self.gzipped {
+                Box::new(MultiGzDecoder::new(reader))
+            } else {
+                Box::new(reader)
+            };
+            let copied = io::copy(&mut content, out);
+            // A decompressor that stops early closes the pipe: the decryption
+            // then fails with a broken pipe, which only the decompressor explains.
+            drop(content);
+            let decrypted = decrypting
+                .join()
+                .map_err(|_| Error::Other("the decryption thread panicked".into()))?;
+            match (decrypted, copied) {
+                (Err(e @ (DecryptError::Rejected { .. } | DecryptError::Read { .. })), _) => {
+                    Err(Error::verify(self.path, e.to_string()))
+                }
+                (_, Err(e)) => Err(Error::verify(self.path, gzip_reason(&e))),
+                (Err(e), Ok(_)) => Err(Error::verify(self.path, e.to_string())),
+                (Ok(Err(e)), Ok(_)) => Err(Error::io("read", self.path, e)),
+                (Ok(Ok((_, sha))), Ok(n)) => Ok((n, sha)),
             }
-            (_, Err(e)) => Err(Error::verify(self.path, gzip_reason(&e))),
-            (Err(e), Ok(_)) => Err(Error::verify(self.path, e.to_string())),
-            (Ok(_), Ok(n)) => Ok(n),
-        }
+        })
     }
 }
 
@@ -256,35 +354,5 @@ impl Write for TailSink {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// A decompressed copy for `integrity_check`, removed when dropped. It goes
-/// beside the backup (same filesystem, usually roomy) or, if that folder is
-/// read-only, into the temporary directory.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn beside(path: &Path) -> Result<Self> {
-        let name = format!(
-            ".{}.verify-{}",
-            archive::file_name(path),
-            std::process::id()
-        );
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let candidate = dir.join(&name);
-        if File::create(&candidate).is_ok() {
-            return Ok(Scratch(candidate));
-        }
-        Ok(Scratch(std::env::temp_dir().join(name)))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }

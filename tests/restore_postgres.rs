@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use backupd::Error;
 use backupd::db::{Database, PgTarget};
+use backupd::restore::input::Input;
 use backupd::restore::kind::classify;
 use backupd::restore::postgres::{
     Options, Report, Strategy, previous_name, recover, restore, staging_name,
@@ -91,7 +92,8 @@ impl Pg {
 
     async fn restore(&self, path: &Path, opts: &Options) -> backupd::Result<Report> {
         let kind = classify(&file_name(path)).expect("a backup file name");
-        restore(&self.target, path, kind, opts, &CancellationToken::new()).await
+        let input = Input::open(path).expect("a readable restore input");
+        restore(&self.target, &input, kind, opts, &CancellationToken::new()).await
     }
 
     /// The non-template databases other than `postgres`, sorted.
@@ -448,7 +450,8 @@ async fn cancelling_stops_the_load_and_drops_the_staging_database() {
     let cancel = CancellationToken::new();
     let kind = classify("slow.sql.gz").unwrap();
     let opts = options(STAMP1, Strategy::Staging, 1);
-    let restoring = restore(&pg.target, &file, kind, &opts, &cancel);
+    let input = Input::open(&file).unwrap();
+    let restoring = restore(&pg.target, &input, kind, &opts, &cancel);
     let watcher = async {
         let give_up = Instant::now() + Duration::from_secs(20);
         while Instant::now() < give_up {

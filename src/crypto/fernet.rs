@@ -591,6 +591,17 @@ pub fn decrypt_file(ring: &KeyRing, path: &Path, output: impl Write) -> Result<u
     decrypt_seekable(ring, file, &name, output)
 }
 
+/// [`decrypt_file`] over an already open input (a restore input's
+/// descriptor, read with positional reads), named `name` in errors.
+pub fn decrypt_from<R: Read + Seek>(
+    ring: &KeyRing,
+    input: R,
+    name: &str,
+    output: impl Write,
+) -> Result<u64, DecryptError> {
+    decrypt_seekable(ring, input, name, output)
+}
+
 /// The plaintext of `token` (for small data and tests); errors name the
 /// input "the token".
 pub fn decrypt_bytes(ring: &KeyRing, token: &[u8]) -> Result<Vec<u8>, DecryptError> {

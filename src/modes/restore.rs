@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::offsite;
 use crate::restore::check::{self, Checked};
 use crate::restore::failed::move_to_failed;
+use crate::restore::input::PrivateDir;
 use crate::restore::kind;
 use crate::restore::postgres::{self as pg_restore, Strategy};
 use crate::restore::sqlite as sqlite_restore;
@@ -61,7 +62,12 @@ pub struct RestoreConfig {
     /// For `--file s3://…` and `--from-s3` (checked at start when
     /// `AWS_S3_BUCKET` is set).
     pub s3: S3Args,
+    /// `RESTORE_REQUIRE_ENCRYPTED`: only `.enc` files are restored.
+    pub require_encrypted: bool,
 }
+
+/// Why a plain file is refused under `RESTORE_REQUIRE_ENCRYPTED=true`.
+pub const REQUIRE_ENCRYPTED_REASON: &str = "refused: the file is not encrypted (.enc) and RESTORE_REQUIRE_ENCRYPTED=true accepts only Fernet-encrypted backups";
 
 fn names(list: &str) -> Vec<String> {
     list.split(',')
@@ -159,6 +165,7 @@ impl RestoreConfig {
             keep_previous: usize::try_from(args.keep_previous).unwrap_or(usize::MAX),
             docker_host: args.docker_host.clone().filter(|h| !h.is_empty()),
             s3: args.s3.clone(),
+            require_encrypted: args.require_encrypted,
         })
     }
 
@@ -220,7 +227,7 @@ pub async fn run(args: &RestoreArgs) -> Result<()> {
         return Err(Error::Config("--dry-run needs --file or --from-s3".into()));
     }
 
-    check::remove_stale_decrypted(&service.cfg.watch_dir);
+    check::remove_legacy_decrypted(&service.cfg.watch_dir);
     let mut watcher = Watcher::start(WatchConfig {
         dir: service.cfg.watch_dir.clone(),
         poll_interval: service.cfg.poll_interval,
@@ -403,13 +410,23 @@ impl Service {
             Database::Postgres(_) => Kind::PgDump,
             Database::Sqlite(_) => Kind::Sqlite,
         };
+        // Future-stamped names are already left out by the listing; an
+        // object without its `.sha256` is not one backupd uploaded.
         let newest = offsite::list_backups(store)
             .await?
             .into_iter()
-            .find(|b| b.name.kind == kind)
+            .filter(|b| b.name.kind == kind)
+            .filter(|b| !self.cfg.require_encrypted || b.name.encrypted)
+            .find(|b| {
+                if !b.has_sidecar {
+                    tracing::warn!(file = %b.object.name, "skipping an object without its .sha256 (not uploaded by backupd)");
+                }
+                b.has_sidecar
+            })
             .ok_or_else(|| {
                 Error::Other(format!(
-                    "no {} backup in {}",
+                    "no {}{} backup with its .sha256 in {}",
+                    if self.cfg.require_encrypted { "encrypted " } else { "" },
                     self.cfg.database.kind(),
                     store.describe()
                 ))
@@ -436,6 +453,12 @@ impl Service {
                 "{url}: not a backup file name (.sql, .sql.gz, .dump, .dump.gz, .db, .db.gz, each optionally .enc)"
             )));
         }
+        if self.cfg.require_encrypted && !name.ends_with(".enc") {
+            return Err(Error::Other(format!("{url}: {REQUIRE_ENCRYPTED_REASON}")));
+        }
+        // backupd uploads the data and then its `.sha256`: an object
+        // without one is not a backup it made (or its upload never finished).
+        store.require_sidecar(key).await?;
         if dry_run {
             return self.one_shot(Path::new(&url), true, cancel).await;
         }
@@ -449,6 +472,12 @@ impl Service {
         let dest = dir.join(&name);
         let _ = std::fs::remove_file(&dest);
         let downloaded = store.download(key, &dest, cancel).await?;
+        if !downloaded.checksum_verified {
+            let _ = std::fs::remove_file(&dest);
+            return Err(Error::Other(format!(
+                "{url}: its .sha256 object is gone; refusing an unchecked download"
+            )));
+        }
         tracing::info!(
             from = %url,
             file = %dest.display(),
@@ -622,15 +651,35 @@ impl Service {
             attempt.result = Err("not a backup file name".into());
             return attempt;
         };
-        // 1. Check everything before touching the stack.
-        let mut checked =
-            match check::check(path, kind, &self.cfg.database, &self.cfg.keys, stamp).await {
-                Ok(checked) => checked,
-                Err(reason) => {
-                    attempt.result = Err(reason);
-                    return attempt;
-                }
-            };
+        if self.cfg.require_encrypted && !kind.encrypted {
+            attempt.result = Err(REQUIRE_ENCRYPTED_REASON.into());
+            return attempt;
+        }
+        // 1. Check everything before touching the stack. Plaintext backupd
+        // makes goes into a folder only it can enter.
+        let private = match PrivateDir::beside_state_file(&self.cfg.state_file) {
+            Ok(private) => private,
+            Err(reason) => {
+                attempt.result = Err(reason);
+                return attempt;
+            }
+        };
+        let checked = check::check(
+            path,
+            kind,
+            &self.cfg.database,
+            &self.cfg.keys,
+            stamp,
+            &private,
+        )
+        .await;
+        let mut checked = match checked {
+            Ok(checked) => checked,
+            Err(reason) => {
+                attempt.result = Err(reason);
+                return attempt;
+            }
+        };
         attempt.sha256 = Some(checked.sha256.clone());
         let to_stop = match self.plan_containers().await {
             Ok(list) => list,
@@ -736,7 +785,7 @@ impl Service {
                     stamp: stamp.to_string(),
                 };
                 let report =
-                    pg_restore::restore(target, &checked.path, checked.kind, &opts, cancel)
+                    pg_restore::restore(target, &checked.input, checked.kind, &opts, cancel)
                         .await
                         .map_err(|e| e.to_string())?;
                 attempt.previous_database = report.previous;

@@ -3,32 +3,38 @@
 //! that fails here never touches the stack.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use crate::archive::has_pg_dump_trailer;
-use crate::crypto::fernet::decrypt_file;
+use crate::crypto::fernet::decrypt_from;
 use crate::crypto::keys::Keys;
 use crate::db::Database;
 use crate::db::sqlite::check_integrity;
+use crate::restore::input::{self, FirstPassHash, HashingReader, Input, PrivateDir};
 use crate::restore::kind::{FileKind, Payload};
-use crate::verify::{TailSink, decompress_into, sha256_file};
+use crate::verify::{TailSink, decompress_from};
 
 /// A file that passed every check.
 #[derive(Debug)]
 pub struct Checked {
+    /// The file as it was named (for messages and the failed folder only:
+    /// nothing is read through it again).
     pub path: PathBuf,
     pub kind: FileKind,
     pub size: u64,
     pub raw_bytes: u64,
+    /// SHA-256 of the file as it was read (an `.enc` file's token).
     pub sha256: String,
+    /// The bytes to load: the opened file itself, or an `.enc` file's
+    /// authenticated plaintext in the private folder; with the digest of
+    /// exactly what the check read from it.
+    pub input: Input,
     /// SQLite: the decompressed, integrity-checked database, already in the
     /// target's folder so the swap is a rename. Removed when dropped.
     pub prepared: Option<Prepared>,
-    /// An `.enc` file's authenticated plaintext, which `path` then names.
-    /// Removed when dropped.
-    pub decrypted: Option<Prepared>,
 }
 
 /// A temporary file removed on drop unless taken.
@@ -59,15 +65,19 @@ impl Drop for Prepared {
 }
 
 /// Checks `path` for restoring into `database`. `Err` is the one-line reason
-/// recorded beside the file in the failed folder. An encrypted file is
-/// authenticated completely and decrypted into a private temporary file
-/// before anything else; the checks and the restore then read that file.
+/// recorded beside the file in the failed folder. The file is opened once
+/// (no symlink, no FIFO, a regular non-empty file on the descriptor); an
+/// encrypted file is authenticated completely and decrypted into an
+/// unlinked file in `private` before anything else. One pass over the bytes
+/// to load then hashes and checks them; the load reads the same descriptor
+/// and compares its own hash with this one.
 pub async fn check(
     path: &Path,
     kind: FileKind,
     database: &Database,
     keys: &Keys,
-    stamp: &str,
+    _stamp: &str,
+    private: &PrivateDir,
 ) -> Result<Checked, String> {
     match (kind.payload, database) {
         (Payload::Sqlite, Database::Postgres(_)) => {
@@ -83,44 +93,53 @@ pub async fn check(
         }
         _ => {}
     }
-    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.len() == 0 {
-        return Err("the file is empty (0 bytes)".into());
-    }
-    let size = meta.len();
-    let sha256 = sha256_file(path).map_err(|e| e.to_string())?;
-    let decrypted = if kind.encrypted {
-        Some(decrypt_to_temporary(path, keys, stamp).await?)
+    let file = Arc::new(input::open(path)?);
+    let size = file
+        .metadata()
+        .map_err(|e| format!("cannot read the file's metadata: {e}"))?
+        .len();
+    let shown = path.display().to_string();
+    let (source, token_sha256) = if kind.encrypted {
+        let (plain, sha) = decrypt_privately(file, &shown, keys, private).await?;
+        (plain, Some(sha))
     } else {
-        None
+        (file, None)
     };
-    let (path, kind) = match &decrypted {
-        Some(plain) => (
-            plain.path.as_path(),
-            FileKind {
-                encrypted: false,
-                ..kind
-            },
-        ),
-        None => (path, kind),
+    let kind = FileKind {
+        encrypted: false,
+        ..kind
     };
     let short = |e: crate::error::Error| match e {
         crate::error::Error::Verify { reason, .. } => reason,
         other => other.to_string(),
     };
-    let (raw_bytes, prepared) = match (kind.payload, database) {
+    let input_name = if token_sha256.is_some() {
+        format!("the decrypted content of {shown}")
+    } else {
+        shown.clone()
+    };
+    let (raw_bytes, input, prepared) = match (kind.payload, database) {
         (Payload::PlainSql, _) => {
-            let mut tail = TailSink::default();
-            let n = decompress_into(path, kind.gzip, &mut tail).map_err(short)?;
+            let (source, path, name) = (source.clone(), path.to_path_buf(), input_name.clone());
+            let (n, input, tail) = blocking(move || {
+                let mut tail = TailSink::default();
+                let mut reader = HashingReader::new(&source);
+                let n = decompress_from(&mut reader, kind.gzip, &mut tail, &path).map_err(short)?;
+                let input = reader
+                    .into_input(source.clone(), name)
+                    .map_err(|e| format!("cannot read the file: {e}"))?;
+                Ok((n, input, tail))
+            })
+            .await?;
             if !has_pg_dump_trailer(&tail.bytes) {
                 return Err("the SQL dump does not end with pg_dump's trailer '-- PostgreSQL database dump complete' (incomplete dump)".into());
             }
-            (n, None)
+            (n, input, None)
         }
-        (Payload::CustomDump, _) => (check_custom_dump(path, kind.gzip).await?, None),
+        (Payload::CustomDump, _) => {
+            let (n, input) = check_custom_dump(source, path, kind.gzip, input_name).await?;
+            (n, input, None)
+        }
         (Payload::Sqlite, Database::Sqlite(target)) => {
             let dir = target
                 .path
@@ -128,26 +147,34 @@ pub async fn check(
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
             let name = crate::archive::file_name(&target.path);
-            let prepared = Prepared::new(dir.join(format!(".{name}.restore-{stamp}.tmp")));
-            let n = {
-                let file = File::create(&prepared.path).map_err(|e| {
+            let prepared =
+                Prepared::new(dir.join(format!(".{name}.restore-{}.tmp", random_suffix())));
+            let out_path = prepared.path.clone();
+            let (source, path, input_name) = (source.clone(), path.to_path_buf(), input_name);
+            let (n, input) = blocking(move || {
+                let file = private_new_file(&out_path).map_err(|e| {
                     format!(
                         "cannot create {} in the database folder: {e}",
-                        prepared.path.display()
+                        out_path.display()
                     )
                 })?;
                 let mut out = io::BufWriter::new(file);
-                let n = decompress_into(path, kind.gzip, &mut out).map_err(short)?;
+                let mut reader = HashingReader::new(&source);
+                let n = decompress_from(&mut reader, kind.gzip, &mut out, &path).map_err(short)?;
+                let input = reader
+                    .into_input(source.clone(), input_name)
+                    .map_err(|e| format!("cannot read the file: {e}"))?;
                 let file = out
                     .into_inner()
-                    .map_err(|e| format!("writing {}: {e}", prepared.path.display()))?;
+                    .map_err(|e| format!("writing {}: {e}", out_path.display()))?;
                 file.sync_all()
-                    .map_err(|e| format!("fsync {}: {e}", prepared.path.display()))?;
-                n
-            };
+                    .map_err(|e| format!("fsync {}: {e}", out_path.display()))?;
+                Ok((n, input))
+            })
+            .await?;
             check_integrity(&prepared.path, "integrity_check")
                 .map_err(|reason| format!("not a sound SQLite database: {reason}"))?;
-            (n, Some(prepared))
+            (n, input, Some(prepared))
         }
         (Payload::Sqlite, Database::Postgres(_)) => unreachable!("refused above"),
     };
@@ -156,71 +183,148 @@ pub async fn check(
         kind,
         size,
         raw_bytes,
-        sha256,
+        sha256: token_sha256.unwrap_or_else(|| input.sha256.clone()),
+        input,
         prepared,
-        decrypted,
     })
 }
 
-/// Name of the decrypted copy of `NAME` (a dotfile, which the watcher ignores).
-fn decrypted_name(name: &str, stamp: &str) -> String {
-    format!(".{name}.decrypted-{stamp}.tmp")
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("the checking task failed: {e}"))?
 }
 
-/// Decrypts `path` into a file readable only by us, beside it (or in the
-/// temporary folder when that folder is read-only). `decrypt_file` checks
-/// the tag over the whole file before it writes anything.
-async fn decrypt_to_temporary(path: &Path, keys: &Keys, stamp: &str) -> Result<Prepared, String> {
-    let name = crate::archive::file_name(path);
+/// Sixteen random hex digits for a temporary name nobody can predict.
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the system's random source works");
+    hex::encode(bytes)
+}
+
+/// Decrypts the opened token into an unlinked file in the private folder,
+/// readable only by us. `decrypt_from` checks the tag over the whole token
+/// before it writes anything, and again while decrypting; the digest
+/// returned is that of the token it authenticated.
+async fn decrypt_privately(
+    token: Arc<File>,
+    shown: &str,
+    keys: &Keys,
+    private: &PrivateDir,
+) -> Result<(Arc<File>, String), String> {
     let ring = keys.for_decryption()?.ok_or_else(|| {
         format!(
-            "cannot decrypt {name}: no encryption key is configured (looked in {})",
+            "cannot decrypt {shown}: no encryption key is configured (looked in {})",
             keys.sources()
         )
     })?;
-    let temp_name = decrypted_name(&name, stamp);
-    let beside = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join(&temp_name);
-    let (temp, file) = match private_file(&beside) {
-        Ok(file) => (beside, file),
-        Err(_) => {
-            let fallback = std::env::temp_dir().join(&temp_name);
-            let file = private_file(&fallback)
-                .map_err(|e| format!("cannot create {}: {e}", fallback.display()))?;
-            (fallback, file)
-        }
-    };
-    let prepared = Prepared::new(temp);
-    let source = path.to_path_buf();
-    let target = prepared.path.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let mut out = io::BufWriter::with_capacity(1 << 20, file);
-        decrypt_file(&ring, &source, &mut out).map_err(|e| e.to_string())?;
-        let file = out
-            .into_inner()
-            .map_err(|e| format!("writing {}: {e}", target.display()))?;
-        file.sync_all()
-            .map_err(|e| format!("fsync {}: {e}", target.display()))
+    let plain = private.temp_file()?;
+    let shown = shown.to_string();
+    let (plain, sha) = blocking(move || {
+        let mut reader = FirstPassHash::new(&token);
+        let mut out = io::BufWriter::with_capacity(1 << 20, &plain);
+        decrypt_from(&ring, &mut reader, &shown, &mut out).map_err(|e| e.to_string())?;
+        out.flush()
+            .map_err(|e| format!("writing the decrypted content of {shown}: {e}"))?;
+        drop(out);
+        let (_, sha) = reader
+            .first_pass()
+            .map_err(|e| format!("cannot read {shown}: {e}"))?;
+        Ok((plain, sha))
     })
-    .await
-    .map_err(|e| format!("decryption task: {e}"))??;
-    Ok(prepared)
+    .await?;
+    Ok((Arc::new(plain), sha))
 }
 
-fn private_file(path: &Path) -> io::Result<File> {
+fn private_new_file(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .mode(0o600)
         .open(path)
 }
 
-/// Removes decrypted copies an interrupted restore left in `dir`.
-pub fn remove_stale_decrypted(dir: &Path) {
+/// One pass over the dump: decompressed to its end (hashing the file's
+/// bytes) and fed to `pg_restore --list`, which reads its table of contents.
+async fn check_custom_dump(
+    source: Arc<File>,
+    path: &Path,
+    gzip: bool,
+    input_name: String,
+) -> Result<(u64, Input), String> {
+    let mut command = crate::process::command("pg_restore");
+    command
+        .arg("--list")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run pg_restore: {e}"))?;
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let path = path.to_path_buf();
+    let feed = tokio::task::spawn_blocking(move || {
+        let mut sink = UntilClosed(Some(tokio_util::io::SyncIoBridge::new(stdin)));
+        let mut reader = HashingReader::new(&source);
+        let n = decompress_from(&mut reader, gzip, &mut sink, &path);
+        // pg_restore sees its end of input here.
+        drop(sink);
+        let input = reader.into_input(source.clone(), input_name);
+        (n, input)
+    });
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("pg_restore: {e}"))?;
+    let (raw_bytes, input) = feed.await.map_err(|e| format!("decompression task: {e}"))?;
+    let raw_bytes = raw_bytes.map_err(|e| match e {
+        crate::error::Error::Verify { reason, .. } => reason,
+        other => other.to_string(),
+    })?;
+    let input = input.map_err(|e| format!("cannot read the file: {e}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "pg_restore --list rejected the dump: {}",
+            stderr.lines().next().unwrap_or("").trim()
+        ));
+    }
+    Ok((raw_bytes, input))
+}
+
+/// Writes to the inner writer until it fails (pg_restore closes its input
+/// once it has the table of contents), then swallows the rest, so the
+/// decompression still runs to the end of the file.
+struct UntilClosed<W: Write>(Option<W>);
+
+impl<W: Write> Write for UntilClosed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(inner) = self.0.as_mut()
+            && inner.write_all(buf).is_err()
+        {
+            self.0 = None;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(inner) = self.0.as_mut()
+            && inner.flush().is_err()
+        {
+            self.0 = None;
+        }
+        Ok(())
+    }
+}
+
+/// Removes decrypted copies that older versions of backupd left beside dropped
+/// files (`.NAME.decrypted-STAMP.tmp`, plaintext in the watch folder).
+/// Decrypted content now lives only in the private folder, unlinked.
+pub fn remove_legacy_decrypted(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -229,7 +333,7 @@ pub fn remove_stale_decrypted(dir: &Path) {
         if name.starts_with('.') && name.contains(".decrypted-") && name.ends_with(".tmp") {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => {
-                    tracing::info!(file = %entry.path().display(), "removed a decrypted copy left by an interrupted restore")
+                    tracing::info!(file = %entry.path().display(), "removed a decrypted copy left by an older backupd")
                 }
                 Err(e) => {
                     tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stale decrypted copy")
@@ -237,57 +341,4 @@ pub fn remove_stale_decrypted(dir: &Path) {
             }
         }
     }
-}
-
-/// Decompresses the whole file, then has `pg_restore --list` read its table
-/// of contents.
-async fn check_custom_dump(path: &Path, gzip: bool) -> Result<u64, String> {
-    let whole = path.to_path_buf();
-    let raw_bytes =
-        tokio::task::spawn_blocking(move || decompress_into(&whole, gzip, &mut io::sink()))
-            .await
-            .map_err(|e| format!("decompression task: {e}"))?
-            .map_err(|e| match e {
-                crate::error::Error::Verify { reason, .. } => reason,
-                other => other.to_string(),
-            })?;
-    let mut command = crate::process::command("pg_restore");
-    command
-        .arg("--list")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let out = if gzip {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run pg_restore: {e}"))?;
-        let stdin = child.stdin.take().expect("stdin is piped");
-        let source = path.to_path_buf();
-        let feed = tokio::task::spawn_blocking(move || {
-            let mut sink = tokio_util::io::SyncIoBridge::new(stdin);
-            // pg_restore may close its input once it has the table of contents.
-            let _ = decompress_into(&source, true, &mut sink);
-        });
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|e| format!("pg_restore: {e}"))?;
-        let _ = feed.await;
-        out
-    } else {
-        command
-            .arg(path)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|e| format!("cannot run pg_restore: {e}"))?
-    };
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "pg_restore --list rejected the dump: {}",
-            stderr.lines().next().unwrap_or("").trim()
-        ));
-    }
-    Ok(raw_bytes)
 }

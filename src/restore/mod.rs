@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod failed;
+pub mod input;
 pub mod kind;
 pub mod postgres;
 pub mod sqlite;

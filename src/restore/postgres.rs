@@ -18,7 +18,6 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::str::FromStr;
 use std::time::Duration;
@@ -32,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::PgTarget;
 use crate::db::postgres::PgCommand;
 use crate::error::{Error, Result};
+use crate::restore::input::Input;
 use crate::restore::kind::{FileKind, Payload};
 
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1 bytes).
@@ -745,58 +745,96 @@ impl SqlFilter {
     }
 }
 
-/// Reads `path` (gunzipping it when `gzip`), filters plain SQL when
-/// `filter`, and sends it in chunks; stops quietly when the receiver is gone.
-fn produce(path: &Path, gzip: bool, filter: bool, tx: mpsc::Sender<Vec<u8>>) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let raw: Box<dyn Read> = if gzip {
-        Box::new(MultiGzDecoder::new(BufReader::with_capacity(CHUNK, file)))
-    } else {
-        Box::new(file)
-    };
-    let mut reader = BufReader::with_capacity(CHUNK, raw);
-    let read_err = |e| Error::io("read", path, e);
-    if !filter {
-        loop {
-            let mut buf = vec![0u8; CHUNK];
-            let n = reader.read(&mut buf).map_err(read_err)?;
-            if n == 0 {
+/// Sends chunks one behind: the last one is held until the input has been
+/// read to its end and matched the checked digest, so a loader that
+/// commits when it has read everything (pg_restore at the end of the
+/// archive, psql at the end of its input) never gets there with bytes
+/// that were not checked.
+struct HeldBack {
+    tx: mpsc::Sender<Vec<u8>>,
+    held: Option<Vec<u8>>,
+}
+
+impl HeldBack {
+    /// `false` when the receiver is gone.
+    fn send(&mut self, chunk: Vec<u8>) -> bool {
+        match self.held.replace(chunk) {
+            Some(previous) => self.tx.blocking_send(previous).is_ok(),
+            None => true,
+        }
+    }
+
+    fn release(mut self) {
+        if let Some(last) = self.held.take() {
+            let _ = self.tx.blocking_send(last);
+        }
+    }
+}
+
+/// Reads the checked `input` (gunzipping it when `gzip`), filters plain SQL
+/// when `filter`, and sends it in chunks; stops quietly when the receiver
+/// is gone. Before the last chunk goes out, everything read is compared
+/// with the digest the check took: bytes rewritten in the file since then
+/// end the load with an error (the caller kills the loader).
+fn produce(input: &Input, gzip: bool, filter: bool, tx: mpsc::Sender<Vec<u8>>) -> Result<()> {
+    let read_err = |e: std::io::Error| Error::Other(format!("reading {}: {e}", input.name));
+    let mut hashed = input.reader();
+    let mut out = HeldBack { tx, held: None };
+    {
+        let raw: Box<dyn Read + '_> = if gzip {
+            Box::new(MultiGzDecoder::new(BufReader::with_capacity(
+                CHUNK,
+                &mut hashed,
+            )))
+        } else {
+            Box::new(&mut hashed)
+        };
+        let mut reader = BufReader::with_capacity(CHUNK, raw);
+        if !filter {
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = reader.read(&mut buf).map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                if !out.send(buf) {
+                    return Ok(());
+                }
+            }
+        } else {
+            let mut sql = SqlFilter::default();
+            let mut line = Vec::new();
+            let mut pending = Vec::with_capacity(CHUNK);
+            loop {
+                line.clear();
+                let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                sql.apply(&mut line);
+                pending.extend_from_slice(&line);
+                if pending.len() >= CHUNK
+                    && !out.send(std::mem::replace(&mut pending, Vec::with_capacity(CHUNK)))
+                {
+                    return Ok(());
+                }
+            }
+            if !pending.is_empty() && !out.send(pending) {
                 return Ok(());
             }
-            buf.truncate(n);
-            if tx.blocking_send(buf).is_err() {
-                return Ok(());
+            if sql.blanked > 0 {
+                tracing::info!(
+                    lines = sql.blanked,
+                    "left out `SET transaction_timeout` (written by pg_dump 17 and newer)"
+                );
             }
         }
     }
-    let mut sql = SqlFilter::default();
-    let mut line = Vec::new();
-    let mut out = Vec::with_capacity(CHUNK);
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
-        if n == 0 {
-            break;
-        }
-        sql.apply(&mut line);
-        out.extend_from_slice(&line);
-        if out.len() >= CHUNK
-            && tx
-                .blocking_send(std::mem::replace(&mut out, Vec::with_capacity(CHUNK)))
-                .is_err()
-        {
-            return Ok(());
-        }
-    }
-    if !out.is_empty() && tx.blocking_send(out).is_err() {
-        return Ok(());
-    }
-    if sql.blanked > 0 {
-        tracing::info!(
-            lines = sql.blanked,
-            "left out `SET transaction_timeout` (written by pg_dump 17 and newer)"
-        );
-    }
+    input
+        .confirm(hashed)
+        .map_err(|e| Error::Other(format!("{}: {e}", input.name)))?;
+    out.release();
     Ok(())
 }
 
@@ -826,7 +864,7 @@ async fn feed(
 async fn load(
     target: &PgTarget,
     dbname: &str,
-    file: &Path,
+    file: &Input,
     kind: FileKind,
     cancel: &CancellationToken,
 ) -> Result<u64> {
@@ -863,7 +901,7 @@ async fn load(
             ));
         }
     };
-    tracing::info!(file = %file.display(), database = dbname, program, "loading the dump");
+    tracing::info!(file = %file.name, database = dbname, program, "loading the dump");
     let mut child = pg_command(program, target, dbname)
         .args(args)
         .stdin(Stdio::piped())
@@ -884,9 +922,9 @@ async fn load(
         program,
     ));
     let (tx, rx) = mpsc::channel(4);
-    let path: PathBuf = file.to_path_buf();
+    let input = file.clone();
     let (gzip, filter) = (kind.gzip, kind.payload == Payload::PlainSql);
-    let producer = tokio::task::spawn_blocking(move || produce(&path, gzip, filter, tx));
+    let producer = tokio::task::spawn_blocking(move || produce(&input, gzip, filter, tx));
 
     let fed = tokio::select! {
         fed = feed(&mut stdin, rx) => Some(fed),
@@ -926,7 +964,7 @@ async fn load(
             target,
             format!(
                 "loading {} into database \"{dbname}\" failed ({program} exited with {status}): {}",
-                file.display(),
+                file.name,
                 log.summary()
             ),
         ));
@@ -936,7 +974,7 @@ async fn load(
             target,
             format!(
                 "{program} stopped reading {} before its end ({e})",
-                file.display()
+                file.name
             ),
         ));
     }
@@ -949,7 +987,7 @@ async fn load(
 /// encrypted here) into the live database of `target`.
 pub async fn restore(
     target: &PgTarget,
-    file: &Path,
+    file: &Input,
     kind: FileKind,
     opts: &Options,
     cancel: &CancellationToken,
@@ -957,7 +995,7 @@ pub async fn restore(
     if kind.encrypted {
         return Err(failed(
             target,
-            format!("{} is encrypted; decrypt it before loading", file.display()),
+            format!("{} is encrypted; decrypt it before loading", file.name),
         ));
     }
     if !kind.payload.is_postgres() {
@@ -965,7 +1003,7 @@ pub async fn restore(
             target,
             format!(
                 "{} is a {}, not a PostgreSQL dump",
-                file.display(),
+                file.name,
                 kind.payload.describe()
             ),
         ));
@@ -983,7 +1021,7 @@ pub async fn restore(
 
 async fn staging(
     server: &Server<'_>,
-    file: &Path,
+    file: &Input,
     kind: FileKind,
     opts: &Options,
     cancel: &CancellationToken,
@@ -1065,7 +1103,7 @@ async fn staging(
 
 async fn inplace(
     server: &Server<'_>,
-    file: &Path,
+    file: &Input,
     kind: FileKind,
     cancel: &CancellationToken,
 ) -> Result<Report> {

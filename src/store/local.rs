@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use super::{BackupName, Kind};
+use super::{BackupName, Kind, stamped_in_future};
 use crate::archive::{self, PARTIAL_SUFFIX};
 use crate::db::sqlite::SNAPSHOT_SUFFIX;
 use crate::error::{Error, Result};
@@ -98,13 +98,23 @@ pub fn remove_stale_partials(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// This tool's backups in `dir`, newest first. Other files are ignored.
+/// This tool's backups in `dir`, newest first. Other files are ignored, and
+/// so are names stamped in the future (see [`stamped_in_future`]).
 pub fn list(dir: &Path) -> Result<Vec<StoredBackup>> {
+    list_at(dir, Utc::now())
+}
+
+/// [`list`] with names stamped after `now` (plus the tolerance) left out.
+pub fn list_at(dir: &Path, now: DateTime<Utc>) -> Result<Vec<StoredBackup>> {
     let mut backups = Vec::new();
+    let place = dir.display().to_string();
     for entry in read_dir(dir)? {
         let Some(name) = BackupName::parse(&entry.file_name().to_string_lossy()) else {
             continue;
         };
+        if stamped_in_future(&name, now, &place) {
+            continue;
+        }
         let path = entry.path();
         // A symlink or directory with our name is not a backup we wrote.
         let Ok(meta) = fs::symlink_metadata(&path) else {

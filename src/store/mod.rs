@@ -4,6 +4,8 @@
 pub mod local;
 pub mod s3;
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 /// The two kinds of backup file, named as the old helper named them.
@@ -117,6 +119,36 @@ impl BackupName {
     pub fn newest_first(a: &Self, b: &Self) -> std::cmp::Ordering {
         (b.time, b.seq).cmp(&(a.time, a.seq))
     }
+}
+
+/// How far ahead of our clock a name's stamp may be and still count: clock
+/// steps between hosts or containers of one machine stay well below this,
+/// and a real backup is named at the instant it starts.
+pub const FUTURE_TOLERANCE: chrono::Duration = chrono::Duration::minutes(5);
+
+/// A name stamped more than [`FUTURE_TOLERANCE`] after `now`: nobody wrote
+/// that backup yet, so it was planted (or the clock ran away). Such names
+/// are never "newest", never kept by keep-min, never uploaded or restored
+/// as `latest`. Logged once per name per process.
+pub fn stamped_in_future(name: &BackupName, now: DateTime<Utc>, place: &str) -> bool {
+    if name.time <= now + FUTURE_TOLERANCE {
+        return false;
+    }
+    static SEEN: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+    let file = name.file_name();
+    let first = SEEN
+        .lock()
+        .map(|mut seen| seen.insert(format!("{place}/{file}")))
+        .unwrap_or(true);
+    if first {
+        tracing::warn!(
+            file = %file,
+            place,
+            stamp = %name.time.format(TIME_FORMAT),
+            "ignoring a backup name stamped in the future (planted, or a clock was wrong); it is not listed, kept, uploaded or restored as latest"
+        );
+    }
+    true
 }
 
 #[cfg(test)]

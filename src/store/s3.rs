@@ -975,6 +975,21 @@ impl S3Store {
         })
     }
 
+    /// Fails unless `KEY.sha256` exists and is a checksum line for `key`:
+    /// restores take only objects backupd uploaded completely (the data
+    /// first, its `.sha256` last).
+    pub async fn require_sidecar(&self, key: &str) -> Result<String> {
+        self.expected_sha256(key).await?.ok_or_else(|| {
+            Error::storage(
+                "restore",
+                self.url_for(key),
+                format!(
+                    "there is no {key}.sha256 object beside it; backupd uploads one after every backup, so this object is not a complete backupd upload (refused)"
+                ),
+            )
+        })
+    }
+
     /// The hex SHA-256 from the `KEY.sha256` object, `None` when there is
     /// none; an object that is not a `sha256sum` line for this key is an error.
     async fn expected_sha256(&self, key: &str) -> Result<Option<String>> {
