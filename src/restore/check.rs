@@ -32,8 +32,8 @@ pub struct Checked {
     /// authenticated plaintext in the private folder; with the digest of
     /// exactly what the check read from it.
     pub input: Input,
-    /// SQLite: the decompressed, integrity-checked database, already in the
-    /// target's folder so the swap is a rename. Removed when dropped.
+    /// SQLite: the decompressed, integrity-checked database, in the private
+    /// folder (0700). Removed when dropped.
     pub prepared: Option<Prepared>,
 }
 
@@ -141,20 +141,21 @@ pub async fn check(
             (n, input, None)
         }
         (Payload::Sqlite, Database::Sqlite(target)) => {
-            let dir = target
-                .path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
+            // SQLite opens files by name, so the copy has one, in the
+            // private folder: the online-backup restore copies from it into
+            // the live file, so it need not share the target's filesystem.
             let name = crate::archive::file_name(&target.path);
-            let prepared =
-                Prepared::new(dir.join(format!(".{name}.restore-{}.tmp", random_suffix())));
+            let prepared = Prepared::new(
+                private
+                    .path
+                    .join(format!("{name}.restore-{}.tmp", random_suffix())),
+            );
             let out_path = prepared.path.clone();
             let (source, path, input_name) = (source.clone(), path.to_path_buf(), input_name);
             let (n, input) = blocking(move || {
                 let file = private_new_file(&out_path).map_err(|e| {
                     format!(
-                        "cannot create {} in the database folder: {e}",
+                        "cannot create {} in the private folder: {e}",
                         out_path.display()
                     )
                 })?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use super::{BackupName, Kind, stamped_in_future};
+use super::{BackupName, Kind, stamped_in_future, time_in_future};
 use crate::archive::{self, PARTIAL_SUFFIX};
 use crate::db::sqlite::SNAPSHOT_SUFFIX;
 use crate::error::{Error, Result};
@@ -220,7 +220,12 @@ pub fn classify(name: &str) -> Option<(Origin, Option<DateTime<Utc>>)> {
 /// manual backups and the safety backups taken before restores. Only
 /// regular files; the order is the time in the name (the mtime when the
 /// name has none), then the name.
+///
+/// Files dated in the future (name, or mtime when the name has no time)
+/// are left out, as in [`list`].
 pub fn list_all(dir: &Path) -> Result<Vec<ListedFile>> {
+    let now = Utc::now();
+    let place = dir.display().to_string();
     let mut files = Vec::new();
     for entry in read_dir(dir)? {
         let file_name = entry.file_name().to_string_lossy().into_owned();
@@ -239,6 +244,9 @@ pub fn list_all(dir: &Path) -> Result<Vec<ListedFile>> {
                 .map(DateTime::<Utc>::from)
                 .unwrap_or(DateTime::UNIX_EPOCH)
         });
+        if time_in_future(&file_name, time, now, &place) {
+            continue;
+        }
         files.push(ListedFile {
             has_sidecar: archive::sidecar_path(&path).is_file(),
             file_name,

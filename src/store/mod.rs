@@ -131,11 +131,16 @@ pub const FUTURE_TOLERANCE: chrono::Duration = chrono::Duration::minutes(5);
 /// are never "newest", never kept by keep-min, never uploaded or restored
 /// as `latest`. Logged once per name per process.
 pub fn stamped_in_future(name: &BackupName, now: DateTime<Utc>, place: &str) -> bool {
-    if name.time <= now + FUTURE_TOLERANCE {
+    time_in_future(&name.file_name(), name.time, now, place)
+}
+
+/// [`stamped_in_future`] for any file named `file` dated `time` (the app's
+/// manual backups, safety backups).
+pub fn time_in_future(file: &str, time: DateTime<Utc>, now: DateTime<Utc>, place: &str) -> bool {
+    if time <= now + FUTURE_TOLERANCE {
         return false;
     }
     static SEEN: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
-    let file = name.file_name();
     let first = SEEN
         .lock()
         .map(|mut seen| seen.insert(format!("{place}/{file}")))
@@ -144,7 +149,7 @@ pub fn stamped_in_future(name: &BackupName, now: DateTime<Utc>, place: &str) -> 
         tracing::warn!(
             file = %file,
             place,
-            stamp = %name.time.format(TIME_FORMAT),
+            stamp = %time.format(TIME_FORMAT),
             "ignoring a backup name stamped in the future (planted, or a clock was wrong); it is not listed, kept, uploaded or restored as latest"
         );
     }
