@@ -576,6 +576,25 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_journal_live_file_stays_in_its_mode_whatever_the_copy_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("app.db");
+        let app = db(&target, 3, false, 4096);
+        let checked = dir.path().join("checked.db");
+        drop(db(&checked, 5, true, 1024));
+        let evidence = prepare(&checked, &target, "X").unwrap();
+        apply(&checked, &target, &evidence).unwrap();
+        assert_eq!(count(&app), 5);
+        app.execute("INSERT INTO t (v) VALUES ('after')", [])
+            .unwrap();
+        let mode: String = app
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+        assert!(!with_suffix(&target, "-wal").exists());
+    }
+
+    #[test]
     fn recovery_tells_which_content_the_live_file_holds() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("app.db");
