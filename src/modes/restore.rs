@@ -944,10 +944,7 @@ impl Service {
                 })
                 .await
                 {
-                    Ok(Ok(found)) => (
-                        Ok(found.message().to_string()),
-                        matches!(found, sqlite_restore::Recovered::Finished(_)),
-                    ),
+                    Ok(Ok(found)) => (Ok(found.message().to_string()), found.finished()),
                     Ok(Err(e)) => (Err(e.to_string()), false),
                     Err(e) => (Err(format!("the recovery task failed: {e}")), false),
                 }

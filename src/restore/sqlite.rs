@@ -28,6 +28,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::Recovered;
 use crate::archive::sync_dir;
 use crate::error::{Error, Result};
 
@@ -46,27 +47,6 @@ pub struct Evidence {
     /// Fingerprint of the checked database, i.e. of the live file once the
     /// copy has committed.
     pub restored_fingerprint: String,
-}
-
-/// What recovery found in the live file after a crash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recovered {
-    /// The copy had committed: the live file holds the restored database.
-    Finished(String),
-    /// The copy never committed (not started, or rolled back): the live
-    /// file holds what it held before.
-    NotRestored(String),
-    /// Neither fingerprint matches (the app has written since): the
-    /// message says what is known and where the old content is.
-    Unknown(String),
-}
-
-impl Recovered {
-    pub fn message(&self) -> &str {
-        match self {
-            Recovered::Finished(m) | Recovered::NotRestored(m) | Recovered::Unknown(m) => m,
-        }
-    }
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
