@@ -151,6 +151,20 @@ pub async fn run(
     .await
 }
 
+/// At the daemon's start: removes what a killed run left in the backup
+/// folder, if no backup (`backupd once`) holds it right now; a run that
+/// does hold it cleans up itself. Failures are logged: every run tries again.
+pub fn clean_up_at_start(cfg: &BackupConfig) {
+    let dir = &cfg.paths.backup_dir;
+    let result = local::ensure_dir(dir).and_then(|()| match DirLock::try_acquire(dir)? {
+        Some(_lock) => local::remove_leftovers(dir).map(drop),
+        None => Ok(()),
+    });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not clean up the backup folder at start-up");
+    }
+}
+
 /// Creates and locks the backup folder for the whole run.
 async fn lock_dir(
     cfg: &BackupConfig,
@@ -182,9 +196,7 @@ async fn lock_dir(
 /// failure here means the run could not start.
 fn prepare_backup(cfg: &BackupConfig, clock: &dyn Clock) -> Result<BackupFile> {
     let dir = cfg.paths.backup_dir.clone();
-    for stale in local::remove_stale_partials(&dir)? {
-        tracing::info!(file = %stale.display(), "removed a partial file left by an interrupted run");
-    }
+    local::remove_leftovers(&dir)?;
 
     let kind = match cfg.database {
         Database::Postgres(_) => Kind::PgDump,
@@ -226,6 +238,9 @@ pub async fn safety_backup(
     })
     .await
     .map_err(|e| Error::Other(format!("the lock task failed: {e}")))??;
+    // The restore service may be the only writer of this folder: a killed
+    // safety backup's partial file goes here, not at some later backup.
+    local::remove_leftovers(&dir)?;
     let kind = match cfg.database {
         Database::Postgres(_) => Kind::PgDump,
         Database::Sqlite(_) => Kind::Sqlite,
@@ -240,7 +255,10 @@ pub async fn safety_backup(
                 crate::store::BackupName::new(kind, now, seq).with_encryption(ring.is_some());
             format!("{SAFETY_PREFIX}{}", name.file_name())
         })
-        .find(|name| !dir.join(name).exists() && !crate::archive::partial_path(&dir, name).exists())
+        .find(|name| {
+            std::fs::symlink_metadata(dir.join(name)).is_err()
+                && std::fs::symlink_metadata(crate::archive::partial_path(&dir, name)).is_err()
+        })
         .expect("an unbounded range has a free name");
     let key = ring.as_ref().map(|ring| ring.encrypting_key());
     let file = BackupFile::create(&dir, &name, cfg.compression_level, key)?;
@@ -355,7 +373,7 @@ fn record_status(
         status.backups = files.into_iter().map(|f| f.file_name).collect();
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
+        crate::files::create_dir_all(parent)
             .map_err(|e| Error::io("create the directory of", path, e))?;
     }
     status.write(path)

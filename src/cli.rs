@@ -25,6 +25,7 @@ an empty value counts as unset):
   BACKUP_KEEP_MIN               newest kept per kind  [default: 3]
   BACKUP_COMPRESSION_LEVEL      gzip level 0-9        [default: 6]
   BACKUP_TIMEOUT_SECONDS        stop a longer backup  [default: 21600; 0 = none]
+  BACKUP_FILE_MODE              mode of files written [default: 0640; never o+r]
   BACKUP_ENCRYPTION_KEY         Fernet key(s), comma-separated; first encrypts
                                 [default: $BACKUP_DIR/.encryption_key if present]
   BACKUP_ENCRYPTION_KEY_FILE    file holding it (Docker secret)
@@ -102,6 +103,9 @@ Restore environment variables (besides the database URL variables above):
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub files: FileArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -274,6 +278,14 @@ pub struct LogArgs {
     /// Log level (RUST_LOG, when set, takes precedence and allows per-module filters).
     #[arg(long, global = true, env = "LOG_LEVEL", default_value = "info", value_parser = clean_value)]
     pub log_level: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FileArgs {
+    /// Mode (octal) of the backups and every other file backupd writes; no bits for
+    /// other users are allowed.
+    #[arg(long, global = true, env = "BACKUP_FILE_MODE", default_value = "0640", value_parser = crate::files::parse_file_mode)]
+    pub file_mode: u32,
 }
 
 #[derive(Debug, Clone, Args)]

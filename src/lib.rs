@@ -13,6 +13,7 @@ pub mod container;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod files;
 pub mod health;
 pub mod http;
 pub mod logging;
@@ -35,6 +36,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Runs the chosen subcommand.
 pub async fn run(cli: cli::Cli) -> Result<()> {
+    files::init(cli.files.file_mode);
     match &cli.command {
         cli::Command::Once(args) => modes::once::run(args).await,
         cli::Command::Backup(args) => modes::daemon::run(args).await,

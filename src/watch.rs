@@ -161,7 +161,7 @@ impl Watcher {
     /// polling only (with a warning log) if notify cannot start. Does an
     /// initial sweep immediately.
     pub fn start(cfg: WatchConfig) -> Result<Self> {
-        fs::create_dir_all(&cfg.dir)
+        crate::files::create_dir_all(&cfg.dir)
             .map_err(|e| Error::io("create the restore watch folder", &cfg.dir, e))?;
         let cfg = WatchConfig {
             poll_interval: cfg.poll_interval.max(MIN_POLL),

@@ -8,7 +8,7 @@
 
 pub mod pgzip;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -103,16 +103,14 @@ pub struct BackupFile {
 }
 
 impl BackupFile {
-    /// Starts `dir/.NAME.partial`. The name must be free (see `store::local`).
-    /// With `key`, the gzip stream is the plaintext of one Fernet token (the
+    /// Starts `dir/.NAME.partial`, private (see [`crate::files`]). The name
+    /// must be free (see `store::local`); a link planted there is refused,
+    /// never written through. With `key`, the gzip stream is the plaintext of one Fernet token (the
     /// name should then end in `.enc`).
     pub fn create(dir: &Path, name: &str, level: u32, key: Option<&Key>) -> Result<Self> {
         let final_path = dir.join(name);
         let partial = partial_path(dir, name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&partial)
+        let file = crate::files::create_new(&partial)
             .map_err(|source| Error::io("create the backup file", &partial, source))?;
         let file = HashingFile {
             file: BufWriter::with_capacity(1 << 20, file),
@@ -230,21 +228,23 @@ pub fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Writes `contents` to `path` through a temporary sibling, fsync and rename,
-/// so readers see the old file or the new one, never half of one.
+/// Writes `contents` to `path` through a random-named private sibling
+/// ([`crate::files::temp_in`]), fsync and rename, so readers see the old
+/// file or the new one, never half of one. A link planted at `path` is
+/// replaced, never written through.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", file_name(path)));
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
+        let mut tmp = crate::files::temp_in(dir)?;
+        tmp.write_all(contents)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
     })();
-    if let Err(source) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io("write", path, source));
-    }
+    result.map_err(|source| Error::io("write", path, source))?;
     sync_dir(dir)
 }
 

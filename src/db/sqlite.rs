@@ -45,7 +45,12 @@ pub fn backup(
     }
 
     let snapshot = Snapshot::path_for(file.final_path());
+    // A stale snapshot or a link planted at the name goes (the link itself,
+    // never its target); VACUUM INTO then fills the empty private file made
+    // here, which it accepts, instead of creating one under the umask.
     let _ = fs::remove_file(&snapshot.0);
+    let mut reader = crate::files::create_new(&snapshot.0)
+        .map_err(|e| Error::io("create the snapshot file", &snapshot.0, e))?;
     let deadline = Instant::now() + timeout;
     take_snapshot(&target.path, &snapshot.0, cancel, deadline).map_err(|reason| match reason {
         SnapshotError::Cancelled => Error::Cancelled,
@@ -53,9 +58,11 @@ pub fn backup(
     })?;
     check_integrity(&snapshot.0, "quick_check")
         .map_err(|reason| fail(format!("the snapshot failed PRAGMA quick_check: {reason}")))?;
+    // SQLite wrote and checked the file by its name; what is streamed is
+    // read from the descriptor made above, and only if the name still
+    // leads to it.
+    still_the_same_file(&reader, &snapshot.0)?;
 
-    let mut reader =
-        File::open(&snapshot.0).map_err(|e| Error::io("read the snapshot", &snapshot.0, e))?;
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         if cancel.is_cancelled() {
@@ -72,6 +79,23 @@ pub fn backup(
     drop(reader);
     drop(snapshot);
     file.commit()
+}
+
+/// Fails unless `path` is, right now, the regular file open as `file`.
+fn still_the_same_file(file: &File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file
+        .metadata()
+        .map_err(|e| Error::io("inspect the snapshot", path, e))?;
+    let named = fs::symlink_metadata(path).map_err(|e| Error::io("inspect the snapshot", path, e))?;
+    if named.is_file() && named.dev() == held.dev() && named.ino() == held.ino() {
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "the snapshot {} was replaced while SQLite wrote it; the backup was abandoned",
+            path.display()
+        )))
+    }
 }
 
 /// The uncompressed snapshot file, removed when dropped.

@@ -145,6 +145,7 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         .await;
     }
 
+    backup::clean_up_at_start(&cfg);
     let mut next = if args.on_start {
         Some(clock.now())
     } else {

@@ -369,7 +369,7 @@ impl Service {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create the folder", dir, e))?;
+        crate::files::create_dir_all(dir).map_err(|e| Error::io("create the folder", dir, e))?;
         // Beside the state file, never BACKUP_DIR's lock: the safety backup
         // takes that one while this is held.
         let mut lock = self.cfg.state_file.clone().into_os_string();
@@ -468,7 +468,7 @@ impl Service {
             .parent()
             .unwrap_or(Path::new("/"))
             .join("downloads");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the folder", &dir, e))?;
+        crate::files::create_dir_all(&dir).map_err(|e| Error::io("create the folder", &dir, e))?;
         let dest = dir.join(&name);
         let _ = std::fs::remove_file(&dest);
         let downloaded = store.download(key, &dest, cancel).await?;

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// Moves `file` into `failed_dir` (a free name if taken) with its reason.
 /// A symlink is moved as the link itself; its target is never touched.
 pub fn move_to_failed(file: &Path, failed_dir: &Path, reason: &str) -> Result<PathBuf> {
-    fs::create_dir_all(failed_dir)
+    crate::files::create_dir_all(failed_dir)
         .map_err(|e| Error::io("create the failed folder", failed_dir, e))?;
     let name = file_name(file);
     let destination = (0..)
@@ -31,7 +31,7 @@ pub fn move_to_failed(file: &Path, failed_dir: &Path, reason: &str) -> Result<Pa
         {
             return Err(Error::io("move to the failed folder", file, e));
         }
-        fs::copy(file, &destination)
+        copy_privately(file, &destination)
             .map_err(|e| Error::io("copy to the failed folder", file, e))?;
         fs::remove_file(file).map_err(|e| Error::io("remove", file, e))?;
     }
@@ -49,4 +49,20 @@ pub fn move_to_failed(file: &Path, failed_dir: &Path, reason: &str) -> Result<Pa
     )?;
     tracing::warn!(file = %name, failed = %destination.display(), reason, "file moved to the failed folder");
     Ok(destination)
+}
+
+/// Copies the regular file `from` (never through a link) into a new private
+/// file `to`.
+fn copy_privately(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut source = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(from)?;
+    let mut copy = crate::files::create_new(to)?;
+    let result = std::io::copy(&mut source, &mut copy).and_then(|_| copy.sync_all());
+    if result.is_err() {
+        let _ = fs::remove_file(to);
+    }
+    result
 }

@@ -87,7 +87,7 @@ impl RestoreState {
 
     pub fn write(&self, path: &Path) -> Result<()> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
+            crate::files::create_dir_all(parent)
                 .map_err(|e| Error::io("create the directory of", path, e))?;
         }
         let mut json = serde_json::to_vec_pretty(self).map_err(|e| Error::Other(e.to_string()))?;

@@ -22,8 +22,9 @@ pub struct StoredBackup {
     pub has_sidecar: bool,
 }
 
+/// Creates the backup folder (0750) if it is missing.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io("create the backup directory", dir, e))
+    crate::files::create_dir_all(dir).map_err(|e| Error::io("create the backup directory", dir, e))
 }
 
 /// Held while a backup runs, so `backupd once` from cron and the daemon never
@@ -67,35 +68,117 @@ impl DirLock {
     }
 
     fn open_file(path: &Path) -> Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never through a planted link: opening one would create its target.
         OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(crate::files::file_mode())
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| Error::io("open the lock file", path, e))
     }
 }
 
-/// Removes what an interrupted run left: `.NAME.partial` and `.NAME.snapshot`
-/// files whose NAME is one of ours. Call it only while holding the lock.
-pub fn remove_stale_partials(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
+/// Suffixes of the files that belong to a backup and mean nothing without
+/// it (a manifest would join the checksum here).
+pub const COMPANION_SUFFIXES: &[&str] = &[".sha256"];
+
+/// The status file's default name; `.NAME.tmp` was its temporary name
+/// before temporary names became random.
+const STATUS_FILE_NAME: &str = "backup-status.json";
+
+/// Something an interrupted run left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    pub path: PathBuf,
+    /// What it was, for the log.
+    pub what: &'static str,
+}
+
+/// Is `name` a backup this tool writes: a scheduled backup's name or a
+/// safety backup's (`pre-restore-NAME`)?
+pub fn is_our_backup_name(name: &str) -> bool {
+    let name = name
+        .strip_prefix(crate::backup::SAFETY_PREFIX)
+        .unwrap_or(name);
+    BackupName::parse(name).is_some()
+}
+
+/// What a run killed at any moment leaves in `dir`, and nothing else:
+/// partial backups (scheduled and safety), SQLite snapshots, random-named
+/// temporary files (`.backupd-tmp-*`), the fixed-name temporaries of older
+/// versions (`.NAME.sha256.tmp`, `.backup-status.json.tmp`), and checksum
+/// files whose backup is missing (a kill between the two renames of a
+/// commit). Only names this tool writes; call it only while holding the
+/// lock, so no running backup's files are taken.
+pub fn leftovers(dir: &Path) -> Result<Vec<Leftover>> {
+    let mut found = Vec::new();
     for entry in read_dir(dir)? {
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        let Some(hidden) = file_name.strip_prefix('.') else {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(what) = leftover_kind(dir, &name) else {
             continue;
         };
-        let inner = hidden
-            .strip_suffix(PARTIAL_SUFFIX)
-            .or_else(|| hidden.strip_suffix(SNAPSHOT_SUFFIX));
-        if inner.and_then(BackupName::parse).is_some() {
-            let path = entry.path();
-            fs::remove_file(&path)
-                .map_err(|e| Error::io("remove the stale partial file", &path, e))?;
-            removed.push(path);
+        // A folder with our name is not something we wrote.
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            continue;
         }
+        found.push(Leftover {
+            path: entry.path(),
+            what,
+        });
     }
-    Ok(removed)
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
+}
+
+fn leftover_kind(dir: &Path, name: &str) -> Option<&'static str> {
+    if crate::files::is_our_temp(name) {
+        return Some("temporary file");
+    }
+    if let Some(hidden) = name.strip_prefix('.') {
+        if let Some(inner) = hidden.strip_suffix(PARTIAL_SUFFIX) {
+            return is_our_backup_name(inner).then_some("partial backup");
+        }
+        if let Some(inner) = hidden.strip_suffix(SNAPSHOT_SUFFIX) {
+            return is_our_backup_name(inner).then_some("SQLite snapshot");
+        }
+        let inner = hidden.strip_suffix(".tmp")?;
+        if inner == STATUS_FILE_NAME {
+            return Some("temporary status file");
+        }
+        let backup = COMPANION_SUFFIXES
+            .iter()
+            .find_map(|suffix| inner.strip_suffix(suffix))?;
+        return is_our_backup_name(backup).then_some("temporary checksum file");
+    }
+    let backup = COMPANION_SUFFIXES
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))?;
+    let orphan = is_our_backup_name(backup)
+        && matches!(fs::symlink_metadata(dir.join(backup)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    orphan.then_some("checksum file without its backup")
+}
+
+/// Removes [`leftovers`] and logs each one; call it only while holding
+/// the lock.
+pub fn remove_leftovers(dir: &Path) -> Result<Vec<Leftover>> {
+    let found = leftovers(dir)?;
+    for leftover in &found {
+        match fs::remove_file(&leftover.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove the leftover file", &leftover.path, e)),
+        }
+        tracing::info!(file = %leftover.path.display(), what = leftover.what,
+            "removed what an interrupted run left");
+    }
+    Ok(found)
 }
 
 /// This tool's backups in `dir`, newest first. Other files are ignored, and
@@ -281,7 +364,9 @@ pub fn free_name(dir: &Path, kind: Kind, now: DateTime<Utc>, encrypted: bool) ->
         .find(|name| {
             [false, true].into_iter().all(|enc| {
                 let file = name.clone().with_encryption(enc).file_name();
-                !dir.join(&file).exists() && !archive::partial_path(dir, &file).exists()
+                // A dangling link counts as taken, so creating never fails on one.
+                fs::symlink_metadata(dir.join(&file)).is_err()
+                    && fs::symlink_metadata(archive::partial_path(dir, &file)).is_err()
             })
         })
         .expect("an unbounded range has a free name")
@@ -386,21 +471,39 @@ mod tests {
     }
 
     #[test]
-    fn only_our_partials_are_cleaned_up() {
+    fn only_our_leftovers_are_cleaned_up() {
         let dir = tempfile::tempdir().unwrap();
         let ours = [
             ".pg_dump-20200101T000000Z.sql.gz.partial",
             ".sqlite-20200101T000000Z.db.gz.snapshot",
+            ".pre-restore-sqlite-20200101T000000Z.db.gz.partial",
+            ".pre-restore-sqlite-20200101T000000Z.db.gz.snapshot",
+            ".sqlite-20200101T000000Z-1.db.gz.enc.sha256.tmp",
+            ".backup-status.json.tmp",
+            ".backupd-tmp-Ab12Cd",
+            "sqlite-20200101T000000Z-2.db.gz.sha256",
+            "pre-restore-pg_dump-20200101T000000Z.sql.gz.sha256",
         ];
         let theirs = [
             ".encryption_key",
             ".other.partial",
+            ".backupd.lock",
             "pg_dump-20200101T000000Z.sql.gz",
+            "pg_dump-20200101T000000Z.sql.gz.sha256",
+            "sqlite-manual-20200101.db.gz",
+            "sqlite-manual-20200101.db.gz.sha256",
+            "notes.txt.sha256",
+            ".notes.sha256.tmp",
+            "backup-status.json",
         ];
         for name in ours.iter().chain(&theirs) {
             fs::write(dir.path().join(name), b"x").unwrap();
         }
-        assert_eq!(remove_stale_partials(dir.path()).unwrap().len(), 2);
+        let removed = remove_leftovers(dir.path()).unwrap();
+        assert_eq!(removed.len(), ours.len(), "{removed:?}");
+        for name in ours {
+            assert!(!dir.path().join(name).exists(), "{name}");
+        }
         for name in theirs {
             assert!(dir.path().join(name).exists(), "{name}");
         }

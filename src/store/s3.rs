@@ -871,10 +871,11 @@ impl S3Store {
     }
 
     /// Downloads the object `key` (a full key, as from [`RemoteObject::key`]
-    /// or [`parse_s3_url`]) to `dest`: streamed into `.NAME.partial` beside
-    /// it while hashing, checked against `KEY.sha256` when that object
-    /// exists, fsynced and renamed. On any failure the partial file is
-    /// removed and `dest` is untouched.
+    /// or [`parse_s3_url`]) to `dest`: streamed into a private random-named
+    /// temporary file beside it ([`crate::files::temp_in`], never through a
+    /// planted link) while hashing, checked against `KEY.sha256` when that
+    /// object exists, fsynced and renamed. On any failure the temporary file
+    /// is removed and `dest` is untouched.
     pub async fn download(
         &self,
         key: &str,
@@ -885,10 +886,9 @@ impl S3Store {
         let action = format!("download {url} to");
         let fail =
             |reason: String| Error::storage(action.clone(), dest.display().to_string(), reason);
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| fail("the destination has no file name".into()))?;
+        if dest.file_name().is_none() {
+            return Err(fail("the destination has no file name".into()));
+        }
         let dir = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -910,11 +910,15 @@ impl S3Store {
             .map(|l| l as u64);
         let mut body = response.body;
 
-        let partial = crate::archive::partial_path(&dir, &name);
-        let mut guard = RemoveOnDrop(Some(partial.clone()));
-        let mut file = tokio::fs::File::create(&partial)
-            .await
-            .map_err(|e| Error::io("create", &partial, e))?;
+        // Removed when dropped, on every early return.
+        let temp = crate::files::temp_in(&dir)
+            .map_err(|e| Error::io("create a temporary file in", &dir, e))?;
+        let partial = temp.path().to_path_buf();
+        let mut file = tokio::fs::File::from_std(
+            temp.as_file()
+                .try_clone()
+                .map_err(|e| Error::io("create", &partial, e))?,
+        );
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
         loop {
@@ -957,10 +961,9 @@ impl S3Store {
                  {expected}; the download was discarded"
             )));
         }
-        tokio::fs::rename(&partial, dest)
-            .await
-            .map_err(|e| Error::io("rename into place", dest, e))?;
-        guard.0 = None;
+        // A rename: a link planted at `dest` is replaced, not followed.
+        temp.persist(dest)
+            .map_err(|e| Error::io("rename into place", dest, e.error))?;
         let dir_for_sync = dir.clone();
         tokio::task::spawn_blocking(move || crate::archive::sync_dir(&dir_for_sync))
             .await
@@ -1223,17 +1226,6 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Removes a partial download unless disarmed (set to `None`).
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 #[cfg(test)]
