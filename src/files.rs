@@ -102,7 +102,7 @@ pub fn create_new_with_mode(path: &Path, mode: u32) -> io::Result<File> {
 pub fn temp_in(dir: &Path) -> io::Result<NamedTempFile> {
     tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
-        .make_in(dir, |path| create_new(path))
+        .make_in(dir, create_new)
 }
 
 /// Is `name` one of [`temp_in`]'s files?
@@ -169,7 +169,12 @@ mod tests {
     fn temporary_files_are_private_and_recognisable() {
         let dir = tempfile::tempdir().unwrap();
         let temp = temp_in(dir.path()).unwrap();
-        let name = temp.path().file_name().unwrap().to_string_lossy().into_owned();
+        let name = temp
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         assert!(is_our_temp(&name), "{name}");
         let mode = temp.as_file().metadata().unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, file_mode());

@@ -87,7 +87,8 @@ fn still_the_same_file(file: &File, path: &Path) -> Result<()> {
     let held = file
         .metadata()
         .map_err(|e| Error::io("inspect the snapshot", path, e))?;
-    let named = fs::symlink_metadata(path).map_err(|e| Error::io("inspect the snapshot", path, e))?;
+    let named =
+        fs::symlink_metadata(path).map_err(|e| Error::io("inspect the snapshot", path, e))?;
     if named.is_file() && named.dev() == held.dev() && named.ino() == held.ino() {
         Ok(())
     } else {
