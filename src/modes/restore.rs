@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::offsite;
 use crate::restore::check::{self, Checked};
 use crate::restore::failed::move_to_failed;
-use crate::restore::input::PrivateDir;
+use crate::restore::input::{CHANGED_AFTER_CHECK, PrivateDir};
 use crate::restore::kind;
 use crate::restore::postgres::{self as pg_restore, Strategy};
 use crate::restore::sqlite as sqlite_restore;
@@ -211,7 +211,7 @@ pub async fn run(args: &RestoreArgs) -> Result<()> {
             }
             Err(_) => {
                 service
-                    .one_shot(Path::new(file), args.dry_run, &cancel)
+                    .one_shot(Path::new(file), args.dry_run, None, &cancel)
                     .await
             }
         };
@@ -330,7 +330,7 @@ impl Service {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         let _ = self
-            .restore_file(&newest.path, mtime, Origin::Dropped, cancel)
+            .restore_file(&newest.path, mtime, Origin::Dropped, None, cancel)
             .await;
         handled.push(newest.path);
         handled
@@ -460,7 +460,7 @@ impl Service {
         // without one is not a backup it made (or its upload never finished).
         store.require_sidecar(key).await?;
         if dry_run {
-            return self.one_shot(Path::new(&url), true, cancel).await;
+            return self.one_shot(Path::new(&url), true, None, cancel).await;
         }
         let dir = self
             .cfg
@@ -485,14 +485,24 @@ impl Service {
             checksum_verified = downloaded.checksum_verified,
             "downloaded"
         );
-        let result = self.one_shot(&dest, false, cancel).await;
+        // The downloads folder is not ours alone: the check must read the
+        // very bytes the download hashed against the sidecar.
+        let result = self
+            .one_shot(&dest, false, Some(&downloaded.sha256), cancel)
+            .await;
         if let Err(e) = std::fs::remove_file(&dest) {
             tracing::warn!(file = %dest.display(), error = %e, "cannot remove the downloaded copy");
         }
         result
     }
 
-    async fn one_shot(&self, file: &Path, dry_run: bool, cancel: &CancellationToken) -> Result<()> {
+    async fn one_shot(
+        &self,
+        file: &Path,
+        dry_run: bool,
+        expected_sha256: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
         let name = crate::archive::file_name(file);
         let kind = kind::classify(&name).ok_or_else(|| {
             Error::Other(format!(
@@ -540,7 +550,7 @@ impl Service {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        self.restore_file(file, mtime, Origin::Given, cancel)
+        self.restore_file(file, mtime, Origin::Given, expected_sha256, cancel)
             .await
             .map_err(Error::Other)
     }
@@ -561,10 +571,11 @@ impl Service {
         path: &Path,
         mtime: f64,
         origin: Origin,
+        expected_sha256: Option<&str>,
         cancel: &CancellationToken,
     ) -> std::result::Result<(), String> {
         let span = tracing::info_span!("restore", file = %crate::archive::file_name(path));
-        self.restore_file_in_span(path, mtime, origin, cancel)
+        self.restore_file_in_span(path, mtime, origin, expected_sha256, cancel)
             .instrument(span)
             .await
     }
@@ -574,6 +585,7 @@ impl Service {
         path: &Path,
         mtime: f64,
         origin: Origin,
+        expected_sha256: Option<&str>,
         cancel: &CancellationToken,
     ) -> std::result::Result<(), String> {
         let started = Instant::now();
@@ -582,7 +594,7 @@ impl Service {
         let name = crate::archive::file_name(path);
         tracing::info!("restore requested");
 
-        let attempt = self.attempt(path, &stamp, cancel).await;
+        let attempt = self.attempt(path, &stamp, expected_sha256, cancel).await;
         let duration = started.elapsed().as_secs_f64();
         let mut state = self.state();
         state.in_progress = None;
@@ -637,7 +649,13 @@ impl Service {
         attempt.result
     }
 
-    async fn attempt(&self, path: &Path, stamp: &str, cancel: &CancellationToken) -> Attempt {
+    async fn attempt(
+        &self,
+        path: &Path,
+        stamp: &str,
+        expected_sha256: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Attempt {
         let mut attempt = Attempt {
             result: Ok(()),
             containers_stopped: vec![],
@@ -681,6 +699,15 @@ impl Service {
             }
         };
         attempt.sha256 = Some(checked.sha256.clone());
+        if let Some(expected) = expected_sha256
+            && expected != checked.sha256
+        {
+            attempt.result = Err(format!(
+                "{CHANGED_AFTER_CHECK}: the download's SHA-256 was {expected} (as its .sha256 object says), the file read now is {}; nothing was stopped or loaded",
+                checked.sha256
+            ));
+            return attempt;
+        }
         let to_stop = match self.plan_containers().await {
             Ok(list) => list,
             Err(reason) => {
