@@ -568,6 +568,10 @@ pub struct RestoreArgs {
     #[arg(long, env = "RESTORE_START_WAIT_SECONDS", default_value = "5", value_parser = whole_number("RESTORE_START_WAIT_SECONDS", 5))]
     pub start_wait_seconds: u64,
 
+    /// Seconds to keep retrying to start containers while the Docker engine does not answer.
+    #[arg(long, env = "RESTORE_START_RETRY_SECONDS", default_value = "180", value_parser = whole_number("RESTORE_START_RETRY_SECONDS", 180))]
+    pub start_retry_seconds: u64,
+
     /// Seconds to wait for containers with a healthcheck to become healthy.
     #[arg(long, env = "RESTORE_HEALTH_TIMEOUT", default_value = "120", value_parser = whole_number("RESTORE_HEALTH_TIMEOUT", 120))]
     pub health_timeout: u64,

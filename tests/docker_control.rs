@@ -78,8 +78,12 @@ async fn inspect_a_running_container_and_a_missing_one() {
     assert_eq!(state.status, "running");
     assert_eq!(state.health, None, "no healthcheck configured");
 
-    let by_id = docker.inspect(&web.id[..12]).await.unwrap().unwrap();
+    let by_id = docker.inspect(&web.id).await.unwrap().unwrap();
     assert_eq!(by_id.id, web.id);
+    // Only the exact name or the full id: the engine would also resolve an
+    // id prefix, which is how an all-hex name found another container.
+    let by_prefix = docker.inspect(&web.id[..12]).await.unwrap();
+    assert!(by_prefix.is_none(), "{by_prefix:?}");
 
     let missing = docker
         .inspect(&format!("{}-missing", web.name))
@@ -365,11 +369,16 @@ async fn own_container_id_candidates_from_inside_a_container() {
         Some(&web.id),
         "mountinfo:\n{mountinfo}\ncgroup:\n{cgroup}"
     );
-    // Each candidate resolves to this container on the engine.
+    // Each candidate names this container (the full id, or a prefix of it
+    // that own_container_id confirms with the engine).
     for candidate in &candidates {
-        let state = docker.inspect(candidate).await.unwrap().unwrap();
-        assert_eq!(state.id, web.id, "candidate {candidate}");
+        assert!(
+            web.id.starts_with(candidate.as_str()),
+            "candidate {candidate}"
+        );
     }
+    let state = docker.inspect(&candidates[0]).await.unwrap().unwrap();
+    assert_eq!(state.id, web.id);
 }
 
 /// The socket refuses an unprivileged user: the error names the socket,

@@ -425,7 +425,11 @@ async fn recover_puts_the_previous_database_back_after_a_crash_mid_swap() {
         &format!("ALTER DATABASE {PG_APP_DB} RENAME TO \"{previous}\""),
     );
 
-    let done = recover(&pg.target, STAMP1).await.unwrap();
+    let done = recover(&pg.target, STAMP1, None)
+        .await
+        .unwrap()
+        .message()
+        .to_string();
     assert!(
         done.contains(&format!("renamed \"{previous}\" back")) && done.contains("dropped"),
         "{done}"
@@ -433,7 +437,11 @@ async fn recover_puts_the_previous_database_back_after_a_crash_mid_swap() {
     assert_eq!(pg.databases(), vec![PG_APP_DB.to_string()]);
     assert_eq!(pg.checksums(), before);
 
-    let again = recover(&pg.target, STAMP1).await.unwrap();
+    let again = recover(&pg.target, STAMP1, None)
+        .await
+        .unwrap()
+        .message()
+        .to_string();
     assert!(again.contains("nothing to recover"), "{again}");
 }
 

@@ -41,6 +41,8 @@ pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 
 /// Version probe, negotiation and ping.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A liveness ping while deciding whether to retry.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// One inspect call.
 const INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// One start call (the engine answers once the process is started).
@@ -143,17 +145,53 @@ impl DockerControl {
         })
     }
 
+    /// Whether the engine answers at all (a ping within a few seconds): the
+    /// restore service retries starting containers only while it does not.
+    pub async fn ping(&self) -> Result<()> {
+        match timeout(PING_TIMEOUT, self.docker.ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.endpoint.connect_error("ping", &e)),
+            Err(_) => Err(self
+                .endpoint
+                .unreachable(&format!("ping: no answer within {}", secs(PING_TIMEOUT)))),
+        }
+    }
+
     /// The negotiated API version, e.g. `1.41`.
     pub fn api_version(&self) -> String {
         self.api_version.clone()
     }
 
-    /// The state of container `name` (a name or an id); `None` when the
-    /// engine has no such container.
+    /// The state of container `name` (its exact name or its full 64-hex
+    /// id); `None` when the engine has no such container.
+    ///
+    /// The engine also resolves an unknown name as an id prefix, so an
+    /// all-hex name in `RESTORE_STOP_CONTAINERS` would otherwise find (and
+    /// stop) some other container. A container is only the one asked for
+    /// when its name or full id equals what was asked.
     pub async fn inspect(&self, name: &str) -> Result<Option<ContainerState>> {
         let name = container_ref(name, "inspect")?;
-        self.inspect_checked(name, &format!("inspecting container `{name}`"))
+        self.inspect_exact(name, &format!("inspecting container `{name}`"))
             .await
+    }
+
+    /// [`inspect_checked`](Self::inspect_checked), keeping only the
+    /// container whose name or full id is exactly `name`.
+    async fn inspect_exact(&self, name: &str, doing: &str) -> Result<Option<ContainerState>> {
+        Ok(self
+            .inspect_checked(name, doing)
+            .await?
+            .filter(|state| {
+                let exact = state.is_exactly(name);
+                if !exact {
+                    tracing::warn!(
+                        asked = name,
+                        matched = %state.name,
+                        "the engine matched this name as an id prefix of another container; treating it as missing"
+                    );
+                }
+                exact
+            }))
     }
 
     /// Stops container `name`, giving it `grace` between the stop signal and
@@ -177,9 +215,12 @@ impl DockerControl {
     ) -> Result<StopOutcome> {
         let name = container_ref(name, "stop")?;
         let doing = format!("stopping container `{name}`");
-        let Some(before) = self.inspect_checked(name, &doing).await? else {
+        let Some(before) = self.inspect_exact(name, &doing).await? else {
             return Err(Error::Other(format!("{doing}: no such container")));
         };
+        // From here on the container is addressed by its full id, so the
+        // engine cannot resolve the name to another one.
+        let id = before.id.clone();
         if !before.running {
             tracing::info!(container = name, status = %before.status, "container already stopped");
             return Ok(StopOutcome::AlreadyStopped);
@@ -199,7 +240,7 @@ impl DockerControl {
         let started = Instant::now();
         match timeout(
             request_timeout,
-            self.docker.stop_container(name, Some(options)),
+            self.docker.stop_container(&id, Some(options)),
         )
         .await
         {
@@ -218,12 +259,12 @@ impl DockerControl {
                     "the stop request got no answer in time; inspecting the container again"
                 );
                 return self
-                    .settle_after_timeout(name, &doing, request_timeout, started)
+                    .settle_after_timeout(&id, &doing, request_timeout, started)
                     .await;
             }
         }
 
-        match self.inspect_checked(name, &doing).await? {
+        match self.inspect_checked(&id, &doing).await? {
             None => Err(Error::Other(format!(
                 "{doing}: the container was removed after it stopped (does it run with \
                  auto-remove?)"
@@ -292,9 +333,10 @@ impl DockerControl {
     pub async fn start(&self, name: &str) -> Result<()> {
         let name = container_ref(name, "start")?;
         let doing = format!("starting container `{name}`");
-        let Some(before) = self.inspect_checked(name, &doing).await? else {
+        let Some(before) = self.inspect_exact(name, &doing).await? else {
             return Err(Error::Other(format!("{doing}: no such container")));
         };
+        let id = before.id.clone();
         if before.running {
             tracing::info!(container = name, status = %before.status, "container already running");
             return Ok(());
@@ -304,7 +346,7 @@ impl DockerControl {
         match timeout(
             START_TIMEOUT,
             self.docker
-                .start_container(name, None::<StartContainerOptions>),
+                .start_container(&id, None::<StartContainerOptions>),
         )
         .await
         {
@@ -314,7 +356,7 @@ impl DockerControl {
                 return Err(Error::Other(format!("{doing}: no such container")));
             }
             Ok(Err(e)) => return Err(self.engine_error(&doing, &e)),
-            Err(_) => match self.inspect_checked(name, &doing).await? {
+            Err(_) => match self.inspect_checked(&id, &doing).await? {
                 Some(state) if state.running => {
                     tracing::warn!(
                         container = name,
@@ -351,7 +393,7 @@ impl DockerControl {
         let started = Instant::now();
         let deadline = started + timeout;
         let outcome = loop {
-            let Some(state) = self.inspect_checked(name, &doing).await? else {
+            let Some(state) = self.inspect_exact(name, &doing).await? else {
                 return Err(Error::Other(format!("{doing}: no such container")));
             };
             if !state.running {
@@ -391,7 +433,9 @@ impl DockerControl {
             .or_else(|| fs::read_to_string("/etc/hostname").ok())
             .map(|h| h.trim().to_string());
         for candidate in container_id_candidates(&mountinfo, &cgroup, hostname.as_deref()) {
-            match self.inspect(&candidate).await {
+            // An id prefix (the hostname) is meant here, so not `inspect`.
+            let doing = format!("inspecting container `{candidate}`");
+            match self.inspect_checked(&candidate, &doing).await {
                 Ok(Some(state)) if state.id.starts_with(&candidate) => {
                     tracing::debug!(container_id = %state.id, "backupd runs in a container of this engine");
                     return Some(state.id);
@@ -441,6 +485,13 @@ impl DockerControl {
 }
 
 impl ContainerState {
+    /// True when `asked` is this container's name (with or without the
+    /// leading `/`) or its full id.
+    pub fn is_exactly(&self, asked: &str) -> bool {
+        let asked = asked.trim_start_matches('/');
+        self.name == asked || self.id == asked
+    }
+
     fn from_inspect(asked: &str, response: bollard::models::ContainerInspectResponse) -> Self {
         let state = response.state.unwrap_or_default();
         let health = state

@@ -21,13 +21,14 @@ use crate::crypto::keys::{KEY_FILE_NAME, Keys};
 use crate::db::{Database, SqliteTarget};
 use crate::error::{Error, Result};
 use crate::offsite;
+use crate::restore::Recovered;
 use crate::restore::check::{self, Checked};
 use crate::restore::failed::move_to_failed;
 use crate::restore::input::{CHANGED_AFTER_CHECK, PrivateDir};
 use crate::restore::kind;
-use crate::restore::postgres::{self as pg_restore, Strategy};
+use crate::restore::postgres::{self as pg_restore, Strategy, SwapRecord};
 use crate::restore::sqlite as sqlite_restore;
-use crate::restore::state::{HistoryEntry, InProgress, LastProcessed, RestoreState};
+use crate::restore::state::{HistoryEntry, InProgress, LastProcessed, Phase, RestoreState};
 use crate::retention::Policy;
 use crate::state::timestamp;
 use crate::store::Kind;
@@ -52,6 +53,9 @@ pub struct RestoreConfig {
     pub stop_timeout: Duration,
     pub stop_wait: Duration,
     pub start_wait: Duration,
+    /// How long starting containers is retried while the engine does not
+    /// answer (`RESTORE_START_RETRY_SECONDS`).
+    pub start_retry: Duration,
     pub health_timeout: Duration,
     pub safety_backup: bool,
     /// Decrypt `.enc` files; the safety backup encrypts with them too.
@@ -158,6 +162,7 @@ impl RestoreConfig {
             stop_timeout: Duration::from_secs(args.stop_timeout),
             stop_wait: Duration::from_secs(args.stop_wait_seconds),
             start_wait: Duration::from_secs(args.start_wait_seconds),
+            start_retry: Duration::from_secs(args.start_retry_seconds),
             health_timeout: Duration::from_secs(args.health_timeout),
             safety_backup: args.safety_backup,
             keys,
@@ -171,6 +176,13 @@ impl RestoreConfig {
 
     fn uses_containers(&self) -> bool {
         !self.stop_containers.is_empty() || !self.start_containers.is_empty()
+    }
+
+    /// Named in RESTORE_STOP_CONTAINERS or RESTORE_START_CONTAINERS: the
+    /// only containers backupd ever starts, whatever a state file says.
+    fn is_configured(&self, name: &str) -> bool {
+        self.stop_containers.iter().any(|c| c == name)
+            || self.start_containers.iter().any(|c| c == name)
     }
 }
 
@@ -274,7 +286,28 @@ struct Attempt {
     previous_database: Option<String>,
     safety_backup: Option<String>,
     sha256: Option<String>,
+    /// Why some containers were not started (the restore's own result is
+    /// `result`).
+    start_error: Option<String>,
+    /// The engine did not answer while starting: `in_progress` stays, so
+    /// the next start of backupd starts them.
+    start_pending: bool,
 }
+
+/// Why starting containers did not fully work.
+struct StartFailure {
+    message: String,
+    /// The engine stopped answering (retried for RESTORE_START_RETRY_SECONDS).
+    engine_lost: bool,
+}
+
+/// Backoff between attempts to start a container while the engine does not
+/// answer: 1 s, doubling, at most 30 s, within RESTORE_START_RETRY_SECONDS.
+const START_RETRY_FIRST: Duration = Duration::from_secs(1);
+const START_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Added to the stop grace period when waiting for a stop that may still be
+/// in flight in the engine (as the stop request's own deadline).
+const STOP_IN_FLIGHT_SLACK: Duration = Duration::from_secs(15);
 
 impl Service {
     fn state(&self) -> RestoreState {
@@ -597,10 +630,28 @@ impl Service {
         let attempt = self.attempt(path, &stamp, expected_sha256, cancel).await;
         let duration = started.elapsed().as_secs_f64();
         let mut state = self.state();
-        state.in_progress = None;
-        let (result_word, error) = match &attempt.result {
-            Ok(()) => ("restored", None),
-            Err(reason) => ("failed", Some(reason.clone())),
+        match state.in_progress.as_mut() {
+            // The engine did not answer: the next start of backupd starts
+            // the containers and adds that to this history entry.
+            Some(p) if attempt.start_pending => {
+                p.start_pending = true;
+                p.phase = Phase::Starting;
+            }
+            _ => state.in_progress = None,
+        }
+        let pending = if attempt.start_pending {
+            "; the Docker engine did not answer, so backupd starts them at its next start"
+        } else {
+            ""
+        };
+        let (result_word, error) = match (&attempt.result, &attempt.start_error) {
+            (Ok(()), None) => ("restored", None),
+            (Ok(()), Some(e)) => (
+                "restored",
+                Some(format!("the database was restored, but {e}{pending}")),
+            ),
+            (Err(reason), None) => ("failed", Some(reason.clone())),
+            (Err(reason), Some(e)) => ("failed", Some(format!("{reason}; {e}{pending}"))),
         };
         state.push_history(HistoryEntry {
             file: name.clone(),
@@ -616,6 +667,10 @@ impl Service {
             previous_database: attempt.previous_database.clone(),
             safety_backup: attempt.safety_backup.clone(),
         });
+        if let Some(p) = state.in_progress.as_mut() {
+            // Recovery finds this entry by file and start time.
+            p.started_at = timestamp(started_at);
+        }
         match &attempt.result {
             Ok(()) => {
                 state.last_processed = Some(LastProcessed {
@@ -646,7 +701,10 @@ impl Service {
                 tracing::error!(result = "failed", error = %reason, "restore failed");
             }
         }
-        attempt.result
+        match (attempt.result, error) {
+            (Ok(()), Some(e)) => Err(e),
+            (result, _) => result,
+        }
     }
 
     async fn attempt(
@@ -663,6 +721,8 @@ impl Service {
             previous_database: None,
             safety_backup: None,
             sha256: None,
+            start_error: None,
+            start_pending: false,
         };
         let name = crate::archive::file_name(path);
         let Some(kind) = kind::classify(&name) else {
@@ -716,15 +776,28 @@ impl Service {
             }
         };
 
-        // 2. Record the intent before anything is stopped.
+        // 2. Record the intent before anything is stopped. Containers an
+        // earlier restore could not start (the engine was away) are carried
+        // over, so this one starts them too.
         let mut state = self.state();
+        let carried: Vec<String> = state
+            .in_progress
+            .as_ref()
+            .filter(|p| p.start_pending)
+            .map(|p| p.stopped.clone())
+            .unwrap_or_default();
+        attempt.containers_stopped = carried.clone();
         state.in_progress = Some(InProgress {
             file: path.display().to_string(),
             stamp: stamp.to_string(),
             started_at: timestamp(Utc::now()),
-            phase: "stopping".into(),
+            phase: Phase::Stopping,
             containers: to_stop.clone(),
-            stopped: vec![],
+            stopped: carried,
+            stopping: Some(vec![]),
+            stop_requested_at: None,
+            swap: None,
+            start_pending: false,
             database: self.cfg.database.to_string(),
             sqlite: None,
         });
@@ -740,17 +813,21 @@ impl Service {
                 cancel,
             )
             .await;
-        // 6. Start again what was stopped, also after a failure.
-        self.set_phase(&mut state, "starting");
-        if let Err(e) = self
-            .start_containers(&attempt.containers_stopped, &mut attempt.container_health)
+        // 6. Start again what was stopped (or asked to stop), also after a
+        // failure.
+        self.set_phase(&mut state, Phase::Starting).await;
+        let asked = state
+            .in_progress
+            .as_ref()
+            .map(asked_to_stop)
+            .unwrap_or_default();
+        if let Err(failure) = self
+            .start_containers(&asked, &mut attempt.container_health)
             .await
         {
-            tracing::error!(error = %e, "could not start every container");
-            if result.is_ok() {
-                attempt.result = Err(e);
-                return attempt;
-            }
+            tracing::error!(error = %failure.message, "could not start every container");
+            attempt.start_error = Some(failure.message);
+            attempt.start_pending = failure.engine_lost;
         }
         attempt.result = result;
         attempt
@@ -767,16 +844,37 @@ impl Service {
     ) -> std::result::Result<(), String> {
         if let Some(docker) = &self.docker {
             for name in to_stop {
+                // The intent first: a stop in flight when backupd dies still
+                // completes in the engine, and recovery must start it again.
+                if let Some(p) = state.in_progress.as_mut() {
+                    let stopping = p.stopping.get_or_insert_with(Vec::new);
+                    if !stopping.contains(name) {
+                        stopping.push(name.clone());
+                    }
+                    p.stop_requested_at = Some(timestamp(Utc::now()));
+                }
+                self.save(state);
                 match docker.stop(name, self.cfg.stop_timeout).await {
                     Ok(StopOutcome::Stopped) => {
-                        attempt.containers_stopped.push(name.clone());
-                        if let Some(p) = state.in_progress.as_mut() {
+                        if !attempt.containers_stopped.contains(name) {
+                            attempt.containers_stopped.push(name.clone());
+                        }
+                        if let Some(p) = state.in_progress.as_mut()
+                            && !p.stopped.contains(name)
+                        {
                             p.stopped.push(name.clone());
                         }
                         self.save(state);
                     }
                     Ok(StopOutcome::AlreadyStopped) => {
-                        tracing::info!(container = %name, "already stopped")
+                        tracing::info!(container = %name, "already stopped");
+                        // It was not running before: not ours to start.
+                        if let Some(p) = state.in_progress.as_mut()
+                            && let Some(stopping) = p.stopping.as_mut()
+                        {
+                            stopping.retain(|n| n != name);
+                        }
+                        self.save(state);
                     }
                     Err(e) => return Err(format!("cannot stop container {name}: {e}")),
                 }
@@ -788,7 +886,7 @@ impl Service {
 
         // 3. A way back for the operator.
         if self.cfg.safety_backup {
-            self.set_phase(state, "safety-backup");
+            self.set_phase(state, Phase::SafetyBackup).await;
             match backup::safety_backup(&self.cfg.backup, cancel, &SystemClock).await {
                 Ok(done) => attempt.safety_backup = Some(done.path.display().to_string()),
                 Err(Error::Database { reason, .. }) if reason.contains("does not exist") => {
@@ -803,7 +901,7 @@ impl Service {
         }
 
         // 4./5. The restore itself.
-        self.set_phase(state, "loading");
+        self.set_phase(state, Phase::Loading).await;
         match &self.cfg.database {
             Database::Postgres(target) => {
                 let opts = pg_restore::Options {
@@ -811,10 +909,24 @@ impl Service {
                     keep_previous: self.cfg.keep_previous,
                     stamp: stamp.to_string(),
                 };
-                let report =
-                    pg_restore::restore(target, &checked.input, checked.kind, &opts, cancel)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                // What recovery needs to tell whether the swap committed,
+                // on disk before the swap.
+                let state_file = self.cfg.state_file.clone();
+                let record_swap = move |record: &SwapRecord| {
+                    record_swap_in(&state_file, record);
+                };
+                let report = pg_restore::restore_recorded(
+                    target,
+                    &checked.input,
+                    checked.kind,
+                    &opts,
+                    &record_swap,
+                    cancel,
+                )
+                .await;
+                // The hook wrote the state file behind our back.
+                *state = self.state();
+                let report = report.map_err(|e| e.to_string())?;
                 attempt.previous_database = report.previous;
             }
             Database::Sqlite(target) => {
@@ -857,11 +969,14 @@ impl Service {
         Ok(())
     }
 
-    fn set_phase(&self, state: &mut RestoreState, phase: &str) {
+    /// Records the phase; test builds may park here (`BACKUPD_TEST_PAUSE`).
+    async fn set_phase(&self, state: &mut RestoreState, phase: Phase) {
+        let point = phase.as_str().to_string();
         if let Some(p) = state.in_progress.as_mut() {
-            p.phase = phase.into();
+            p.phase = phase;
         }
         self.save(state);
+        crate::restore::test_pause(&point).await;
     }
 
     /// The containers to stop: every named one must exist (unless allowed
@@ -895,22 +1010,37 @@ impl Service {
         Ok(plan)
     }
 
-    /// Starts the containers and waits for those with a healthcheck; their
-    /// health is written into `health` for the history.
+    /// Starts the containers (and RESTORE_START_CONTAINERS) and waits for
+    /// those with a healthcheck; their health is written into `health` for
+    /// the history. While the engine does not answer, starting is retried
+    /// (1 s, doubling, at most 30 s apart) for RESTORE_START_RETRY_SECONDS in
+    /// all; a container the engine refuses is not retried.
     async fn start_containers(
         &self,
         stopped: &[String],
         health: &mut BTreeMap<String, String>,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), StartFailure> {
         let Some(docker) = &self.docker else {
             return Ok(());
         };
         let mut errors = Vec::new();
+        let mut engine_lost = false;
         let list = self.start_list(stopped);
+        let give_up = Instant::now() + self.cfg.start_retry;
         for name in &list {
-            if let Err(e) = docker.start(name).await {
-                errors.push(format!("cannot start {name}: {e}"));
+            if let Err((e, lost)) = start_with_retry(docker, name, give_up).await {
+                errors.push(e);
+                engine_lost |= lost;
             }
+        }
+        if engine_lost {
+            for name in &list {
+                health.insert(name.clone(), "unknown".into());
+            }
+            return Err(StartFailure {
+                message: errors.join("; "),
+                engine_lost,
+            });
         }
         if !list.is_empty() {
             tokio::time::sleep(self.cfg.start_wait).await;
@@ -940,105 +1070,299 @@ impl Service {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors.join("; "))
+            Err(StartFailure {
+                message: errors.join("; "),
+                engine_lost,
+            })
         }
     }
 
-    /// An `in_progress` entry means the last run died mid-way: start the
-    /// containers it named, put the database back in one piece, record it.
+    /// A stop request sent just before backupd died still completes in the
+    /// engine (SIGTERM, the grace period, SIGKILL): starting such a
+    /// container at once would find it running and leave it to die. Waits,
+    /// at most until grace + 15 s after the request was recorded, for each
+    /// container named in `stopping` but not seen stopped to stop.
+    async fn settle_in_flight_stops(&self, interrupted: &InProgress, names: &[String]) {
+        let Some(docker) = &self.docker else {
+            return;
+        };
+        let Some(requested) = interrupted
+            .stop_requested_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        else {
+            return;
+        };
+        let window = self.cfg.stop_timeout + STOP_IN_FLIGHT_SLACK;
+        let since = (Utc::now() - requested.with_timezone(&Utc))
+            .to_std()
+            .unwrap_or_default();
+        let Some(left) = window.checked_sub(since) else {
+            return;
+        };
+        let until = Instant::now() + left;
+        let in_flight = interrupted
+            .stopping
+            .iter()
+            .flatten()
+            .filter(|n| !interrupted.stopped.contains(n) && names.contains(n));
+        for name in in_flight {
+            let mut logged = false;
+            loop {
+                match docker.inspect(name).await {
+                    Ok(Some(c)) if c.running && Instant::now() < until => {
+                        if !logged {
+                            tracing::info!(
+                                container = %name,
+                                wait_seconds = until.saturating_duration_since(Instant::now()).as_secs(),
+                                "a stop request may still be in flight; waiting for it before starting the container again"
+                            );
+                            logged = true;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// An `in_progress` entry means the last run died mid-way (or could not
+    /// start the containers): put the database back in one piece (or find
+    /// the restore had finished), start the configured containers the
+    /// intent names, and record what really happened.
     async fn recover_interrupted(&self) -> Result<()> {
         let mut state = self.state();
         let Some(interrupted) = state.in_progress.take() else {
             return Ok(());
         };
         tracing::warn!(file = %interrupted.file, phase = %interrupted.phase, "the previous restore was interrupted; recovering");
-        // `finished`: the live database is the restored one (checked, not assumed).
-        let (database, finished) = match &self.cfg.database {
-            Database::Postgres(target) => (
-                pg_restore::recover(target, &interrupted.stamp)
+        let database: std::result::Result<Recovered, String> = if interrupted.start_pending {
+            Ok(Recovered::Finished(
+                "the restore had ended; only starting the containers was left".into(),
+            ))
+        } else {
+            match &self.cfg.database {
+                Database::Postgres(target) => {
+                    pg_restore::recover(target, &interrupted.stamp, interrupted.swap.as_ref())
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Database::Sqlite(target) => {
+                    let (live, stamp, evidence) = (
+                        target.path.clone(),
+                        interrupted.stamp.clone(),
+                        interrupted.sqlite.clone(),
+                    );
+                    match tokio::task::spawn_blocking(move || {
+                        sqlite_restore::recover(&live, &stamp, evidence.as_ref())
+                    })
                     .await
-                    .map_err(|e| e.to_string()),
-                false,
-            ),
-            Database::Sqlite(target) => {
-                let (live, stamp, evidence) = (
-                    target.path.clone(),
-                    interrupted.stamp.clone(),
-                    interrupted.sqlite.clone(),
-                );
-                match tokio::task::spawn_blocking(move || {
-                    sqlite_restore::recover(&live, &stamp, evidence.as_ref())
-                })
-                .await
-                {
-                    Ok(Ok(found)) => (Ok(found.message().to_string()), found.finished()),
-                    Ok(Err(e)) => (Err(e.to_string()), false),
-                    Err(e) => (Err(format!("the recovery task failed: {e}")), false),
+                    {
+                        Ok(Ok(found)) => Ok(found),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(format!("the recovery task failed: {e}")),
+                    }
                 }
             }
         };
-        let mut containers = interrupted.containers.clone();
-        for name in &interrupted.stopped {
-            if !containers.contains(name) {
-                containers.push(name.clone());
-            }
-        }
-        let mut health = BTreeMap::new();
-        let started = self.start_containers(&containers, &mut health).await;
-        let file = PathBuf::from(&interrupted.file);
-        // Only a dropped file is ours to move; one named with --file stays.
-        let dropped = file.exists() && file.parent() == Some(self.cfg.watch_dir.as_path());
-        if finished {
-            // As after any finished restore (the old helper's keys).
-            let mtime = std::fs::metadata(&file)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0.0, |d| d.as_secs_f64());
-            state.last_processed = Some(LastProcessed {
-                path: interrupted.file.clone(),
-                mtime,
-                completed_at: timestamp(SystemClock.now()),
-            });
-        }
-        if finished && dropped {
-            // Restored: as after any successful restore, the file goes.
-            if let Err(e) = std::fs::remove_file(&file) {
-                tracing::warn!(error = %e, "restored, but cannot delete the file");
-            }
-        } else if dropped {
-            let _ = move_to_failed(
-                &file,
-                &self.cfg.failed_dir,
-                "the restore was interrupted (backupd stopped mid-way)",
+        // Only containers the operator configured: a tampered state file
+        // must not make backupd start arbitrary containers.
+        let (containers, skipped): (Vec<String>, Vec<String>) = asked_to_stop(&interrupted)
+            .into_iter()
+            .partition(|name| self.cfg.is_configured(name));
+        for name in &skipped {
+            tracing::warn!(
+                container = %name,
+                "the state file names a container that is in neither RESTORE_STOP_CONTAINERS nor RESTORE_START_CONTAINERS; not starting it"
             );
         }
-        let mut notes = vec![format!("interrupted in phase {}", interrupted.phase)];
-        match &database {
-            Ok(what) => notes.push(what.clone()),
-            Err(e) => notes.push(format!("database recovery failed: {e}")),
+        self.settle_in_flight_stops(&interrupted, &containers).await;
+        let mut health = BTreeMap::new();
+        let started = self.start_containers(&containers, &mut health).await;
+        let finished_at = timestamp(SystemClock.now());
+        let file = PathBuf::from(&interrupted.file);
+        let mut notes = Vec::new();
+        if !skipped.is_empty() {
+            notes.push(format!(
+                "not started (not configured): {}",
+                skipped.join(", ")
+            ));
         }
         if let Err(e) = &started {
-            notes.push(e.clone());
+            notes.push(e.message.clone());
         }
-        if finished {
-            tracing::info!(note = %notes.join("; "), "the interrupted restore had finished");
+
+        if interrupted.start_pending {
+            // The restore's own entry is in the history already.
+            let note = match &started {
+                Ok(()) => format!("containers started by recovery at {finished_at}"),
+                Err(_) => format!("recovery at {finished_at} could not start every container"),
+            };
+            notes.insert(0, note);
+            let entry = state.history.iter_mut().find(|h| {
+                h.file == crate::archive::file_name(&file) && h.started_at == interrupted.started_at
+            });
+            match entry {
+                Some(entry) => {
+                    entry.container_health = health;
+                    entry.note = Some(notes.join("; "));
+                }
+                None => tracing::warn!("the history entry of the restore is gone; not amending it"),
+            }
+        } else {
+            let finished = database.as_ref().is_ok_and(Recovered::finished);
+            // Only a dropped file is ours to move or delete; one named with
+            // --file stays.
+            let dropped = file.exists() && file.parent() == Some(self.cfg.watch_dir.as_path());
+            if finished {
+                notes.insert(0, "completed by recovery".into());
+                // As after any finished restore (the old helper's keys).
+                let mtime = std::fs::metadata(&file)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0.0, |d| d.as_secs_f64());
+                state.last_processed = Some(LastProcessed {
+                    path: interrupted.file.clone(),
+                    mtime,
+                    completed_at: finished_at.clone(),
+                });
+                if dropped && let Err(e) = std::fs::remove_file(&file) {
+                    tracing::warn!(error = %e, file = %file.display(), "restored, but cannot delete the file");
+                }
+            } else if dropped {
+                let _ = move_to_failed(
+                    &file,
+                    &self.cfg.failed_dir,
+                    "the restore was interrupted (backupd stopped mid-way)",
+                );
+            }
+            let mut error = vec![format!("interrupted in phase {}", interrupted.phase)];
+            match &database {
+                Ok(what) => error.push(what.message().to_string()),
+                Err(e) => error.push(format!("database recovery failed: {e}")),
+            }
+            let (result, error, note) = if finished {
+                let all = [error, notes].concat().join("; ");
+                tracing::info!(note = %all, "the interrupted restore had finished");
+                // Still an error when some container could not be started.
+                let error = started.is_err().then(|| all.clone());
+                ("restored", error, Some(all))
+            } else {
+                (
+                    "interrupted",
+                    Some([error, notes].concat().join("; ")),
+                    None,
+                )
+            };
+            tracing::warn!(result, "recovered the interrupted restore");
+            state.push_history(HistoryEntry {
+                file: crate::archive::file_name(&file),
+                sha256: None,
+                result: result.into(),
+                error,
+                started_at: interrupted.started_at.clone(),
+                finished_at,
+                duration_seconds: 0.0,
+                containers_stopped: interrupted.stopped.clone(),
+                container_health: health,
+                previous_database: match &interrupted.swap {
+                    Some(r) => (finished && r.live_oid.is_some()).then(|| r.previous.clone()),
+                    None => interrupted.sqlite.as_ref().and_then(|e| e.previous.clone()),
+                },
+                safety_backup: None,
+                note,
+            });
         }
-        state.push_history(HistoryEntry {
-            file: crate::archive::file_name(&file),
-            sha256: None,
-            result: if finished { "restored" } else { "interrupted" }.into(),
-            error: (!finished || started.is_err()).then(|| notes.join("; ")),
-            note: finished.then(|| notes.join("; ")),
-            started_at: interrupted.started_at.clone(),
-            finished_at: timestamp(SystemClock.now()),
-            duration_seconds: 0.0,
-            containers_stopped: interrupted.stopped.clone(),
-            container_health: health,
-            previous_database: interrupted.sqlite.as_ref().and_then(|e| e.previous.clone()),
-            safety_backup: None,
-        });
+        // The engine is still away: keep the intent for the next start.
+        if let Err(StartFailure {
+            engine_lost: true, ..
+        }) = &started
+        {
+            let mut pending = interrupted.clone();
+            pending.start_pending = true;
+            pending.stopped = containers.clone();
+            pending.stopping = Some(containers.clone());
+            state.in_progress = Some(pending);
+        }
         self.save(&state);
         database.map(|_| ()).map_err(Error::Other)
+    }
+}
+
+/// The containers a restore stopped or asked to stop: the `stopping` intent
+/// (older state files: the planned list) and those seen stopped.
+fn asked_to_stop(p: &InProgress) -> Vec<String> {
+    let mut list = p.stopping.clone().unwrap_or_else(|| p.containers.clone());
+    for name in &p.stopped {
+        if !list.contains(name) {
+            list.push(name.clone());
+        }
+    }
+    list
+}
+
+/// Writes the swap record into `in_progress` (phase `swapping`).
+fn record_swap_in(state_file: &Path, record: &SwapRecord) {
+    let mut state = match RestoreState::read(state_file) {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the swap in the restore state file");
+            return;
+        }
+    };
+    if let Some(p) = state.in_progress.as_mut() {
+        p.phase = Phase::Swapping;
+        p.swap = Some(record.clone());
+    }
+    if let Err(e) = state.write(state_file) {
+        tracing::error!(error = %e, "cannot record the swap in the restore state file");
+    }
+}
+
+/// Starts `name`, retrying while the engine does not answer (a failed ping)
+/// until `give_up`. The error says whether the engine was lost.
+async fn start_with_retry(
+    docker: &DockerControl,
+    name: &str,
+    give_up: Instant,
+) -> std::result::Result<(), (String, bool)> {
+    let mut delay = START_RETRY_FIRST;
+    let mut attempt = 1u32;
+    loop {
+        let error = match docker.start(name).await {
+            Ok(()) => {
+                if attempt > 1 {
+                    tracing::info!(container = %name, attempt, "the Docker engine answers again; container started");
+                }
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        if docker.ping().await.is_ok() {
+            return Err((format!("cannot start {name}: {error}"), false));
+        }
+        let now = Instant::now();
+        if now >= give_up {
+            tracing::error!(container = %name, attempts = attempt, error = %error, "the Docker engine still does not answer; giving up starting the container for now");
+            return Err((
+                format!(
+                    "cannot start {name}: the Docker engine did not answer ({attempt} attempts): {error}"
+                ),
+                true,
+            ));
+        }
+        let wait = delay.min(give_up - now);
+        tracing::warn!(
+            container = %name,
+            attempt,
+            retry_in_seconds = wait.as_secs_f64(),
+            error = %error,
+            "the Docker engine does not answer; retrying to start the container"
+        );
+        tokio::time::sleep(wait).await;
+        delay = (delay * 2).min(START_RETRY_MAX);
+        attempt += 1;
     }
 }

@@ -34,3 +34,17 @@ impl Recovered {
         matches!(self, Recovered::Finished(_))
     }
 }
+
+/// Test builds only: `BACKUPD_TEST_PAUSE=<point>` parks the restore at that
+/// point for good, so a test can kill -9 it at an exact moment (e.g.
+/// `after-swap`: the swap committed, nothing recorded yet). Release builds
+/// never read the variable.
+pub(crate) async fn test_pause(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("BACKUPD_TEST_PAUSE").is_ok_and(|p| p == point) {
+        tracing::warn!(point, "BACKUPD_TEST_PAUSE: paused here until killed");
+        std::future::pending::<()>().await;
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
+}

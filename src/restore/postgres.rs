@@ -23,6 +23,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use flate2::read::MultiGzDecoder;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::PgTarget;
 use crate::db::postgres::PgCommand;
 use crate::error::{Error, Result};
+use crate::restore::Recovered;
 use crate::restore::input::Input;
 use crate::restore::kind::{FileKind, Payload};
 
@@ -113,6 +115,21 @@ pub struct Report {
     pub dropped: Vec<String>,
     /// Bytes fed to psql/pg_restore (decompressed).
     pub bytes_loaded: u64,
+}
+
+/// What recovery needs to tell whether a staging swap committed, recorded in
+/// the state file just before the swap: the oid is what a database keeps
+/// through a rename, so after a crash the live name's oid says which
+/// database it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapRecord {
+    /// The oid of the live database before the swap (`None`: there was none).
+    pub live_oid: Option<u32>,
+    /// The loaded staging database and its oid.
+    pub staging: String,
+    pub staging_oid: u32,
+    /// The name the live database moves to.
+    pub previous: String,
 }
 
 /// `<db>_restore_<stamp>`, the base shortened (at a character boundary) so
@@ -481,6 +498,30 @@ impl<'a> Server<'a> {
             .await
             .map_err(|f| self.fail(format!("cannot list the databases: {}", f.summary())))?;
         Ok(out.lines().map(str::to_string).collect())
+    }
+
+    /// The oid of database `name`, when it exists.
+    async fn oid(&self, name: &str) -> Result<Option<u32>> {
+        let out = self
+            .sql(&format!(
+                "SELECT oid FROM pg_database WHERE datname = {};\n",
+                literal(name)
+            ))
+            .await
+            .map_err(|f| {
+                self.fail(format!(
+                    "cannot look up database \"{name}\": {}",
+                    f.summary()
+                ))
+            })?;
+        match out.lines().next() {
+            None => Ok(None),
+            Some(line) => {
+                line.trim().parse().map(Some).map_err(|_| {
+                    self.fail(format!("unexpected oid of database \"{name}\": '{line}'"))
+                })
+            }
+        }
     }
 
     async fn info(&self, name: &str) -> Result<Option<DbInfo>> {
@@ -992,6 +1033,19 @@ pub async fn restore(
     opts: &Options,
     cancel: &CancellationToken,
 ) -> Result<Report> {
+    restore_recorded(target, file, kind, opts, &|_| {}, cancel).await
+}
+
+/// [`restore`], calling `before_swap` with what recovery needs just before
+/// the staging swap (the restore service writes it into its state file).
+pub async fn restore_recorded(
+    target: &PgTarget,
+    file: &Input,
+    kind: FileKind,
+    opts: &Options,
+    before_swap: &(dyn Fn(&SwapRecord) + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<Report> {
     if kind.encrypted {
         return Err(failed(
             target,
@@ -1014,7 +1068,7 @@ pub async fn restore(
     }
     let server = Server::connect(target).await?;
     match opts.strategy {
-        Strategy::Staging => staging(&server, file, kind, opts, cancel).await,
+        Strategy::Staging => staging(&server, file, kind, opts, before_swap, cancel).await,
         Strategy::Inplace => inplace(&server, file, kind, cancel).await,
     }
 }
@@ -1024,6 +1078,7 @@ async fn staging(
     file: &Input,
     kind: FileKind,
     opts: &Options,
+    before_swap: &(dyn Fn(&SwapRecord) + Send + Sync),
     cancel: &CancellationToken,
 ) -> Result<Report> {
     let db = server.db.as_str();
@@ -1073,6 +1128,15 @@ async fn staging(
         let note = server.discard(&staging).await;
         return Err(with_note(Error::Cancelled, note));
     }
+    let record = match swap_record(server, &staging, &previous).await {
+        Ok(record) => record,
+        Err(e) => {
+            let note = server.discard(&staging).await;
+            return Err(with_note(e, note));
+        }
+    };
+    before_swap(&record);
+    crate::restore::test_pause("swapping").await;
     if let Err(e) = server
         .swap(&staging, &previous, live.is_some(), cancel)
         .await
@@ -1080,6 +1144,7 @@ async fn staging(
         let note = server.discard(&staging).await;
         return Err(with_note(e, note));
     }
+    crate::restore::test_pause("after-swap").await;
     tracing::info!(
         database = db,
         previous = live.is_some().then_some(previous.as_str()),
@@ -1158,19 +1223,73 @@ async fn inplace(
     })
 }
 
-/// Crash recovery after an interrupted run with `stamp`: when the live
-/// database is missing but `<db>_pre_restore_<stamp>` exists, it is renamed
-/// back; a leftover `<db>_restore_<stamp>` is dropped. Returns what it did.
-pub async fn recover(target: &PgTarget, stamp: &str) -> Result<String> {
+async fn swap_record(server: &Server<'_>, staging: &str, previous: &str) -> Result<SwapRecord> {
+    let staging_oid = server.oid(staging).await?.ok_or_else(|| {
+        server.fail(format!(
+            "the staging database \"{staging}\" vanished before the swap; the live database was not changed"
+        ))
+    })?;
+    Ok(SwapRecord {
+        live_oid: server.oid(&server.db).await?,
+        staging: staging.to_string(),
+        staging_oid,
+        previous: previous.to_string(),
+    })
+}
+
+/// Crash recovery after an interrupted run with `stamp`, told by what is on
+/// the server now. With `swap` (recorded just before the swap):
+/// - the live name carries the staging oid: the swap committed, the
+///   restore had finished ([`Recovered::Finished`]);
+/// - the live database is missing and the previous one exists: renamed
+///   back ([`Recovered::NotRestored`]);
+/// - otherwise the live database was not changed; a leftover staging
+///   database is dropped ([`Recovered::NotRestored`]).
+///
+/// Without a record (killed before loading finished, or a state file of an
+/// older version) the names decide: both renames happen in one
+/// transaction, so the live database and `<db>_pre_restore_<stamp>` both
+/// existing means the swap committed.
+pub async fn recover(
+    target: &PgTarget,
+    stamp: &str,
+    swap: Option<&SwapRecord>,
+) -> Result<Recovered> {
     check_stamp(stamp)?;
     let server = Server::connect(target).await?;
-    let db = server.db.as_str();
+    let db = server.db.clone();
+    let db = db.as_str();
     let staging = staging_name(db, stamp);
     let previous = previous_name(db, stamp);
+    // The state file is only ours to trust for names we would have made:
+    // recovery drops and renames nothing else.
+    let swap = swap.filter(|r| {
+        let ours = r.staging == staging && r.previous == previous;
+        if !ours {
+            tracing::warn!(
+                recorded_staging = %r.staging,
+                recorded_previous = %r.previous,
+                "the recorded swap names databases this restore would not have made; ignoring it"
+            );
+        }
+        ours
+    });
     let names = server.databases().await?;
+    let live_oid = server.oid(db).await?;
+    let previous_oid = if names.contains(&previous) {
+        server.oid(&previous).await?
+    } else {
+        None
+    };
+
     let mut done = Vec::new();
-    if !names.iter().any(|n| n == db) {
-        if names.contains(&previous) {
+    let finished = match (live_oid, swap) {
+        (Some(oid), Some(record)) => oid == record.staging_oid,
+        (Some(_), None) => previous_oid.is_some(),
+        (None, _) => false,
+    };
+    if live_oid.is_none() {
+        if previous_oid.is_some() {
             let script = format!(
                 "BEGIN;\n{}ALTER DATABASE {} RENAME TO {};\nCOMMIT;\n",
                 server.terminate_sql(&previous),
@@ -1191,6 +1310,22 @@ pub async fn recover(target: &PgTarget, stamp: &str) -> Result<String> {
             ));
         }
     }
+    let rolled_back = !done.is_empty() && previous_oid.is_some() && live_oid.is_none();
+    if finished {
+        let kept = match (previous_oid, swap.and_then(|r| r.live_oid)) {
+            (Some(now), Some(before)) if now == before => {
+                format!("; the replaced database is kept as \"{previous}\"")
+            }
+            (Some(_), Some(_)) => format!(
+                "; \"{previous}\" exists but is not the replaced database (its oid changed)"
+            ),
+            (Some(_), None) => format!("; the replaced database is kept as \"{previous}\""),
+            (None, _) => String::new(),
+        };
+        done.push(format!(
+            "the restore had finished before backupd stopped: \"{db}\" is the restored database{kept}; the state was completed by recovery"
+        ));
+    }
     if names.contains(&staging) {
         server.drop_database(&staging, true).await.map_err(|f| {
             server.fail(format!(
@@ -1203,10 +1338,18 @@ pub async fn recover(target: &PgTarget, stamp: &str) -> Result<String> {
             "dropped the leftover staging database \"{staging}\""
         ));
     }
+    if finished {
+        return Ok(Recovered::Finished(done.join("; ")));
+    }
+    if rolled_back {
+        return Ok(Recovered::NotRestored(done.join("; ")));
+    }
     if done.is_empty() {
         done.push(format!("nothing to recover: database \"{db}\" is in place"));
+    } else if live_oid.is_some() {
+        done.push(format!("the live database \"{db}\" was not changed"));
     }
-    Ok(done.join("; "))
+    Ok(Recovered::NotRestored(done.join("; ")))
 }
 
 #[cfg(test)]

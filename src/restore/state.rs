@@ -35,17 +35,90 @@ pub struct InProgress {
     pub file: String,
     pub stamp: String,
     pub started_at: String,
-    /// `checking`, `stopping`, `safety-backup`, `loading`, `starting`.
-    pub phase: String,
+    pub phase: Phase,
     /// Containers to stop, and those actually stopped (to start again).
     pub containers: Vec<String>,
     #[serde(default)]
     pub stopped: Vec<String>,
+    /// Containers a stop was (about to be) asked for, written before each
+    /// stop request: a stop in flight when backupd dies still completes in
+    /// the engine, so recovery starts these too. `None` in state files of
+    /// versions that did not write it (recovery then uses `containers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping: Option<Vec<String>>,
+    /// When the last stop request was sent (RFC 3339): recovery waits up to
+    /// the stop grace period from then for an in-flight stop to finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_requested_at: Option<String>,
+    /// PostgreSQL staging swap: written before the swap, so recovery can
+    /// tell by oid whether it committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<crate::restore::postgres::SwapRecord>,
+    /// The restore itself had ended and is in the history; only starting
+    /// the containers was left (the engine did not answer). Recovery then
+    /// only starts them and adds what it did to that history entry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub start_pending: bool,
     pub database: String,
     /// SQLite: what the copy into the live file will leave there, recorded
     /// before its first page is written (see `restore::sqlite::Evidence`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sqlite: Option<crate::restore::sqlite::Evidence>,
+}
+
+/// Where a restore is; serialised as the words earlier versions wrote
+/// (`checking`, `stopping`, `safety-backup`, `loading`, `swapping`,
+/// `starting`), an unknown word kept as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Phase {
+    Checking,
+    Stopping,
+    SafetyBackup,
+    Loading,
+    Swapping,
+    Starting,
+    Other(String),
+}
+
+impl Phase {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Phase::Checking => "checking",
+            Phase::Stopping => "stopping",
+            Phase::SafetyBackup => "safety-backup",
+            Phase::Loading => "loading",
+            Phase::Swapping => "swapping",
+            Phase::Starting => "starting",
+            Phase::Other(word) => word,
+        }
+    }
+}
+
+impl From<String> for Phase {
+    fn from(word: String) -> Self {
+        match word.as_str() {
+            "checking" => Phase::Checking,
+            "stopping" => Phase::Stopping,
+            "safety-backup" => Phase::SafetyBackup,
+            "loading" => Phase::Loading,
+            "swapping" => Phase::Swapping,
+            "starting" => Phase::Starting,
+            _ => Phase::Other(word),
+        }
+    }
+}
+
+impl From<Phase> for String {
+    fn from(phase: Phase) -> Self {
+        phase.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

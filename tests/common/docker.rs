@@ -232,3 +232,116 @@ impl Drop for TestContainer {
         }
     }
 }
+
+/// A unix-socket forwarder between backupd (`DOCKER_HOST=unix://…` of
+/// [`EngineLink::docker_host`]) and the real engine socket, which a test can
+/// cut and bring back: "the Docker engine lost mid-restore" without stopping
+/// the engine the other tests use. Cutting closes every forwarded connection
+/// and removes the socket, as an engine restart does.
+pub struct EngineLink {
+    dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+    up: std::sync::Arc<std::sync::Mutex<Option<LinkUp>>>,
+}
+
+struct LinkUp {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    streams: std::sync::Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    acceptor: std::thread::JoinHandle<()>,
+}
+
+/// The engine's socket on this machine.
+const ENGINE_SOCKET: &str = "/var/run/docker.sock";
+
+impl EngineLink {
+    /// A forwarder, up.
+    pub fn start() -> EngineLink {
+        let dir = temp_dir();
+        let socket = dir.path().join("docker.sock");
+        let link = EngineLink {
+            dir,
+            socket,
+            up: Default::default(),
+        };
+        link.restore();
+        link
+    }
+
+    /// `unix:///…/docker.sock`, for DOCKER_HOST.
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The engine is gone: every connection closed, the socket removed.
+    pub fn cut(&self) {
+        let Some(up) = self.up.lock().unwrap().take() else {
+            return;
+        };
+        up.stop.store(true, Ordering::SeqCst);
+        // Wake the acceptor so it sees the flag.
+        let _ = std::os::unix::net::UnixStream::connect(&self.socket);
+        let _ = up.acceptor.join();
+        let _ = fs::remove_file(&self.socket);
+        for stream in up.streams.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// The engine answers again.
+    pub fn restore(&self) {
+        let mut up = self.up.lock().unwrap();
+        if up.is_some() {
+            return;
+        }
+        let _ = fs::remove_file(&self.socket);
+        let listener = std::os::unix::net::UnixListener::bind(&self.socket)
+            .unwrap_or_else(|e| panic!("bind {}: {e}", self.socket.display()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let streams: std::sync::Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>> =
+            Default::default();
+        let acceptor = {
+            let stop = stop.clone();
+            let streams = streams.clone();
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = client else { continue };
+                    let Ok(engine) = std::os::unix::net::UnixStream::connect(ENGINE_SOCKET) else {
+                        continue;
+                    };
+                    let mut all = streams.lock().unwrap();
+                    for s in [&client, &engine] {
+                        if let Ok(clone) = s.try_clone() {
+                            all.push(clone);
+                        }
+                    }
+                    drop(all);
+                    pipe(client.try_clone().unwrap(), engine.try_clone().unwrap());
+                    pipe(engine, client);
+                }
+            })
+        };
+        *up = Some(LinkUp {
+            stop,
+            streams,
+            acceptor,
+        });
+    }
+}
+
+/// Copies `from` into `to` on a thread until either side closes.
+fn pipe(mut from: std::os::unix::net::UnixStream, mut to: std::os::unix::net::UnixStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+impl Drop for EngineLink {
+    fn drop(&mut self) {
+        self.cut();
+        let _ = &self.dir;
+    }
+}
