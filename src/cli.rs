@@ -84,6 +84,8 @@ Restore environment variables (besides the database URL variables above):
   RESTORE_REQUIRE_ENCRYPTED     refuse plain (non-.enc) files [default: false]
   RESTORE_PG_STRATEGY           staging or inplace    [default: staging]
   RESTORE_KEEP_PREVIOUS         previous databases kept [default: 1]
+  RESTORE_ALLOW_SCHEMA_CHANGE   restore a dump sharing no table with the live
+                                database's non-empty ones [default: false]
   RESTORE_SQLITE_PATH           SQLite file to replace [default: BASE + URL path]
   RESTORE_SQLITE_BASE           base for the URL path  [default: /app]
   DOCKER_HOST                   Docker socket [default: unix:///var/run/docker.sock]
@@ -591,6 +593,11 @@ pub struct RestoreArgs {
     /// PostgreSQL: previous databases kept after a staging restore.
     #[arg(long, env = "RESTORE_KEEP_PREVIOUS", default_value = "1", value_parser = whole_number("RESTORE_KEEP_PREVIOUS", 1))]
     pub keep_previous: u64,
+
+    /// PostgreSQL: restore a dump that shares no table with the live
+    /// database's non-empty tables (a dump of another application).
+    #[arg(long, env = "RESTORE_ALLOW_SCHEMA_CHANGE", default_value = "false", value_parser = boolean("RESTORE_ALLOW_SCHEMA_CHANGE", false))]
+    pub allow_schema_change: bool,
 
     /// SQLite file to replace (overrides RESTORE_SQLITE_BASE + the URL's path).
     #[arg(long, env = "RESTORE_SQLITE_PATH", value_parser = clean_value)]

@@ -350,9 +350,10 @@ fn assert_history_keys(entry: &Value) {
 /// Writes one test file at the given path.
 type MakeFile = Box<dyn Fn(&Path)>;
 
-/// True when `s` is a `YYYYMMDDTHHMMSSZ` stamp.
+/// True when `s` is a `YYYYMMDDTHHMMSS.ffffffZ` stamp (microseconds, so
+/// two restores within a second get different names).
 fn is_stamp(s: &str) -> bool {
-    s.len() == 16 && chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%SZ").is_ok()
+    s.len() == 23 && chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%S%.6fZ").is_ok()
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

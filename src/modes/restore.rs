@@ -62,6 +62,9 @@ pub struct RestoreConfig {
     pub keys: Keys,
     pub strategy: Strategy,
     pub keep_previous: usize,
+    /// Restore a dump that shares no table with the live database's
+    /// non-empty ones (`RESTORE_ALLOW_SCHEMA_CHANGE`).
+    pub allow_schema_change: bool,
     pub docker_host: Option<String>,
     /// For `--file s3://…` and `--from-s3` (checked at start when
     /// `AWS_S3_BUCKET` is set).
@@ -168,6 +171,7 @@ impl RestoreConfig {
             keys,
             strategy,
             keep_previous: usize::try_from(args.keep_previous).unwrap_or(usize::MAX),
+            allow_schema_change: args.allow_schema_change,
             docker_host: args.docker_host.clone().filter(|h| !h.is_empty()),
             s3: args.s3.clone(),
             require_encrypted: args.require_encrypted,
@@ -197,10 +201,12 @@ pub async fn run(args: &RestoreArgs) -> Result<()> {
         None
     };
     let service = Service { cfg, docker };
+    service.warn_if_superuser().await;
     // A dry run changes nothing, not even an interrupted restore's leftovers.
     if !args.dry_run {
         let _lock = service.exclusive().await?;
         service.recover_interrupted().await?;
+        service.drop_leftover_staging().await;
     }
 
     // One-shot restores wait for a restore the service is running, and
@@ -270,6 +276,22 @@ struct Service {
     docker: Option<DockerControl>,
 }
 
+/// The stamp of a restore started at `at` ([`pg_restore::STAMP_FORMAT`],
+/// microseconds), strictly later than any stamp this process gave before:
+/// two restores never share the names built from it (`<db>_restore_…`,
+/// `<db>_pre_restore_…`, `.pre-restore-…`). Other processes wait for the
+/// restore lock, so their restores start microseconds apart at least.
+fn unique_stamp(at: chrono::DateTime<Utc>) -> String {
+    static LAST: std::sync::Mutex<Option<chrono::DateTime<Utc>>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let at = match *last {
+        Some(prev) if at <= prev => prev + chrono::Duration::microseconds(1),
+        _ => at,
+    };
+    *last = Some(at);
+    at.format(pg_restore::STAMP_FORMAT).to_string()
+}
+
 /// Where the file came from: a file dropped into the watch folder is the
 /// service's to delete or move; a file named with `--file` stays where it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +332,34 @@ const START_RETRY_MAX: Duration = Duration::from_secs(30);
 const STOP_IN_FLIGHT_SLACK: Duration = Duration::from_secs(15);
 
 impl Service {
+    /// A superuser restore role can make the server run programs and read
+    /// its files (COPY … PROGRAM, pg_read_file): say so at start-up.
+    async fn warn_if_superuser(&self) {
+        let Database::Postgres(target) = &self.cfg.database else {
+            return;
+        };
+        match pg_restore::superuser_role(target).await {
+            Ok(Some(role)) => tracing::warn!(
+                role = %role,
+                "the restore role is a superuser: SQL in a restore file could run programs on the database server and read its files; the safe set-up is a role without SUPERUSER that has CREATEDB and owns the database (see docker/README.md)"
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell whether the restore role is a superuser")
+            }
+        }
+    }
+
+    /// Drops staging databases interrupted restores left (under the lock).
+    async fn drop_leftover_staging(&self) {
+        let Database::Postgres(target) = &self.cfg.database else {
+            return;
+        };
+        if let Err(e) = pg_restore::drop_leftover_staging(target).await {
+            tracing::warn!(error = %e, "cannot clean up leftover staging databases; trying again before the next restore");
+        }
+    }
+
     fn state(&self) -> RestoreState {
         RestoreState::read(&self.cfg.state_file).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "starting a fresh restore state file");
@@ -623,7 +673,7 @@ impl Service {
     ) -> std::result::Result<(), String> {
         let started = Instant::now();
         let started_at = Utc::now();
-        let stamp = started_at.format("%Y%m%dT%H%M%SZ").to_string();
+        let stamp = unique_stamp(started_at);
         let name = crate::archive::file_name(path);
         tracing::info!("restore requested");
 
@@ -766,6 +816,13 @@ impl Service {
                 "{CHANGED_AFTER_CHECK}: the download's SHA-256 was {expected} (as its .sha256 object says), the file read now is {}; nothing was stopped or loaded",
                 checked.sha256
             ));
+            return attempt;
+        }
+        if let Err(reason) =
+            check::same_application(&checked, &self.cfg.database, self.cfg.allow_schema_change)
+                .await
+        {
+            attempt.result = Err(reason);
             return attempt;
         }
         let to_stop = match self.plan_containers().await {

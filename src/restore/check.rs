@@ -2,8 +2,9 @@
 //! end, content checked, and matched against the configured database. A file
 //! that fails here never touches the stack.
 
+use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use crate::db::Database;
 use crate::db::sqlite::check_integrity;
 use crate::restore::input::{self, FirstPassHash, HashingReader, Input, PrivateDir};
 use crate::restore::kind::{FileKind, Payload};
+use crate::restore::postgres::{live_tables_with_rows, psql_knows_restrict};
+use crate::restore::sql_scan::{SqlScan, shortened};
 use crate::verify::{TailSink, decompress_from};
 
 /// A file that passed every check.
@@ -35,6 +38,9 @@ pub struct Checked {
     /// SQLite: the decompressed, integrity-checked database, in the private
     /// folder (0700). Removed when dropped.
     pub prepared: Option<Prepared>,
+    /// A PostgreSQL dump's tables (`schema.table`), for
+    /// [`same_application`].
+    pub tables: Option<BTreeSet<String>>,
 }
 
 /// A temporary file removed on drop unless taken.
@@ -118,27 +124,37 @@ pub async fn check(
     } else {
         shown.clone()
     };
-    let (raw_bytes, input, prepared) = match (kind.payload, database) {
+    let (raw_bytes, input, prepared, tables) = match (kind.payload, database) {
         (Payload::PlainSql, _) => {
             let (source, path, name) = (source.clone(), path.to_path_buf(), input_name.clone());
-            let (n, input, tail) = blocking(move || {
+            let (n, input, tail, scan) = blocking(move || {
                 let mut tail = TailSink::default();
+                // The same pass feeds the trailer check and the scan.
+                let mut scan = SqlScan::for_psql();
                 let mut reader = HashingReader::new(&source);
-                let n = decompress_from(&mut reader, kind.gzip, &mut tail, &path).map_err(short)?;
+                let n = decompress_from(
+                    &mut reader,
+                    kind.gzip,
+                    &mut Both(&mut tail, &mut scan),
+                    &path,
+                )
+                .map_err(short)?;
                 let input = reader
                     .into_input(source.clone(), name)
                     .map_err(|e| format!("cannot read the file: {e}"))?;
-                Ok((n, input, tail))
+                Ok((n, input, tail, scan))
             })
             .await?;
+            let scanned = scan.finish()?;
             if !has_pg_dump_trailer(&tail.bytes) {
                 return Err("the SQL dump does not end with pg_dump's trailer '-- PostgreSQL database dump complete' (incomplete dump)".into());
             }
-            (n, input, None)
+            psql_knows_restrict().await?;
+            (n, input, None, Some(scanned.tables))
         }
         (Payload::CustomDump, _) => {
-            let (n, input) = check_custom_dump(source, path, kind.gzip, input_name).await?;
-            (n, input, None)
+            let (n, input, tables) = check_custom_dump(source, path, kind.gzip, input_name).await?;
+            (n, input, None, Some(tables))
         }
         (Payload::Sqlite, Database::Sqlite(target)) => {
             // SQLite opens files by name, so the copy has one, in the
@@ -175,7 +191,7 @@ pub async fn check(
             .await?;
             check_integrity(&prepared.path, "integrity_check")
                 .map_err(|reason| format!("not a sound SQLite database: {reason}"))?;
-            (n, input, Some(prepared))
+            (n, input, Some(prepared), None)
         }
         (Payload::Sqlite, Database::Postgres(_)) => unreachable!("refused above"),
     };
@@ -187,7 +203,62 @@ pub async fn check(
         sha256: token_sha256.unwrap_or_else(|| input.sha256.clone()),
         input,
         prepared,
+        tables,
     })
+}
+
+/// Writes everything to both sinks: one decompression pass feeds the
+/// trailer check and the scan.
+struct Both<'a, A, B>(&'a mut A, &'a mut B);
+
+impl<A: Write, B: Write> Write for Both<'_, A, B> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        self.1.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
+    }
+}
+
+/// How many table names a refusal shows of each side.
+const TABLES_SHOWN: usize = 8;
+
+/// Refuses a PostgreSQL dump that shares no table with the live database's
+/// non-empty tables (a dump of another application, most likely), unless
+/// `allow_schema_change` (`RESTORE_ALLOW_SCHEMA_CHANGE`). A live database
+/// that is missing or holds no rows takes any dump. Runs before anything
+/// is stopped.
+pub async fn same_application(
+    checked: &Checked,
+    database: &Database,
+    allow_schema_change: bool,
+) -> Result<(), String> {
+    let (Database::Postgres(target), Some(dump)) = (database, &checked.tables) else {
+        return Ok(());
+    };
+    if allow_schema_change {
+        return Ok(());
+    }
+    let live = live_tables_with_rows(target)
+        .await
+        .map_err(|e| format!("cannot compare the dump's tables with the live database's: {e}"))?;
+    let Some(live) = live.filter(|live| !live.is_empty()) else {
+        return Ok(());
+    };
+    if dump.intersection(&live).next().is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "the dump shares no table with the live database, which holds data (a dump of another application?): the dump has {} table(s) ({}), the live database {} non-empty table(s) ({}); nothing was changed (set RESTORE_ALLOW_SCHEMA_CHANGE=true to replace it anyway)",
+        dump.len(),
+        shortened(dump, TABLES_SHOWN),
+        live.len(),
+        shortened(&live, TABLES_SHOWN),
+    ))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -256,16 +327,35 @@ async fn check_custom_dump(
     path: &Path,
     gzip: bool,
     input_name: String,
-) -> Result<(u64, Input), String> {
+) -> Result<(u64, Input, BTreeSet<String>), String> {
+    // `-f -` and no -d: the SQL comes out on stdout, nothing connects
+    // anywhere. pg_restore runs no psql meta-commands, but the SQL of a
+    // crafted custom dump is the server's to run all the same: it goes
+    // through the scanner, which also collects the tables.
     let mut command = crate::process::command("pg_restore");
     command
-        .arg("--list")
+        .args(["-f", "-"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot run pg_restore: {e}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let scan = tokio::task::spawn_blocking(move || -> Result<SqlScan, String> {
+        let mut from = tokio_util::io::SyncIoBridge::new(stdout);
+        let mut scan = SqlScan::for_pg_restore();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = from
+                .read(&mut buf)
+                .map_err(|e| format!("reading pg_restore's output: {e}"))?;
+            if n == 0 {
+                return Ok(scan);
+            }
+            let _ = scan.write(&buf[..n]);
+        }
+    });
     let stdin = child.stdin.take().expect("stdin is piped");
     let path = path.to_path_buf();
     let feed = tokio::task::spawn_blocking(move || {
@@ -287,14 +377,20 @@ async fn check_custom_dump(
         other => other.to_string(),
     })?;
     let input = input.map_err(|e| format!("cannot read the file: {e}"))?;
+    let scan = scan
+        .await
+        .map_err(|e| format!("the scanning task failed: {e}"))??;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(format!(
-            "pg_restore --list rejected the dump: {}",
+            "pg_restore rejected the dump: {}",
             stderr.lines().next().unwrap_or("").trim()
         ));
     }
-    Ok((raw_bytes, input))
+    let scanned = scan
+        .finish()
+        .map_err(|reason| format!("in the SQL of the custom dump, {reason}"))?;
+    Ok((raw_bytes, input, scanned.tables))
 }
 
 /// Writes to the inner writer until it fails (pg_restore closes its input

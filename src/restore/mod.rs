@@ -5,6 +5,7 @@ pub mod failed;
 pub mod input;
 pub mod kind;
 pub mod postgres;
+pub mod sql_scan;
 pub mod sqlite;
 pub mod state;
 

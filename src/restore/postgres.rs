@@ -40,8 +40,14 @@ use crate::restore::kind::{FileKind, Payload};
 const MAX_IDENTIFIER: usize = 63;
 const STAGING_SUFFIX: &str = "_restore_";
 const PREVIOUS_SUFFIX: &str = "_pre_restore_";
-/// `YYYYMMDDTHHMMSSZ`.
-const STAMP_LEN: usize = 16;
+/// `YYYYMMDDTHHMMSS.ffffffZ`: microseconds, so two restores within one
+/// second get different names.
+const STAMP_LEN: usize = 23;
+/// `YYYYMMDDTHHMMSSZ`, written before stamps had microseconds; still
+/// recognised so such databases are pruned and recovered.
+const OLD_STAMP_LEN: usize = 16;
+/// The format of [`STAMP_LEN`] stamps, for chrono.
+pub const STAMP_FORMAT: &str = "%Y%m%dT%H%M%S%.6fZ";
 /// How often the swap is tried when sessions reconnect to the live database
 /// between their termination and the rename.
 const SWAP_ATTEMPTS: u32 = 4;
@@ -90,7 +96,8 @@ pub struct Options {
     pub strategy: Strategy,
     /// How many `<db>_pre_restore_*` databases to keep (`RESTORE_KEEP_PREVIOUS`).
     pub keep_previous: usize,
-    /// `YYYYMMDDTHHMMSSZ` of this run, used in the database names.
+    /// `YYYYMMDDTHHMMSS.ffffffZ` of this run ([`STAMP_FORMAT`]), used in
+    /// the database names.
     pub stamp: String,
 }
 
@@ -113,7 +120,8 @@ pub struct Report {
     pub previous: Option<String>,
     /// Older previous databases dropped by `keep_previous`.
     pub dropped: Vec<String>,
-    /// Bytes fed to psql/pg_restore (decompressed).
+    /// Bytes of the dump fed to psql/pg_restore (decompressed, after the
+    /// blanking of [`SqlFilter`]; backupd's own `\restrict` line not counted).
     pub bytes_loaded: u64,
 }
 
@@ -152,14 +160,31 @@ fn suffixed(db: &str, suffix: &str, stamp: &str) -> String {
     format!("{}{suffix}{stamp}", &db[..end])
 }
 
-/// `YYYYMMDDTHHMMSSZ`, digits where digits belong.
-fn is_stamp(s: &str) -> bool {
+/// `YYYYMMDDTHHMMSS.ffffffZ` (or the older `YYYYMMDDTHHMMSSZ`), digits
+/// where digits belong.
+pub fn is_stamp(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() == STAMP_LEN
-        && b[..8].iter().all(u8::is_ascii_digit)
-        && b[8] == b'T'
-        && b[9..15].iter().all(u8::is_ascii_digit)
-        && b[15] == b'Z'
+    let seconds = |b: &[u8]| {
+        b[..8].iter().all(u8::is_ascii_digit)
+            && b[8] == b'T'
+            && b[9..15].iter().all(u8::is_ascii_digit)
+    };
+    match b.len() {
+        STAMP_LEN => {
+            seconds(b) && b[15] == b'.' && b[16..22].iter().all(u8::is_ascii_digit) && b[22] == b'Z'
+        }
+        OLD_STAMP_LEN => seconds(b) && b[15] == b'Z',
+        _ => false,
+    }
+}
+
+/// A stamp of either form as a key that sorts in time order.
+fn stamp_order(stamp: &str) -> String {
+    if stamp.len() == OLD_STAMP_LEN {
+        format!("{}.000000Z", &stamp[..15])
+    } else {
+        stamp.to_string()
+    }
 }
 
 fn check_stamp(stamp: &str) -> Result<()> {
@@ -167,17 +192,32 @@ fn check_stamp(stamp: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Other(format!(
-            "internal: restore stamp '{stamp}' is not of the form YYYYMMDDTHHMMSSZ"
+            "internal: restore stamp '{stamp}' is not of the form YYYYMMDDTHHMMSS.ffffffZ"
         )))
     }
+}
+
+/// The stamp when `name` is exactly `<db><suffix><stamp>` as
+/// [`suffixed`] writes it, for a stamp of either length.
+fn suffixed_stamp<'n>(db: &str, suffix: &str, name: &'n str) -> Option<&'n str> {
+    [STAMP_LEN, OLD_STAMP_LEN].into_iter().find_map(|len| {
+        let prefix = suffixed(db, suffix, &"0".repeat(len));
+        let prefix = &prefix[..prefix.len() - len];
+        name.strip_prefix(prefix)
+            .filter(|s| s.len() == len && is_stamp(s))
+    })
 }
 
 /// The stamp of a previous database of `db`, when `name` is exactly
 /// `<db>_pre_restore_<stamp>`.
 fn previous_stamp<'n>(db: &str, name: &'n str) -> Option<&'n str> {
-    let prefix = suffixed(db, PREVIOUS_SUFFIX, &"0".repeat(STAMP_LEN));
-    let prefix = &prefix[..prefix.len() - STAMP_LEN];
-    name.strip_prefix(prefix).filter(|s| is_stamp(s))
+    suffixed_stamp(db, PREVIOUS_SUFFIX, name)
+}
+
+/// The stamp of a staging database of `db`, when `name` is exactly
+/// `<db>_restore_<stamp>`.
+fn staging_stamp<'n>(db: &str, name: &'n str) -> Option<&'n str> {
+    suffixed_stamp(db, STAGING_SUFFIX, name)
 }
 
 /// `"name"` with embedded quotes doubled.
@@ -295,6 +335,7 @@ async fn read_stderr(
     stderr: tokio::process::ChildStderr,
     target: PgTarget,
     program: &'static str,
+    line_offset: u64,
 ) -> StderrLog {
     let mut log = StderrLog::default();
     let mut reader = tokio::io::BufReader::new(stderr);
@@ -305,7 +346,10 @@ async fn read_stderr(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        let line = target.mask(String::from_utf8_lossy(&buf).trim_end());
+        let line = target.mask(&file_line_numbers(
+            String::from_utf8_lossy(&buf).trim_end(),
+            line_offset,
+        ));
         if line.trim().is_empty() {
             continue;
         }
@@ -317,6 +361,103 @@ async fn read_stderr(
         log.push(&line);
     }
     log
+}
+
+/// `psql:<stdin>:N:` counted in lines of the file, not of the stream fed
+/// (which has `offset` lines of ours before the file's first).
+fn file_line_numbers(line: &str, offset: u64) -> std::borrow::Cow<'_, str> {
+    const PREFIX: &str = "psql:<stdin>:";
+    if offset == 0 {
+        return line.into();
+    }
+    let Some(rest) = line.strip_prefix(PREFIX) else {
+        return line.into();
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    match rest[..digits].parse::<u64>() {
+        Ok(n) if rest[digits..].starts_with(':') => {
+            format!("{PREFIX}{}{}", n.saturating_sub(offset), &rest[digits..]).into()
+        }
+        _ => line.into(),
+    }
+}
+
+// ------------------------------------------------------------------ restricted mode
+
+/// The first release of each major version whose psql knows `\restrict`
+/// (the fix for CVE-2025-8714); every release from 18 on does.
+const RESTRICT_SINCE: &[(u32, u32)] = &[(13, 22), (14, 19), (15, 14), (16, 10), (17, 6)];
+
+/// `Ok` when a psql of `version` (`psql (PostgreSQL) 15.18 (Debian …)`)
+/// knows `\restrict`; `Err` says which one is needed.
+fn restrict_supported(version: &str) -> std::result::Result<(), String> {
+    let number = version
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+        .unwrap_or("");
+    let mut parts = number.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let ok = major >= 18
+        || RESTRICT_SINCE
+            .iter()
+            .any(|&(m, since)| m == major && minor >= since);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the psql in use ({}) is too old to load a plain SQL dump safely: it lacks restricted mode (\\restrict), so the file's psql meta-commands could run programs and read files; install psql 18, 17.6, 16.10, 15.14, 14.19, 13.22 or newer (nothing was changed)",
+            version.trim()
+        ))
+    }
+}
+
+/// Runs `psql --version` and fails closed when that psql cannot be put into
+/// restricted mode (or cannot be run at all).
+pub async fn psql_knows_restrict() -> std::result::Result<(), String> {
+    let out = crate::process::command("psql")
+        .arg("--version")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot run psql --version: {e} (is the PostgreSQL client installed and on PATH?)"
+            )
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "psql --version failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    restrict_supported(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or(""),
+    )
+}
+
+/// A fresh random key for `\restrict` (alphanumeric, as psql wants). It is
+/// never logged: a file that knew it could lift restricted mode.
+fn restrict_key() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut key = String::with_capacity(32);
+    while key.len() < 32 {
+        let mut raw = [0u8; 64];
+        getrandom::fill(&mut raw).expect("the operating system's random generator failed");
+        // 248 = 4 × 62: no byte value is more likely than another.
+        key.extend(
+            raw.iter()
+                .filter(|&&b| b < 248)
+                .map(|&b| char::from(ALPHABET[usize::from(b % 62)]))
+                .take(32 - key.len()),
+        );
+    }
+    key
 }
 
 // ------------------------------------------------------------------ SQL
@@ -564,6 +705,82 @@ impl<'a> Server<'a> {
         }))
     }
 
+    /// The oid of database `name`, `None` when there is none.
+    async fn oid(&self, name: &str) -> Result<Option<u32>> {
+        let out = self
+            .sql(&format!(
+                "SELECT oid FROM pg_database WHERE datname = {};\n",
+                literal(name)
+            ))
+            .await
+            .map_err(|f| {
+                self.fail(format!(
+                    "cannot look up database \"{name}\": {}",
+                    f.summary()
+                ))
+            })?;
+        match out.lines().next() {
+            None => Ok(None),
+            Some(line) => {
+                line.trim().parse().map(Some).map_err(|_| {
+                    self.fail(format!("unexpected oid '{line}' of database \"{name}\""))
+                })
+            }
+        }
+    }
+
+    /// What is true of the live database now, given its oid before the
+    /// restore started: looked up at this moment, never assumed.
+    async fn live_note(&self, before: Option<u32>) -> String {
+        let db = &self.db;
+        match (before, self.oid(db).await) {
+            (Some(b), Ok(Some(now))) if b == now => "the live database was not changed".into(),
+            (None, Ok(None)) => {
+                format!("there was no database \"{db}\" before and there is none now")
+            }
+            (Some(b), Ok(None)) => format!(
+                "the live database \"{db}\" (oid {b}) NO LONGER EXISTS under its name; look for it under another name (SELECT datname FROM pg_database WHERE oid = {b}) or restore the safety backup"
+            ),
+            (Some(b), Ok(Some(now))) => format!(
+                "database \"{db}\" is NOT the live database of before (oid {now}, was {b}); look for oid {b} in pg_database or restore the safety backup"
+            ),
+            (None, Ok(Some(now))) => format!(
+                "a database \"{db}\" (oid {now}) exists now although there was none before the restore"
+            ),
+            (_, Err(e)) => format!("cannot tell whether the live database was changed: {e}"),
+        }
+    }
+
+    /// Drops every `<db>_restore_<stamp>` database: only a restore of ours
+    /// names a database so, and one restore runs at a time (the restore
+    /// lock), so any that exists is left by an interrupted one (a killed
+    /// backupd, a server stopped mid-load). Returns the names dropped.
+    async fn drop_leftover_staging(&self) -> Result<Vec<String>> {
+        let mut dropped = Vec::new();
+        for name in self.databases().await? {
+            if staging_stamp(&self.db, &name).is_none() {
+                continue;
+            }
+            self.drop_database(&name, true).await.map_err(|f| {
+                self.fail(format!(
+                    "cannot drop the leftover staging database \"{name}\": {}",
+                    f.summary()
+                ))
+            })?;
+            tracing::warn!(database = %name, "dropped a staging database left by an interrupted restore");
+            dropped.push(name);
+        }
+        Ok(dropped)
+    }
+
+    /// [`Server::drop_leftover_staging`] before a restore: what it cannot
+    /// drop is logged and left for the next time.
+    async fn drop_leftovers(&self) {
+        if let Err(e) = self.drop_leftover_staging().await {
+            tracing::warn!(error = %e, "cannot clean up leftover staging databases");
+        }
+    }
+
     /// A statement terminating the other sessions on `name` that this role
     /// may terminate (others would make pg_terminate_backend fail).
     fn terminate_sql(&self, name: &str) -> String {
@@ -668,6 +885,20 @@ impl<'a> Server<'a> {
         }
     }
 
+    /// After a failed or cancelled load or swap: drops the staging database
+    /// and adds to `err` what is true of the live database now.
+    async fn abandon(&self, staging: &str, live_oid: Option<u32>, err: Error) -> Error {
+        let note = self.discard(staging).await;
+        let live = self.live_note(live_oid).await;
+        match err {
+            Error::Other(msg) => with_note(Error::Other(format!("{msg}; {live}")), note),
+            err => {
+                tracing::warn!(database = %self.db, "{live}");
+                with_note(err, note)
+            }
+        }
+    }
+
     /// Renames the live database to `previous` (when it exists) and
     /// `staging` to the live name, in one transaction, after terminating
     /// the live database's sessions. Retried when sessions came back.
@@ -708,7 +939,7 @@ impl<'a> Server<'a> {
                 }
                 Err(f) => {
                     return Err(self.fail(format!(
-                        "cannot swap the restored database into place (the live database was not changed): {}",
+                        "cannot swap the restored database into place: {}",
                         f.summary()
                     )));
                 }
@@ -728,7 +959,7 @@ impl<'a> Server<'a> {
             .await?
             .into_iter()
             .filter_map(|name| {
-                previous_stamp(&self.db, &name).map(|stamp| (stamp.to_string(), name.clone()))
+                previous_stamp(&self.db, &name).map(|stamp| (stamp_order(stamp), name.clone()))
             })
             .collect();
         previous.sort_by(|a, b| b.cmp(a));
@@ -752,13 +983,16 @@ impl<'a> Server<'a> {
 
 // ------------------------------------------------------------------ loading
 
-/// Blanks `SET transaction_timeout` statements (pg_dump ≥ 17 writes one;
-/// older servers reject it) outside COPY data, line by line. The line
-/// break stays, so psql's line numbers still match the file.
+/// Blanks, outside COPY data, line by line: `SET transaction_timeout`
+/// statements (pg_dump ≥ 17 writes one; older servers reject it), and the
+/// file's own `\restrict`/`\unrestrict` lines (ours comes first, and the
+/// file must never lift it). The line break stays, so psql's line numbers
+/// still match the file.
 #[derive(Debug, Default)]
 struct SqlFilter {
     in_copy: bool,
     blanked: u64,
+    blanked_restrict: u64,
 }
 
 impl SqlFilter {
@@ -782,6 +1016,22 @@ impl SqlFilter {
         if content.starts_with(SET) && matches!(content.get(SET.len()), Some(b' ' | b'=' | b'\t')) {
             line.drain(..content_len);
             self.blanked += 1;
+            return;
+        }
+        let start = content
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(content.len());
+        let command = &content[start..];
+        let is_restrict = [&b"\\restrict"[..], b"\\unrestrict"].iter().any(|name| {
+            command.starts_with(name)
+                && command
+                    .get(name.len())
+                    .is_none_or(|b| b.is_ascii_whitespace())
+        });
+        if is_restrict {
+            line.drain(..content_len);
+            self.blanked_restrict += 1;
         }
     }
 }
@@ -812,12 +1062,19 @@ impl HeldBack {
     }
 }
 
-/// Reads the checked `input` (gunzipping it when `gzip`), filters plain SQL
-/// when `filter`, and sends it in chunks; stops quietly when the receiver
-/// is gone. Before the last chunk goes out, everything read is compared
-/// with the digest the check took: bytes rewritten in the file since then
-/// end the load with an error (the caller kills the loader).
-fn produce(input: &Input, gzip: bool, filter: bool, tx: mpsc::Sender<Vec<u8>>) -> Result<()> {
+/// Reads the checked `input` (gunzipping it when `gzip`) and sends it in
+/// chunks; stops quietly when the receiver is gone. Plain SQL (`restrict`
+/// is its key) goes through [`SqlFilter`] after a first line
+/// `\restrict KEY`, which puts psql into restricted mode: no meta-command
+/// of the file runs. Before the last chunk goes out, everything read is
+/// compared with the digest the check took: bytes rewritten in the file
+/// since then end the load with an error (the caller kills the loader).
+fn produce(
+    input: &Input,
+    gzip: bool,
+    restrict: Option<String>,
+    tx: mpsc::Sender<Vec<u8>>,
+) -> Result<()> {
     let read_err = |e: std::io::Error| Error::Other(format!("reading {}: {e}", input.name));
     let mut hashed = input.reader();
     let mut out = HeldBack { tx, held: None };
@@ -831,22 +1088,11 @@ fn produce(input: &Input, gzip: bool, filter: bool, tx: mpsc::Sender<Vec<u8>>) -
             Box::new(&mut hashed)
         };
         let mut reader = BufReader::with_capacity(CHUNK, raw);
-        if !filter {
-            loop {
-                let mut buf = vec![0u8; CHUNK];
-                let n = reader.read(&mut buf).map_err(read_err)?;
-                if n == 0 {
-                    break;
-                }
-                buf.truncate(n);
-                if !out.send(buf) {
-                    return Ok(());
-                }
-            }
-        } else {
+        if let Some(key) = restrict {
             let mut sql = SqlFilter::default();
             let mut line = Vec::new();
             let mut pending = Vec::with_capacity(CHUNK);
+            pending.extend_from_slice(format!("\\restrict {key}\n").as_bytes());
             loop {
                 line.clear();
                 let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
@@ -869,6 +1115,24 @@ fn produce(input: &Input, gzip: bool, filter: bool, tx: mpsc::Sender<Vec<u8>>) -
                     lines = sql.blanked,
                     "left out `SET transaction_timeout` (written by pg_dump 17 and newer)"
                 );
+            }
+            if sql.blanked_restrict > 0 {
+                tracing::debug!(
+                    lines = sql.blanked_restrict,
+                    "left out the file's own \\restrict/\\unrestrict lines (psql runs under backupd's key)"
+                );
+            }
+        } else {
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = reader.read(&mut buf).map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                if !out.send(buf) {
+                    return Ok(());
+                }
             }
         }
     }
@@ -942,6 +1206,16 @@ async fn load(
             ));
         }
     };
+    // pg_restore runs no meta-commands (it speaks SQL to the server
+    // itself); psql gets the file in restricted mode, under a key the file
+    // cannot know.
+    let restrict = match kind.payload {
+        Payload::PlainSql => {
+            psql_knows_restrict().await.map_err(|e| failed(target, e))?;
+            Some(restrict_key())
+        }
+        _ => None,
+    };
     tracing::info!(file = %file.name, database = dbname, program, "loading the dump");
     let mut child = pg_command(program, target, dbname)
         .args(args)
@@ -957,15 +1231,21 @@ async fn load(
             )
         })?;
     let mut stdin = child.stdin.take().expect("stdin is piped");
+    // Our `\restrict` line comes before the file's first line.
+    let line_offset = u64::from(restrict.is_some());
+    let own_bytes = restrict
+        .as_ref()
+        .map_or(0, |key| format!("\\restrict {key}\n").len() as u64);
     let stderr = tokio::spawn(read_stderr(
         child.stderr.take().expect("stderr is piped"),
         target.clone(),
         program,
+        line_offset,
     ));
     let (tx, rx) = mpsc::channel(4);
     let input = file.clone();
-    let (gzip, filter) = (kind.gzip, kind.payload == Payload::PlainSql);
-    let producer = tokio::task::spawn_blocking(move || produce(&input, gzip, filter, tx));
+    let gzip = kind.gzip;
+    let producer = tokio::task::spawn_blocking(move || produce(&input, gzip, restrict, tx));
 
     let fed = tokio::select! {
         fed = feed(&mut stdin, rx) => Some(fed),
@@ -1019,7 +1299,8 @@ async fn load(
             ),
         ));
     }
-    Ok(bytes)
+    // What the file gave, not our own first line.
+    Ok(bytes.saturating_sub(own_bytes))
 }
 
 // ------------------------------------------------------------------ restore
@@ -1063,6 +1344,9 @@ pub async fn restore_recorded(
         ));
     }
     check_stamp(&opts.stamp)?;
+    if kind.payload == Payload::PlainSql {
+        psql_knows_restrict().await.map_err(|e| failed(target, e))?;
+    }
     if cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
@@ -1097,6 +1381,7 @@ async fn staging(
             server.user
         )));
     }
+    server.drop_leftovers().await;
     let existing = server.databases().await?;
     for name in [&staging, &previous] {
         if existing.contains(name) {
@@ -1109,24 +1394,24 @@ async fn staging(
         return Err(Error::Cancelled);
     }
 
+    // Who the live database is, so that what is said about it after a
+    // failure is looked up then, not assumed.
+    let live_oid = server.oid(db).await?;
     server.create(&staging, live.as_ref()).await?;
     tracing::info!(database = %staging, "created the staging database");
     let bytes = match load(server.target, &staging, file, kind, cancel).await {
         Ok(bytes) => bytes,
-        Err(e) => {
-            let note = server.discard(&staging).await;
-            let e = match e {
-                Error::Other(msg) => {
-                    Error::Other(format!("{msg}; the live database was not changed"))
-                }
-                e => e,
-            };
-            return Err(with_note(e, note));
-        }
+        Err(e) => return Err(server.abandon(&staging, live_oid, e).await),
     };
     if cancel.is_cancelled() {
-        let note = server.discard(&staging).await;
-        return Err(with_note(Error::Cancelled, note));
+        return Err(server.abandon(&staging, live_oid, Error::Cancelled).await);
+    }
+    // The dump's own SQL ran as our role: it must not have moved the live
+    // database away (ALTER DATABASE … RENAME), or the swap would set aside
+    // whatever now has its name.
+    if server.oid(db).await? != live_oid {
+        let e = server.fail("the live database changed while the dump was loading, so the restored database was not swapped in");
+        return Err(server.abandon(&staging, live_oid, e).await);
     }
     let record = match swap_record(server, &staging, &previous).await {
         Ok(record) => record,
@@ -1141,8 +1426,7 @@ async fn staging(
         .swap(&staging, &previous, live.is_some(), cancel)
         .await
     {
-        let note = server.discard(&staging).await;
-        return Err(with_note(e, note));
+        return Err(server.abandon(&staging, live_oid, e).await);
     }
     crate::restore::test_pause("after-swap").await;
     tracing::info!(
@@ -1177,6 +1461,7 @@ async fn inplace(
         database = db,
         "RESTORE_PG_STRATEGY=inplace: the live database is emptied before loading; a failed load leaves it empty or partial (the safety backup is the way back)"
     );
+    server.drop_leftovers().await;
     let live = server.info(db).await?;
     if cancel.is_cancelled() {
         return Err(Error::Cancelled);
@@ -1352,6 +1637,98 @@ pub async fn recover(
     Ok(Recovered::NotRestored(done.join("; ")))
 }
 
+/// Drops the staging databases (`<db>_restore_<stamp>`, the configured
+/// database's only) that interrupted restores left; the caller holds the
+/// restore lock. Returns their names.
+pub async fn drop_leftover_staging(target: &PgTarget) -> Result<Vec<String>> {
+    Server::connect(target).await?.drop_leftover_staging().await
+}
+
+/// The restore role, when it is a superuser: such a role can make the
+/// server run programs and read its files, which a restore never needs.
+pub async fn superuser_role(target: &PgTarget) -> Result<Option<String>> {
+    let server = Server::connect(target).await?;
+    Ok(server.superuser.then(|| server.user.clone()))
+}
+
+/// How many tables the emptiness test looks at per statement.
+const TABLES_PER_QUERY: usize = 200;
+
+/// The live database's tables that hold at least one row, as
+/// `schema.table` (user schemas; tables of extensions left out), or `None`
+/// when the live database does not exist. "At least one row" is looked up
+/// (`EXISTS` per table), never taken from statistics. A table this role
+/// may not read counts as holding rows.
+pub async fn live_tables_with_rows(
+    target: &PgTarget,
+) -> Result<Option<std::collections::BTreeSet<String>>> {
+    let server = Server::connect(target).await?;
+    let db = server.db.clone();
+    if server.oid(&db).await?.is_none() {
+        return Ok(None);
+    }
+    let list = "SELECT n.nspname, c.relname, has_table_privilege(c.oid, 'SELECT') \
+                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' \
+                AND n.nspname !~ '^pg_' \
+                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                AND d.objid = c.oid AND d.deptype = 'e') ORDER BY 1, 2;\n";
+    let tables = run_sql(target, &db, list).await.map_err(|f| {
+        failed(
+            target,
+            format!(
+                "cannot list the tables of database \"{db}\": {}",
+                f.summary()
+            ),
+        )
+    })?;
+    let mut with_rows = std::collections::BTreeSet::new();
+    let mut readable = Vec::new();
+    for line in tables.lines() {
+        let fields: Vec<&str> = line.split(FIELD_SEP).collect();
+        let [schema, table, can_read] = fields[..] else {
+            continue;
+        };
+        let name = format!("{schema}.{table}");
+        if can_read == "t" {
+            readable.push((name, schema.to_string(), table.to_string()));
+        } else {
+            with_rows.insert(name);
+        }
+    }
+    for chunk in readable.chunks(TABLES_PER_QUERY) {
+        let query = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (_, schema, table))| {
+                format!(
+                    "SELECT {i} WHERE EXISTS (SELECT 1 FROM ONLY {}.{})",
+                    ident(schema),
+                    ident(table)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let out = run_sql(target, &db, &format!("{query};\n"))
+            .await
+            .map_err(|f| {
+                failed(
+                    target,
+                    format!(
+                        "cannot look into the tables of database \"{db}\": {}",
+                        f.summary()
+                    ),
+                )
+            })?;
+        for i in out.lines().filter_map(|l| l.trim().parse::<usize>().ok()) {
+            if let Some((name, ..)) = chunk.get(i) {
+                with_rows.insert(name.clone());
+            }
+        }
+    }
+    Ok(Some(with_rows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1417,6 +1794,115 @@ mod tests {
             Some(STAMP)
         );
         assert!(check_stamp("2026-11-29").is_err());
+    }
+
+    const NEW: &str = "20261129T030405.123456Z";
+
+    #[test]
+    fn microsecond_stamps_name_databases_in_time_order() {
+        assert!(is_stamp(NEW) && is_stamp(STAMP));
+        for bad in [
+            "20261129T030405.12345Z",
+            "20261129T030405,123456Z",
+            "20261129T030405.123456",
+        ] {
+            assert!(!is_stamp(bad), "{bad}");
+        }
+        let stamp = chrono::DateTime::parse_from_rfc3339("2026-11-29T03:04:05.000007Z")
+            .unwrap()
+            .format(STAMP_FORMAT)
+            .to_string();
+        assert_eq!(stamp, "20261129T030405.000007Z");
+        let long = "d".repeat(80);
+        for db in ["appdb", long.as_str()] {
+            for name in [previous_name(db, NEW), staging_name(db, NEW)] {
+                assert!(name.len() <= 63, "{name}");
+            }
+            assert_eq!(previous_stamp(db, &previous_name(db, NEW)), Some(NEW));
+            assert_eq!(staging_stamp(db, &staging_name(db, NEW)), Some(NEW));
+            // Names from before microseconds are still ours.
+            assert_eq!(previous_stamp(db, &previous_name(db, STAMP)), Some(STAMP));
+            assert_eq!(staging_stamp(db, &staging_name(db, STAMP)), Some(STAMP));
+            assert_eq!(staging_stamp(db, &previous_name(db, NEW)), None);
+            assert_eq!(previous_stamp(db, &staging_name(db, NEW)), None);
+        }
+        for other in [
+            "appdb_restore_20261129T030405.123456Z_x",
+            "appdb2_restore_20261129T030405.123456Z",
+            "appdb_restore_20261129T030405.1234567Z",
+            "xappdb_restore_20261129T030405Z",
+        ] {
+            assert_eq!(staging_stamp("appdb", other), None, "{other}");
+        }
+        // Old and new stamps sort by time.
+        let mut stamps = vec![
+            stamp_order("20261129T030406Z"),
+            stamp_order("20261129T030405.000001Z"),
+            stamp_order("20261129T030405Z"),
+        ];
+        stamps.sort();
+        assert_eq!(
+            stamps,
+            [
+                "20261129T030405.000000Z",
+                "20261129T030405.000001Z",
+                "20261129T030406.000000Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_a_psql_with_restricted_mode_is_used() {
+        for ok in [
+            "psql (PostgreSQL) 15.18 (Debian 15.18-1.pgdg120+1)",
+            "psql (PostgreSQL) 18.1",
+            "psql (PostgreSQL) 19devel",
+            "psql (PostgreSQL) 17.6",
+            "psql (PostgreSQL) 13.22",
+        ] {
+            assert_eq!(restrict_supported(ok), Ok(()), "{ok}");
+        }
+        for old in [
+            "psql (PostgreSQL) 15.13",
+            "psql (PostgreSQL) 17.5 (Ubuntu 17.5-1)",
+            "psql (PostgreSQL) 12.22",
+            "psql (PostgreSQL) 9.6.24",
+            "",
+        ] {
+            let err = restrict_supported(old).unwrap_err();
+            assert!(err.contains("too old") && err.contains("15.14"), "{err}");
+        }
+    }
+
+    #[test]
+    fn restrict_keys_are_random_and_alphanumeric() {
+        let (a, b) = (restrict_key(), restrict_key());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()), "{a}");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn psql_line_numbers_count_the_file_lines() {
+        assert_eq!(
+            file_line_numbers("psql:<stdin>:13: ERROR:  x", 1),
+            "psql:<stdin>:12: ERROR:  x"
+        );
+        assert_eq!(
+            file_line_numbers("psql:<stdin>:13: ERROR:  x", 0),
+            "psql:<stdin>:13: ERROR:  x"
+        );
+        assert_eq!(file_line_numbers("DETAIL:  y", 1), "DETAIL:  y");
+    }
+
+    #[test]
+    fn the_files_own_restrict_lines_are_blanked_outside_copy_data() {
+        let dump = "\\restrict abc\nSELECT 1;\n  \\unrestrict guess\nCOPY public.t (a) FROM stdin;\n\\restrict x\n\\.\n\
+                    \\restricted\n\\unrestrict abc\n";
+        assert_eq!(
+            filtered(dump),
+            "\nSELECT 1;\n\nCOPY public.t (a) FROM stdin;\n\\restrict x\n\\.\n\\restricted\n\n"
+        );
     }
 
     #[test]
