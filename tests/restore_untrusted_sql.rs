@@ -140,7 +140,7 @@ impl Stack {
         fs::rename(&tmp, self.incoming.join(name)).unwrap();
         let reason_file = self.failed.join(format!("{name}.reason.json"));
         let deadline = std::time::Instant::now() + GIVE_UP;
-        while !(reason_file.is_file() && !self.incoming.join(name).exists()) {
+        while !reason_file.is_file() || self.incoming.join(name).exists() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "`{name}` never reached the failed folder:\n{}",
