@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backupd::db::{Database, PgTarget};
+use backupd::restore::input::Input;
 use backupd::restore::kind::classify;
 use backupd::restore::postgres::{Options, Strategy, restore};
 use common::*;
@@ -388,9 +389,10 @@ async fn psql_restricted_mode_refuses_meta_commands_the_scan_never_saw() {
         keep_previous: 1,
         stamp: "20261201T000000.000001Z".into(),
     };
+    let input = Input::open(&file).expect("a readable restore input");
     let err = restore(
         &target,
-        &file,
+        &input,
         classify("bypass.sql").unwrap(),
         &opts,
         &CancellationToken::new(),
