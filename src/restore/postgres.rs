@@ -705,30 +705,6 @@ impl<'a> Server<'a> {
         }))
     }
 
-    /// The oid of database `name`, `None` when there is none.
-    async fn oid(&self, name: &str) -> Result<Option<u32>> {
-        let out = self
-            .sql(&format!(
-                "SELECT oid FROM pg_database WHERE datname = {};\n",
-                literal(name)
-            ))
-            .await
-            .map_err(|f| {
-                self.fail(format!(
-                    "cannot look up database \"{name}\": {}",
-                    f.summary()
-                ))
-            })?;
-        match out.lines().next() {
-            None => Ok(None),
-            Some(line) => {
-                line.trim().parse().map(Some).map_err(|_| {
-                    self.fail(format!("unexpected oid '{line}' of database \"{name}\""))
-                })
-            }
-        }
-    }
-
     /// What is true of the live database now, given its oid before the
     /// restore started: looked up at this moment, never assumed.
     async fn live_note(&self, before: Option<u32>) -> String {
