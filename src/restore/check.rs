@@ -14,7 +14,7 @@ use crate::crypto::fernet::decrypt_from;
 use crate::crypto::keys::Keys;
 use crate::db::Database;
 use crate::db::sqlite::check_integrity;
-use crate::restore::input::{self, FirstPassHash, HashingReader, Input, PrivateDir};
+use crate::restore::input::{self, CheckReader, FirstPassHash, HashingReader, Input, PrivateDir};
 use crate::restore::kind::{FileKind, Payload};
 use crate::restore::postgres::{live_tables_with_rows, psql_knows_restrict};
 use crate::restore::sql_scan::{SqlScan, shortened};
@@ -119,6 +119,10 @@ pub async fn check(
         crate::error::Error::Verify { reason, .. } => reason,
         other => other.to_string(),
     };
+    // A dropped file may be rewritten in place after this pass read it, so
+    // the load reads a private copy of exactly what was checked; decrypted
+    // plaintext is private already.
+    let copy_into = token_sha256.is_none().then(|| private.clone());
     let input_name = if token_sha256.is_some() {
         format!("the decrypted content of {shown}")
     } else {
@@ -127,11 +131,13 @@ pub async fn check(
     let (raw_bytes, input, prepared, tables) = match (kind.payload, database) {
         (Payload::PlainSql, _) => {
             let (source, path, name) = (source.clone(), path.to_path_buf(), input_name.clone());
+            let copy_into = copy_into.clone();
             let (n, input, tail, scan) = blocking(move || {
                 let mut tail = TailSink::default();
-                // The same pass feeds the trailer check and the scan.
+                // The same pass feeds the trailer check and the scan, and
+                // copies what it reads for the load.
                 let mut scan = SqlScan::for_psql();
-                let mut reader = HashingReader::new(&source);
+                let mut reader = CheckReader::new(&source, copy_into.as_ref())?;
                 let n = decompress_from(
                     &mut reader,
                     kind.gzip,
@@ -153,7 +159,8 @@ pub async fn check(
             (n, input, None, Some(scanned.tables))
         }
         (Payload::CustomDump, _) => {
-            let (n, input, tables) = check_custom_dump(source, path, kind.gzip, input_name).await?;
+            let (n, input, tables) =
+                check_custom_dump(source, path, kind.gzip, input_name, copy_into.clone()).await?;
             (n, input, None, Some(tables))
         }
         (Payload::Sqlite, Database::Sqlite(target)) => {
@@ -327,6 +334,7 @@ async fn check_custom_dump(
     path: &Path,
     gzip: bool,
     input_name: String,
+    copy_into: Option<PrivateDir>,
 ) -> Result<(u64, Input, BTreeSet<String>), String> {
     // `-f -` and no -d: the SQL comes out on stdout, nothing connects
     // anywhere. pg_restore runs no psql meta-commands, but the SQL of a
@@ -360,7 +368,10 @@ async fn check_custom_dump(
     let path = path.to_path_buf();
     let feed = tokio::task::spawn_blocking(move || {
         let mut sink = UntilClosed(Some(tokio_util::io::SyncIoBridge::new(stdin)));
-        let mut reader = HashingReader::new(&source);
+        let mut reader = match CheckReader::new(&source, copy_into.as_ref()) {
+            Ok(reader) => reader,
+            Err(e) => return (Ok(0), Err(io::Error::other(e))),
+        };
         let n = decompress_from(&mut reader, gzip, &mut sink, &path);
         // pg_restore sees its end of input here.
         drop(sink);

@@ -3,9 +3,16 @@
 //! rewrite the file at any moment, so nothing after the open goes through
 //! the path again: the descriptor is checked (a regular, non-empty file),
 //! every pass reads it with positional reads, and every pass hashes what it
-//! read. The load compares its hash with the check's before the loader may
-//! finish, so bytes rewritten in the same inode after the check are never
-//! committed.
+//! read.
+//!
+//! A dropper that kept the file open can still rewrite the same inode, and
+//! a loader may commit before it reaches the end of its input (pg_restore
+//! at the end of the archive, psql at a `COMMIT;` in the stream), so a hash
+//! compared at the end of the load cannot stop everything. The check
+//! therefore copies every byte it reads into an unlinked file in
+//! [`PrivateDir`] ([`CheckReader`]), and the load reads that copy: what is
+//! loaded is, byte for byte, what was checked. The load still compares its
+//! hash with the check's, as a second line.
 //!
 //! Plaintext that backupd makes itself (a decrypted `.enc`) lives in
 //! [`PrivateDir`], a 0700 folder beside the restore state file, as an
@@ -162,6 +169,60 @@ impl Read for HashingReader<'_> {
         };
         self.hasher.update(&buf[..n]);
         self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The reader of a check pass: hashes what it reads from the dropped file
+/// (a [`HashingReader`]) and, when given a private folder, copies every byte
+/// into an unlinked file there, which becomes the [`Input`] the load reads.
+/// Without a folder (the source is already private, e.g. decrypted
+/// plaintext) the input is the source itself.
+pub struct CheckReader<'a> {
+    reader: HashingReader<'a>,
+    copy: Option<io::BufWriter<File>>,
+}
+
+impl<'a> CheckReader<'a> {
+    pub fn new(source: &'a File, copy_into: Option<&PrivateDir>) -> Result<Self, String> {
+        let copy = match copy_into {
+            Some(private) => Some(io::BufWriter::with_capacity(1 << 20, private.temp_file()?)),
+            None => None,
+        };
+        Ok(CheckReader {
+            reader: HashingReader::new(source),
+            copy,
+        })
+    }
+
+    /// Reads the rest of the source (copying it too), then returns the
+    /// checked input: the private copy when there is one, else `source`.
+    /// Bytes the source gained after this pass read them are not in the
+    /// copy, but are in the hash: the load then refuses the mismatch.
+    pub fn into_input(mut self, source: Arc<File>, name: String) -> io::Result<Input> {
+        io::copy(&mut self, &mut io::sink())?;
+        let CheckReader { reader, copy } = self;
+        let (len, sha256) = reader.finish_to_end()?;
+        let file = match copy {
+            Some(copy) => Arc::new(copy.into_inner().map_err(|e| e.into_error())?),
+            None => source,
+        };
+        Ok(Input {
+            file,
+            name,
+            len,
+            sha256,
+        })
+    }
+}
+
+impl Read for CheckReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.reader.read(buf)?;
+        if let Some(copy) = self.copy.as_mut() {
+            use std::io::Write;
+            copy.write_all(&buf[..n])?;
+        }
         Ok(n)
     }
 }
@@ -340,6 +401,27 @@ mod tests {
         fs::write(&path, b"changed content\n").unwrap();
         let err = input.confirm(input.reader()).unwrap_err().to_string();
         assert!(err.contains(CHANGED_AFTER_CHECK), "{err}");
+    }
+
+    #[test]
+    fn the_check_copy_is_what_loads_whatever_happens_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = PrivateDir::at(dir.path().join("private")).unwrap();
+        let path = dir.path().join("x.sql");
+        fs::write(&path, b"checked content\n").unwrap();
+        let file = Arc::new(open(&path).unwrap());
+        let mut reader = CheckReader::new(&file, Some(&private)).unwrap();
+        let mut first = [0u8; 7];
+        reader.read_exact(&mut first).unwrap();
+        let input = reader.into_input(file.clone(), "x.sql".into()).unwrap();
+        assert_eq!(input.len, 16);
+        // The dropper rewrites the same inode after the check.
+        fs::write(&path, b"evil!! content\n").unwrap();
+        let mut loaded = Vec::new();
+        input.reader().read_to_end(&mut loaded).unwrap();
+        assert_eq!(loaded, b"checked content\n");
+        assert!(input.confirm(input.reader()).is_ok());
+        assert_eq!(fs::read_dir(&private.path).unwrap().count(), 0, "unlinked");
     }
 
     #[test]
