@@ -51,17 +51,27 @@ pub fn backup(
     let _ = fs::remove_file(&snapshot.0);
     let mut reader = crate::files::create_new(&snapshot.0)
         .map_err(|e| Error::io("create the snapshot file", &snapshot.0, e))?;
+    // SQLite opens files by name, and whoever can write BACKUP_DIR could
+    // swap the name for a link between our open and SQLite's, and so have
+    // the whole database written where they like. /proc/self/fd/N names
+    // the very file held open here, whatever happens to its name.
+    let (sqlite_path, by_name) = match held_path(&reader) {
+        Some(path) => (path, false),
+        None => (snapshot.0.clone(), true),
+    };
     let deadline = Instant::now() + timeout;
-    take_snapshot(&target.path, &snapshot.0, cancel, deadline).map_err(|reason| match reason {
+    take_snapshot(&target.path, &sqlite_path, cancel, deadline).map_err(|reason| match reason {
         SnapshotError::Cancelled => Error::Cancelled,
         SnapshotError::Failed(reason) => fail(reason),
     })?;
-    check_integrity(&snapshot.0, "quick_check")
+    check_integrity(&sqlite_path, "quick_check")
         .map_err(|reason| fail(format!("the snapshot failed PRAGMA quick_check: {reason}")))?;
-    // SQLite wrote and checked the file by its name; what is streamed is
-    // read from the descriptor made above, and only if the name still
-    // leads to it.
-    still_the_same_file(&reader, &snapshot.0)?;
+    if by_name {
+        // Without /proc SQLite wrote and checked the file by its name: what
+        // is streamed is read from the descriptor made above, and only if
+        // the name still leads to it.
+        still_the_same_file(&reader, &snapshot.0)?;
+    }
 
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
@@ -79,6 +89,14 @@ pub fn backup(
     drop(reader);
     drop(snapshot);
     file.commit()
+}
+
+/// A path that names the open `file` itself (its `/proc/self/fd` link),
+/// or `None` where `/proc` is not mounted.
+fn held_path(file: &File) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    fs::symlink_metadata(&path).ok().map(|_| path)
 }
 
 /// Fails unless `path` is, right now, the regular file open as `file`.
@@ -192,5 +210,44 @@ pub fn check_integrity(db: &Path, pragma: &str) -> std::result::Result<(), Strin
         Ok(())
     } else {
         Err(findings.into_iter().take(5).collect::<Vec<_>>().join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_goes_into_the_held_file_whatever_happens_to_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("app.db");
+        {
+            let conn = Connection::open(&source).unwrap();
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL; CREATE TABLE t (x); INSERT INTO t VALUES (1), (2);",
+            )
+            .unwrap();
+        }
+        let name = dir.path().join(".snap");
+        let held = crate::files::create_new(&name).unwrap();
+        // Someone who can write the folder swaps the name for a link.
+        fs::rename(&name, dir.path().join("moved")).unwrap();
+        let victim = dir.path().join("victim");
+        std::os::unix::fs::symlink(&victim, &name).unwrap();
+
+        let path = held_path(&held).expect("/proc is mounted here");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        assert!(take_snapshot(&source, &path, &CancellationToken::new(), deadline).is_ok());
+        check_integrity(&path, "quick_check").unwrap();
+        assert!(!victim.exists(), "SQLite followed the planted link");
+        assert!(
+            held.metadata().unwrap().len() > 0,
+            "the held file got the snapshot"
+        );
+        let copy = Connection::open(&path).unwrap();
+        let rows: i64 = copy
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2);
     }
 }
