@@ -541,6 +541,39 @@ fn killed_mid_load_the_staging_database_is_dropped_and_the_app_runs() {
 }
 
 #[test]
+fn killed_mid_load_in_place_the_history_says_the_database_may_be_partial() {
+    let (Some(image), Some(bin)) = (require_test_image(), require_postgres()) else {
+        return;
+    };
+    let stack = PgStack::new(&bin);
+    let web = app_container(image);
+    let (slow, _) = insert_in_middle(&stack.dump_sql(), "SELECT pg_sleep(60);");
+    stack.drop_sql("pg_dump-slow.sql.gz", &slow);
+    let first = stack
+        .restore(&web.name)
+        .env("RESTORE_PG_STRATEGY", "inplace");
+    // The live database has been emptied once the load's sleep is running.
+    let entry = kill_and_restart(&stack, &web, first, |s, _| {
+        phase_is(s, "loading")
+            && s.cluster.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'",
+            ) == "1"
+    });
+    assert_eq!(entry["result"], "interrupted", "{entry}");
+    let error = entry["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("RESTORE_PG_STRATEGY=inplace") && error.contains("may be empty"),
+        "{entry}"
+    );
+    assert!(
+        error.contains("safety backup") && error.contains("pre-restore-"),
+        "the way back is named: {entry}"
+    );
+    assert!(!error.contains("is in place"), "{entry}");
+}
+
+#[test]
 fn killed_right_after_the_swap_the_history_says_restored() {
     let (Some(image), Some(bin)) = (require_test_image(), require_postgres()) else {
         return;

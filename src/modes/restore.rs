@@ -857,6 +857,9 @@ impl Service {
             start_pending: false,
             database: self.cfg.database.to_string(),
             sqlite: None,
+            strategy: matches!(self.cfg.database, Database::Postgres(_))
+                .then(|| self.cfg.strategy.to_string()),
+            safety_backup: None,
         });
         self.save(&state);
 
@@ -945,7 +948,14 @@ impl Service {
         if self.cfg.safety_backup {
             self.set_phase(state, Phase::SafetyBackup).await;
             match backup::safety_backup(&self.cfg.backup, cancel, &SystemClock).await {
-                Ok(done) => attempt.safety_backup = Some(done.path.display().to_string()),
+                Ok(done) => {
+                    let path = done.path.display().to_string();
+                    if let Some(p) = state.in_progress.as_mut() {
+                        p.safety_backup = Some(path.clone());
+                    }
+                    self.save(state);
+                    attempt.safety_backup = Some(path);
+                }
                 Err(Error::Database { reason, .. }) if reason.contains("does not exist") => {
                     tracing::info!("no current database to back up first");
                 }
@@ -1203,6 +1213,7 @@ impl Service {
                 Database::Postgres(target) => {
                     pg_restore::recover(target, &interrupted.stamp, interrupted.swap.as_ref())
                         .await
+                        .map(|found| inplace_truth(&interrupted, found))
                         .map_err(|e| e.to_string())
                 }
                 Database::Sqlite(target) => {
@@ -1422,4 +1433,21 @@ async fn start_with_retry(
         delay = (delay * 2).min(START_RETRY_MAX);
         attempt += 1;
     }
+}
+
+/// An in-place load empties the live database before it loads, so a load
+/// that was interrupted leaves it empty or partial, whatever the database
+/// itself looks like now ("in place" would be a lie).
+fn inplace_truth(interrupted: &InProgress, found: Recovered) -> Recovered {
+    let inplace = interrupted.strategy.as_deref() == Some("inplace");
+    if !inplace || interrupted.phase != Phase::Loading || found.finished() {
+        return found;
+    }
+    let way_back = match &interrupted.safety_backup {
+        Some(path) => format!("restore the safety backup {path}, or drop the file again"),
+        None => "drop the file again (no safety backup was taken)".to_string(),
+    };
+    Recovered::NotRestored(format!(
+        "RESTORE_PG_STRATEGY=inplace: the load was interrupted after the live database may have been emptied, so it may be empty or hold part of the dump; {way_back}"
+    ))
 }

@@ -64,6 +64,15 @@ pub struct InProgress {
     /// before its first page is written (see `restore::sqlite::Evidence`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sqlite: Option<crate::restore::sqlite::Evidence>,
+    /// PostgreSQL: `staging` or `inplace`. In place, the live database is
+    /// emptied before the load, so recovery from an interrupted load must
+    /// say that it may be empty or partial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// The safety backup taken before the load, once it exists: the way
+    /// back that recovery names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_backup: Option<String>,
 }
 
 /// Where a restore is; serialised as the words earlier versions wrote
