@@ -77,6 +77,29 @@ pub fn parse_file_mode(raw: &str) -> std::result::Result<u32, String> {
     Ok(mode)
 }
 
+/// `owner UID:GID, mode 0NNN` of `path`, for messages about access.
+pub fn owner_and_mode(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match fs::metadata(path) {
+        Ok(m) => format!(
+            "owner {}:{}, mode {:04o}",
+            m.uid(),
+            m.gid(),
+            m.mode() & 0o7777
+        ),
+        Err(_) => "owner and mode unknown".to_string(),
+    }
+}
+
+/// The effective uid and gid backupd runs as (`/proc/self` belongs to
+/// them), as text; `?` where unknown.
+pub fn running_as() -> (String, String) {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self")
+        .map(|m| (m.uid().to_string(), m.gid().to_string()))
+        .unwrap_or_else(|_| ("?".into(), "?".into()))
+}
+
 /// Creates `path`, which must not exist (not even as a dangling link), with
 /// the private mode.
 pub fn create_new(path: &Path) -> io::Result<File> {

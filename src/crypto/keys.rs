@@ -197,20 +197,8 @@ fn read_key_file(path: &Path) -> std::result::Result<Option<KeyRing>, KeyFileErr
 
 /// Names the file, its owner and mode, who backupd runs as, and the fix.
 fn unreadable_message(path: &Path, e: &io::Error) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let file = match std::fs::metadata(path) {
-        Ok(m) => format!(
-            "owner {}:{}, mode {:04o}",
-            m.uid(),
-            m.gid(),
-            m.mode() & 0o7777
-        ),
-        Err(_) => "owner and mode unknown".to_string(),
-    };
-    // /proc/self belongs to the process's effective uid and gid.
-    let (uid, gid) = std::fs::metadata("/proc/self")
-        .map(|m| (m.uid().to_string(), m.gid().to_string()))
-        .unwrap_or_else(|_| ("?".into(), "?".into()));
+    let file = crate::files::owner_and_mode(path);
+    let (uid, gid) = crate::files::running_as();
     // As the compose file mounts it (`./backups` → `/backups`).
     let name = path
         .iter()

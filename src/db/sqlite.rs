@@ -199,6 +199,11 @@ fn take_snapshot(
 pub fn check_integrity(db: &Path, pragma: &str) -> std::result::Result<(), String> {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+    integrity_of(&conn, pragma)
+}
+
+/// [`check_integrity`] on an open connection.
+pub fn integrity_of(conn: &Connection, pragma: &str) -> std::result::Result<(), String> {
     let mut stmt = conn
         .prepare(&format!("PRAGMA {pragma}"))
         .map_err(|e| e.to_string())?;

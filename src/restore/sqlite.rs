@@ -136,21 +136,11 @@ fn open_live(target: &Path) -> Result<Connection> {
 
 /// `e`, plus who owns the file, its mode and who backupd runs as.
 fn access_hint(target: &Path, e: impl std::fmt::Display) -> String {
-    let file = match fs::metadata(target) {
-        Ok(m) => format!(
-            "owner {}:{}, mode {:04o}",
-            m.uid(),
-            m.gid(),
-            m.mode() & 0o7777
-        ),
-        Err(_) => "owner and mode unknown".to_string(),
-    };
-    let me = fs::metadata("/proc/self")
-        .map(|m| format!("uid {} gid {}", m.uid(), m.gid()))
-        .unwrap_or_else(|_| "an unknown uid".into());
+    let file = crate::files::owner_and_mode(target);
+    let (uid, gid) = crate::files::running_as();
     format!(
-        "{e} ({file}; backupd runs as {me} and must read and write the file, and create \
-         its -wal/-shm files in its folder)"
+        "{e} ({file}; backupd runs as uid {uid} gid {gid} and must read and write the file, \
+         and create its -wal/-shm files in its folder)"
     )
 }
 
@@ -343,18 +333,7 @@ pub fn apply(checked: &Path, target: &Path, evidence: &Evidence) -> Result<()> {
 }
 
 fn integrity(conn: &Connection) -> std::result::Result<(), String> {
-    let mut stmt = conn
-        .prepare("PRAGMA integrity_check")
-        .map_err(|e| e.to_string())?;
-    let findings: Vec<String> = stmt
-        .query_map([], |row| row.get::<_, String>(0))
-        .and_then(|rows| rows.collect())
-        .map_err(|e| e.to_string())?;
-    if findings == ["ok"] {
-        Ok(())
-    } else {
-        Err(findings.into_iter().take(5).collect::<Vec<_>>().join("; "))
-    }
+    crate::db::sqlite::integrity_of(conn, "integrity_check")
 }
 
 /// A SHA-256 over the logical content: the schema (`sqlite_master`),
