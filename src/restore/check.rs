@@ -328,7 +328,8 @@ fn private_new_file(path: &Path) -> io::Result<File> {
 }
 
 /// One pass over the dump: decompressed to its end (hashing the file's
-/// bytes) and fed to `pg_restore --list`, which reads its table of contents.
+/// bytes, copied privately for the load) and fed to `pg_restore -f -`, whose SQL
+/// goes through the scanner, which also collects the tables.
 async fn check_custom_dump(
     source: Arc<File>,
     path: &Path,
