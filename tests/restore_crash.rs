@@ -267,6 +267,17 @@ fn killed_while_a_docker_stop_is_in_flight_the_next_start_brings_the_container_b
     let _ = again.terminate(Duration::from_secs(15));
 }
 
+/// Waits until the state file records `web` as stopped by the restore.
+fn wait_recorded_stopped(folders: &Folders, web: &TestContainer, service: &Daemon) {
+    let stopped = poll(Duration::from_millis(100), Duration::from_secs(30), || {
+        folders.in_progress()["stopped"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|n| n == web.name.as_str()))
+            .then_some(())
+    });
+    assert!(stopped.is_some(), "web never stopped:\n{}", service.log());
+}
+
 #[test]
 fn the_engine_lost_while_starting_and_back_the_retry_starts_the_container() {
     let Some(image) = require_test_image() else {
@@ -282,14 +293,7 @@ fn the_engine_lost_while_starting_and_back_the_retry_starts_the_container() {
         .env("DOCKER_HOST", link.docker_host())
         .env("RESTORE_STOP_WAIT_SECONDS", "3")
         .background(&["restore"]);
-    let stopped = poll(Duration::from_millis(100), Duration::from_secs(30), || {
-        let p = stack.folders.in_progress();
-        p["stopped"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|n| n == web.name.as_str()))
-            .then_some(())
-    });
-    assert!(stopped.is_some(), "web never stopped:\n{}", service.log());
+    wait_recorded_stopped(&stack.folders, &web, &service);
     link.cut();
     assert!(
         service.wait_for_log(Duration::from_secs(60), |log| log
@@ -328,14 +332,7 @@ fn the_engine_away_longer_than_the_retries_the_next_start_starts_the_container()
         .env("RESTORE_STOP_WAIT_SECONDS", "3")
         .env("RESTORE_START_RETRY_SECONDS", "3");
     let mut service = service_cfg.background(&["restore"]);
-    let stopped = poll(Duration::from_millis(100), Duration::from_secs(30), || {
-        let p = stack.folders.in_progress();
-        p["stopped"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|n| n == web.name.as_str()))
-            .then_some(())
-    });
-    assert!(stopped.is_some(), "web never stopped:\n{}", service.log());
+    wait_recorded_stopped(&stack.folders, &web, &service);
     link.cut();
     let entry = stack.folders.wait_newest(&service, Duration::from_secs(90));
     // The database part is done and said so; the containers are pending.
