@@ -191,19 +191,11 @@ pub fn list(dir: &Path) -> Result<Vec<StoredBackup>> {
 pub fn list_at(dir: &Path, now: DateTime<Utc>) -> Result<Vec<StoredBackup>> {
     let mut backups = Vec::new();
     let place = dir.display().to_string();
-    for entry in read_dir(dir)? {
-        let Some(name) = BackupName::parse(&entry.file_name().to_string_lossy()) else {
+    for (file_name, path, meta) in regular_files(dir)? {
+        let Some(name) = BackupName::parse(&file_name) else {
             continue;
         };
         if stamped_in_future(&name, now, &place) {
-            continue;
-        }
-        let path = entry.path();
-        // A symlink or directory with our name is not a backup we wrote.
-        let Ok(meta) = fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if !meta.is_file() {
             continue;
         }
         backups.push(StoredBackup {
@@ -215,6 +207,23 @@ pub fn list_at(dir: &Path, now: DateTime<Utc>) -> Result<Vec<StoredBackup>> {
     }
     backups.sort_by(|a, b| BackupName::newest_first(&a.name, &b.name));
     Ok(backups)
+}
+
+/// The regular files directly in `dir`: name, path and metadata (not
+/// following links). A symlink or folder is never a backup, whatever its
+/// name.
+fn regular_files(dir: &Path) -> Result<Vec<(String, PathBuf, fs::Metadata)>> {
+    let mut files = Vec::new();
+    for entry in read_dir(dir)? {
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() {
+            files.push((entry.file_name().to_string_lossy().into_owned(), path, meta));
+        }
+    }
+    Ok(files)
 }
 
 /// Who made a file found in `BACKUP_DIR`.
@@ -310,18 +319,10 @@ pub fn list_all(dir: &Path) -> Result<Vec<ListedFile>> {
     let now = Utc::now();
     let place = dir.display().to_string();
     let mut files = Vec::new();
-    for entry in read_dir(dir)? {
-        let file_name = entry.file_name().to_string_lossy().into_owned();
+    for (file_name, path, meta) in regular_files(dir)? {
         let Some((origin, time)) = classify(&file_name) else {
             continue;
         };
-        let path = entry.path();
-        let Ok(meta) = fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if !meta.is_file() {
-            continue;
-        }
         let time = time.unwrap_or_else(|| {
             meta.modified()
                 .map(DateTime::<Utc>::from)
