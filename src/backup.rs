@@ -267,8 +267,7 @@ pub async fn safety_backup(
     Ok(committed)
 }
 
-/// Name prefix of the backups taken before a restore.
-pub const SAFETY_PREFIX: &str = "pre-restore-";
+pub use crate::store::SAFETY_PREFIX;
 
 async fn dump_into(
     cfg: &BackupConfig,

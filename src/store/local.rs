@@ -100,9 +100,7 @@ pub struct Leftover {
 /// Is `name` a backup this tool writes: a scheduled backup's name or a
 /// safety backup's (`pre-restore-NAME`)?
 pub fn is_our_backup_name(name: &str) -> bool {
-    let name = name
-        .strip_prefix(crate::backup::SAFETY_PREFIX)
-        .unwrap_or(name);
+    let name = name.strip_prefix(super::SAFETY_PREFIX).unwrap_or(name);
     BackupName::parse(name).is_some()
 }
 
@@ -298,7 +296,7 @@ pub fn classify(name: &str) -> Option<(Origin, Option<DateTime<Utc>>)> {
     if name.starts_with('.') || crate::restore::kind::classify(name).is_none() {
         return None;
     }
-    if let Some(rest) = name.strip_prefix(crate::backup::SAFETY_PREFIX) {
+    if let Some(rest) = name.strip_prefix(super::SAFETY_PREFIX) {
         return Some((
             Origin::Safety,
             BackupName::parse(rest).map(|inner| inner.time),
@@ -344,7 +342,7 @@ pub fn list_all(dir: &Path) -> Result<Vec<ListedFile>> {
     let seq = |f: &ListedFile| {
         let name = f
             .file_name
-            .strip_prefix(crate::backup::SAFETY_PREFIX)
+            .strip_prefix(super::SAFETY_PREFIX)
             .unwrap_or(&f.file_name);
         BackupName::parse(name).map_or(0, |n| n.seq)
     };

@@ -33,6 +33,10 @@ impl Kind {
 
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
+/// Name prefix of the backups taken before a restore (the restore service names them;
+/// listings and retention recognise them).
+pub const SAFETY_PREFIX: &str = "pre-restore-";
+
 /// Appended to the name of a Fernet-encrypted backup (`NAME.gz.enc`).
 pub const ENCRYPTED_SUFFIX: &str = ".enc";
 
