@@ -13,6 +13,7 @@ pub mod container;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod files;
 pub mod health;
 pub mod http;
