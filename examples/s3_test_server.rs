@@ -15,39 +15,31 @@
 //! (Ctrl-D, or a script closing the pipe), stops the server, removes the
 //! folder and exits 0. Exit status 1 when the server cannot start.
 //!
-//! Only `s3.rs` is included. `tests/common/mod.rs` cannot be: it names the
-//! binary with `env!("CARGO_BIN_EXE_backupd")`, which Cargo sets for
-//! integration tests only, so an example including it does not compile. The
-//! two helpers `s3.rs` takes from it are restated below.
+//! The server comes from the tests' kit, included by path: `s3.rs` and the
+//! two kit modules it uses. The rest of the kit is not included: it names
+//! the binary with `env!("CARGO_BIN_EXE_backupd")`, which Cargo sets for
+//! integration tests only.
 
 use std::io::Write;
 
+// The tests use every item of these modules; this server only some.
+#[allow(dead_code)]
+#[path = "../tests/common/files.rs"]
+mod files;
+#[allow(dead_code)]
+#[path = "../tests/common/prereq.rs"]
+mod prereq;
+#[allow(dead_code)]
 #[path = "../tests/common/s3.rs"]
-mod s3_server;
-
-/// What `s3.rs` uses of `tests/common/mod.rs`, with the same behaviour
-/// minus the test-only parts (no CI panic, no test name in the message).
-mod common {
-    /// `found`, after a message on stderr when it is `None`.
-    pub fn require<T>(what: &str, found: Option<T>) -> Option<T> {
-        if found.is_none() {
-            eprintln!("s3_test_server: could not start {what}");
-        }
-        found
-    }
-
-    /// A fresh temporary directory (removed on drop).
-    pub fn temp_dir() -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix("backupd-s3-")
-            .tempdir()
-            .expect("create a temporary directory")
-    }
-}
+mod s3;
 
 fn main() -> std::process::ExitCode {
-    let Some(mut server) = s3_server::S3Server::start() else {
-        return std::process::ExitCode::FAILURE;
+    let mut server = match s3::S3Server::try_start() {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("s3_test_server: could not start the S3-protocol server: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
     };
     let mut out = std::io::stdout().lock();
     for (key, value) in server.env() {

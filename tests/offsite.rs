@@ -8,18 +8,16 @@
 //! checked) on loopback; see tests/common/s3.rs.
 
 mod common;
-#[path = "common/s3.rs"]
-mod s3_server;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::s3::S3Server;
 use common::{
     Backupd, SqliteApp, file_name, metric_value, parse_metrics, poll, read_status, sqlite_small,
     sqlite_url, temp_dir,
 };
-use s3_server::S3Server;
 
 const PREFIX: &str = "prod/db";
 

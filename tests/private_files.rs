@@ -5,8 +5,6 @@
 //! names backupd writes, and the clean-up of what a killed run left.
 
 mod common;
-#[path = "common/s3.rs"]
-mod s3_server;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -16,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::s3::S3Server;
 use common::*;
 use rusqlite::Connection;
-use s3_server::S3Server;
 
 const GIVE_UP: Duration = Duration::from_secs(120);
 

@@ -6,8 +6,6 @@
 //! made, and RESTORE_REQUIRE_ENCRYPTED keeps plain files out.
 
 mod common;
-#[path = "common/s3.rs"]
-mod s3_server;
 
 use std::fs;
 use std::io::Write;
@@ -24,8 +22,8 @@ use backupd::restore::kind::classify;
 use backupd::restore::postgres::{Options, Strategy, restore};
 use tokio_util::sync::CancellationToken;
 
+use common::s3::S3Server;
 use common::*;
-use s3_server::S3Server;
 
 const STAMP: &str = "20261201T030405Z";
 

@@ -10,8 +10,6 @@
 //! restore are dropped at start-up.
 
 mod common;
-#[path = "common/s3.rs"]
-mod s3_server;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,8 +19,8 @@ use backupd::db::{Database, PgTarget};
 use backupd::restore::input::Input;
 use backupd::restore::kind::classify;
 use backupd::restore::postgres::{Options, Strategy, restore};
+use common::s3::S3Server;
 use common::*;
-use s3_server::S3Server;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;

@@ -4,8 +4,6 @@
 //! refused credentials, cancellation and a server that dies mid-upload.
 
 mod common;
-#[path = "common/s3.rs"]
-mod s3_server;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -18,7 +16,7 @@ use backupd::store::s3::{MIN_PART_SIZE, PARTS_IN_FLIGHT, S3Store, ServerSideEncr
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use s3_server::S3Server;
+use common::s3::{self as s3_server, S3Server};
 
 const MIB: usize = 1024 * 1024;
 

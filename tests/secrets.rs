@@ -7,8 +7,6 @@
 //! blocked on a lock dies with a SIGKILLed backupd.
 
 mod common;
-#[path = "common/s3.rs"]
-mod s3_server;
 
 use std::fs;
 use std::io::Write;
@@ -18,8 +16,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::docker::{TestContainer, require_test_image};
+use common::s3::S3Server;
 use common::*;
-use s3_server::S3Server;
 
 const GIVE_UP: Duration = Duration::from_secs(120);
 const SESSION_TOKEN: &str = "FwoGZXIvYXdzE-session-token-4f1c2a";

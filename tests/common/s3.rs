@@ -12,9 +12,8 @@
 //! (to stop or cancel in the middle of an upload) and injected `SlowDown`
 //! errors (to see retries).
 //!
-//! Include it with `mod common;` plus
-//! `#[path = "common/s3.rs"] mod s3_server;` in a test file.
-#![allow(dead_code)]
+//! It needs only [`super::files`] and [`super::prereq`] of the kit, so
+//! `examples/s3_test_server.rs` includes the three by path.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -32,7 +31,8 @@ use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-use crate::common::{require, temp_dir};
+use super::files::temp_dir;
+use super::prereq::require;
 
 pub const ACCESS_KEY: &str = "backupd-test-access-key";
 pub const SECRET_KEY: &str = "backupd-test-secret-key-0123456789";
@@ -109,7 +109,9 @@ impl S3Server {
         )
     }
 
-    fn try_start() -> Result<S3Server, String> {
+    /// [`S3Server::start`] without the prerequisite handling: why it could
+    /// not start, for a caller that is not a test.
+    pub fn try_start() -> Result<S3Server, String> {
         let root = temp_dir();
         std::fs::create_dir_all(root.path().join(BUCKET))
             .map_err(|e| format!("create the bucket folder: {e}"))?;
