@@ -93,3 +93,40 @@ impl Error {
         }
     }
 }
+
+/// "outer: inner: innermost", skipping a source its parent already quotes
+/// (SDK and hyper errors often repeat their cause in their own message).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chains_keep_every_cause_once() {
+        let root = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let outer = Error::io("connect", Path::new("/x"), root);
+        assert_eq!(error_chain(&outer), "cannot connect /x: refused");
+    }
+
+    #[test]
+    fn error_chains_add_causes_the_message_leaves_out() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("request failed")]
+        struct Outer(#[source] std::io::Error);
+        let outer = Outer(std::io::Error::other("connection reset"));
+        assert_eq!(error_chain(&outer), "request failed: connection reset");
+    }
+}

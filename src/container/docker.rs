@@ -34,7 +34,9 @@ use bollard::query_parameters::{
 use bollard::{API_DEFAULT_VERSION, ClientVersion, Docker};
 use tokio::time::timeout;
 
-use crate::error::{Error, Result};
+use super::ContainerControl;
+pub use super::{ContainerState, HealthOutcome, StopOutcome};
+use crate::error::{Error, Result, error_chain};
 
 /// Where the engine listens when `DOCKER_HOST` is not set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -70,45 +72,6 @@ pub struct DockerControl {
     docker: Docker,
     endpoint: Endpoint,
     api_version: String,
-}
-
-/// What inspect says about one container.
-#[derive(Debug, Clone)]
-pub struct ContainerState {
-    /// The full 64-hex container id.
-    pub id: String,
-    /// The container name without the leading `/`.
-    pub name: String,
-    /// True while the container's process runs (also when paused or restarting).
-    pub running: bool,
-    /// The engine's status word: created, running, paused, restarting,
-    /// removing, exited or dead.
-    pub status: String,
-    /// `healthy`, `unhealthy` or `starting` when the container has a
-    /// healthcheck; `None` otherwise.
-    pub health: Option<String>,
-}
-
-/// What [`DockerControl::stop`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopOutcome {
-    /// The container was running and is now observed stopped.
-    Stopped,
-    /// The container was not running; nothing was done.
-    AlreadyStopped,
-}
-
-/// What [`DockerControl::wait_healthy`] saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HealthOutcome {
-    /// The container runs and has no healthcheck (nothing to wait for).
-    NoHealthcheck,
-    Healthy,
-    Unhealthy,
-    /// Still `starting` when the timeout passed.
-    TimedOut,
-    /// The container is not running (it exited or was stopped).
-    NotRunning,
 }
 
 impl DockerControl {
@@ -458,7 +421,7 @@ impl DockerControl {
         )
         .await
         {
-            Ok(Ok(response)) => Ok(Some(ContainerState::from_inspect(name, response))),
+            Ok(Ok(response)) => Ok(Some(state_from_inspect(name, response))),
             Ok(Err(e)) if is_not_found(&e) => Ok(None),
             Ok(Err(e)) => Err(self.engine_error(doing, &e)),
             Err(_) => Err(Error::Other(format!(
@@ -484,31 +447,66 @@ impl DockerControl {
     }
 }
 
-impl ContainerState {
-    /// True when `asked` is this container's name (with or without the
-    /// leading `/`) or its full id.
-    pub fn is_exactly(&self, asked: &str) -> bool {
-        let asked = asked.trim_start_matches('/');
-        self.name == asked || self.id == asked
+/// The trait is the inherent API: a restore procedure written against
+/// [`ContainerControl`] gets exactly what the integration tests check here.
+#[async_trait::async_trait]
+impl ContainerControl for DockerControl {
+    fn backend(&self) -> &'static str {
+        "docker"
     }
 
-    fn from_inspect(asked: &str, response: bollard::models::ContainerInspectResponse) -> Self {
-        let state = response.state.unwrap_or_default();
-        let health = state
-            .health
-            .and_then(|h| h.status)
-            .map(|s| s.to_string())
-            .filter(|s| !s.is_empty() && s != "none");
-        Self {
-            id: response.id.unwrap_or_default(),
-            name: response
-                .name
-                .map(|n| n.trim_start_matches('/').to_string())
-                .unwrap_or_else(|| asked.to_string()),
-            running: state.running.unwrap_or(false),
-            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
-            health,
-        }
+    fn describe(&self) -> String {
+        format!(
+            "the Docker engine at {} (API {})",
+            self.endpoint, self.api_version
+        )
+    }
+
+    async fn own_id(&self) -> Option<String> {
+        self.own_container_id().await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        DockerControl::ping(self).await
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<ContainerState>> {
+        DockerControl::inspect(self, name).await
+    }
+
+    async fn stop(&self, name: &str, grace: Duration) -> Result<StopOutcome> {
+        DockerControl::stop(self, name, grace).await
+    }
+
+    async fn start(&self, name: &str) -> Result<()> {
+        DockerControl::start(self, name).await
+    }
+
+    async fn wait_healthy(&self, name: &str, timeout: Duration) -> Result<HealthOutcome> {
+        DockerControl::wait_healthy(self, name, timeout).await
+    }
+}
+
+fn state_from_inspect(
+    asked: &str,
+    response: bollard::models::ContainerInspectResponse,
+) -> ContainerState {
+    let state = response.state.unwrap_or_default();
+    let health = state
+        .health
+        .and_then(|h| h.status)
+        .map(|s| s.to_string())
+        .filter(|s| !s.is_empty() && s != "none");
+    ContainerState {
+        id: response.id.unwrap_or_default(),
+        name: response
+            .name
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_else(|| asked.to_string()),
+        running: state.running.unwrap_or(false),
+        status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+        health,
+        replicas: None,
     }
 }
 
@@ -791,21 +789,6 @@ fn io_error_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a io:
         current = e.source();
     }
     None
-}
-
-/// "outer: inner: innermost", skipping a source already quoted by its parent.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut current = err.source();
-    while let Some(e) = current {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        current = e.source();
-    }
-    text
 }
 
 /// The effective uid, gid and supplementary groups of this process.
