@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{
-    boolean, clean_value, compression_level, log_format, retention_days, whole_number,
+use crate::values::{
+    LogFormat, boolean, clean_value, compression_level, file_mode, log_format, retention_days,
+    whole_number,
 };
 
 /// Every environment variable backupd reads, with its default; shown by `--help`.
@@ -264,13 +265,6 @@ pub fn warn_about_secret_flags(flags: &[SecretFlag]) {
     }
 }
 
-/// text or json
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// Log format on stderr.
@@ -286,7 +280,7 @@ pub struct LogArgs {
 pub struct FileArgs {
     /// Mode (octal) of the backups and every other file backupd writes; no bits for
     /// other users are allowed.
-    #[arg(long, global = true, env = "BACKUP_FILE_MODE", default_value = "0640", value_parser = crate::files::parse_file_mode)]
+    #[arg(long, global = true, env = "BACKUP_FILE_MODE", default_value = "0640", value_parser = file_mode)]
     pub file_mode: u32,
 }
 

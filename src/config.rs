@@ -2,94 +2,25 @@
 //! and their environment variables) and `*_FILE` secrets. Anything wrong is
 //! reported at start-up, naming the variable.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{BackupArgs, DatabaseArgs, DirArgs, EncryptionArgs, S3Args};
-use crate::crypto::keys::Keys;
-use crate::db::Database;
+use crate::cli::{
+    BackupArgs, DaemonArgs, DatabaseArgs, DirArgs, EncryptionArgs, HealthArgs, RestoreArgs, S3Args,
+};
+use crate::crypto::fernet::KeyRing;
+use crate::crypto::keys::{KEY_FILE_NAME, Keys};
+use crate::db::{Database, SqliteTarget};
 use crate::error::{Error, Result};
+use crate::http::StatusToken;
+use crate::restore::postgres::Strategy;
 use crate::retention::Policy;
-use crate::store::s3::{S3Settings, ServerSideEncryption, normalize_prefix, parse_storage_class};
-
-/// Strips what env files add: surrounding whitespace, a trailing `\r`, and
-/// one pair of matching quotes.
-pub fn clean(raw: &str) -> String {
-    let trimmed = raw.trim_matches(|c: char| c.is_whitespace() || c == '\r');
-    let unquoted = match trimmed.as_bytes() {
-        [first @ (b'"' | b'\''), .., last] if first == last && trimmed.len() >= 2 => {
-            &trimmed[1..trimmed.len() - 1]
-        }
-        _ => trimmed,
-    };
-    unquoted
-        .trim_matches(|c: char| c.is_whitespace() || c == '\r')
-        .to_string()
-}
-
-pub fn clean_value(raw: &str) -> std::result::Result<String, String> {
-    Ok(clean(raw))
-}
-
-/// `BACKUP_RETENTION_DAYS`: non-digits are dropped as the old script did
-/// (`2d` → 2); nothing left means the default of 2.
-pub fn retention_days(raw: &str) -> std::result::Result<u32, String> {
-    let digits: String = clean(raw).chars().filter(char::is_ascii_digit).collect();
-    if digits.is_empty() {
-        return Ok(2);
-    }
-    digits
-        .parse()
-        .map_err(|_| format!("BACKUP_RETENTION_DAYS '{raw}' is too large"))
-}
-
-/// A parser for a whole number where an empty value (`VAR=` in an env file)
-/// means the default, as `${VAR:-default}` did in the old scripts.
-pub fn whole_number(
-    variable: &'static str,
-    default: u64,
-) -> impl Fn(&str) -> std::result::Result<u64, String> + Clone + Send + Sync {
-    move |raw| match clean(raw).as_str() {
-        "" => Ok(default),
-        value => value
-            .parse()
-            .map_err(|_| format!("{variable} must be a whole number, not '{value}'")),
-    }
-}
-
-/// A yes/no setting: true/false, yes/no, on/off, 1/0; empty means the default.
-pub fn boolean(
-    variable: &'static str,
-    default: bool,
-) -> impl Fn(&str) -> std::result::Result<bool, String> + Clone + Send + Sync {
-    move |raw| match clean(raw).to_ascii_lowercase().as_str() {
-        "" => Ok(default),
-        "true" | "yes" | "on" | "1" => Ok(true),
-        "false" | "no" | "off" | "0" => Ok(false),
-        other => Err(format!("{variable} must be true or false, not '{other}'")),
-    }
-}
-
-/// `LOG_FORMAT`: `text` or `json`, any case; empty means text.
-pub fn log_format(raw: &str) -> std::result::Result<crate::cli::LogFormat, String> {
-    match clean(raw).to_ascii_lowercase().as_str() {
-        "" | "text" => Ok(crate::cli::LogFormat::Text),
-        "json" => Ok(crate::cli::LogFormat::Json),
-        other => Err(format!("LOG_FORMAT must be text or json, not '{other}'")),
-    }
-}
-
-pub fn compression_level(raw: &str) -> std::result::Result<u32, String> {
-    match clean(raw).as_str() {
-        "" => Ok(6),
-        value => match value.parse() {
-            Ok(level) if level <= 9 => Ok(level),
-            _ => Err(format!(
-                "BACKUP_COMPRESSION_LEVEL must be a number from 0 to 9, not '{value}'"
-            )),
-        },
-    }
-}
+use crate::schedule::{self, CronSchedule, Schedule};
+use crate::store::s3::{
+    S3Settings, ServerSideEncryption, normalize_prefix, parse_s3_url, parse_storage_class,
+};
+use crate::values::{boolean, secret};
 
 pub const DEFAULT_BACKUP_DIR: &str = "/backups";
 
@@ -188,9 +119,14 @@ pub fn remote_config(args: &S3Args, local: Policy) -> Result<Option<RemoteConfig
 /// The S3 settings from `AWS_*` (credentials also from their `_FILE`), or
 /// `None` while `AWS_S3_BUCKET` is empty.
 pub fn s3_settings(args: &S3Args) -> Result<Option<S3Settings>> {
-    let Some(bucket) = args.bucket.as_deref().filter(|b| !b.is_empty()) else {
-        return Ok(None);
-    };
+    match args.bucket.as_deref().filter(|b| !b.is_empty()) {
+        Some(bucket) => s3_settings_in(args, bucket, &args.prefix).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The S3 settings from `AWS_*`, for objects under `prefix` in `bucket`.
+fn s3_settings_in(args: &S3Args, bucket: &str, prefix: &str) -> Result<S3Settings> {
     let endpoint = args.endpoint_url.clone().filter(|e| !e.is_empty());
     if let Some(endpoint) = &endpoint
         && url::Url::parse(endpoint).is_err()
@@ -199,28 +135,23 @@ pub fn s3_settings(args: &S3Args) -> Result<Option<S3Settings>> {
             "AWS_ENDPOINT_URL '{endpoint}' is not a URL (expected e.g. http://minio:9000)"
         )));
     }
-    let secret = |value: &Option<String>, file: &Option<String>, name: &str| match (
-        value.as_deref().filter(|v| !v.is_empty()),
-        file.as_deref().filter(|f| !f.is_empty()),
-    ) {
-        (Some(value), _) => Ok(Some(value.to_string())),
-        (None, Some(file)) => read_secret_file(Path::new(file), &format!("{name}_FILE")).map(Some),
-        (None, None) => Ok(None),
+    let secret = |name: &str, value: &Option<String>, file: &Option<String>| {
+        secret(name, value.as_deref(), file.as_deref()).map(|s| s.map(|s| s.into_value()))
     };
     let access_key_id = secret(
+        "AWS_ACCESS_KEY_ID",
         &args.access_key_id,
         &args.access_key_id_file,
-        "AWS_ACCESS_KEY_ID",
     )?;
     let secret_access_key = secret(
+        "AWS_SECRET_ACCESS_KEY",
         &args.secret_access_key,
         &args.secret_access_key_file,
-        "AWS_SECRET_ACCESS_KEY",
     )?;
     let session_token = secret(
+        "AWS_SESSION_TOKEN",
         &args.session_token,
         &args.session_token_file,
-        "AWS_SESSION_TOKEN",
     )?;
     if session_token.is_some() && access_key_id.is_none() {
         return Err(Error::Config(
@@ -244,9 +175,9 @@ pub fn s3_settings(args: &S3Args) -> Result<Option<S3Settings>> {
         "" => endpoint.is_some(),
         raw => boolean("AWS_S3_CHECKSUM_WHEN_REQUIRED", false)(raw).map_err(Error::Config)?,
     };
-    Ok(Some(S3Settings {
+    Ok(S3Settings {
         bucket: bucket.to_string(),
-        prefix: normalize_prefix(&args.prefix),
+        prefix: normalize_prefix(prefix),
         region: args.region.clone().filter(|r| !r.is_empty()),
         endpoint,
         force_path_style: args.force_path_style,
@@ -256,17 +187,24 @@ pub fn s3_settings(args: &S3Args) -> Result<Option<S3Settings>> {
         access_key_id,
         secret_access_key,
         session_token,
-    }))
+    })
 }
 
 /// The key sources of `BACKUP_ENCRYPTION_KEY`(`_FILE`) and
 /// `$BACKUP_DIR/.encryption_key`, checked now.
 pub fn load_keys(args: &EncryptionArgs, paths: &Paths) -> Result<Keys> {
-    Keys::load(
+    let configured = match secret(
+        "BACKUP_ENCRYPTION_KEY",
         args.encryption_key.as_deref(),
         args.encryption_key_file.as_deref(),
-        &paths.backup_dir,
-    )
+    )? {
+        Some(key) => Some(
+            KeyRing::parse(key.value())
+                .map_err(|e| Error::Config(format!("{}: {e}", key.source())))?,
+        ),
+        None => None,
+    };
+    Keys::new(configured, &paths.backup_dir)
 }
 
 /// `SQLALCHEMY_DATABASE_URI`, else `DATABASE_URL`; each may come from its
@@ -281,17 +219,8 @@ pub fn resolve_database(args: &DatabaseArgs) -> Result<Database> {
         ("DATABASE_URL", &args.database_url, &args.database_url_file),
     ];
     for (name, value, file) in pairs {
-        let value = value.as_deref().filter(|v| !v.is_empty());
-        let file = file.as_deref().filter(|f| !f.is_empty());
-        if let (Some(_), Some(_)) = (value, file) {
-            tracing::warn!("both {name} and {name}_FILE are set; using {name}");
-        }
-        if let Some(url) = value {
-            return Database::parse(url, name);
-        }
-        if let Some(file) = file {
-            let url = read_secret_file(Path::new(file), &format!("{name}_FILE"))?;
-            return Database::parse(&url, &format!("{name}_FILE ({file})"));
+        if let Some(url) = secret(name, value.as_deref(), file.as_deref())? {
+            return Database::parse(url.value(), url.source());
         }
     }
     Err(Error::Config(
@@ -299,45 +228,295 @@ pub fn resolve_database(args: &DatabaseArgs) -> Result<Database> {
     ))
 }
 
-pub(crate) fn read_secret_file(path: &Path, var: &str) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("{var}: cannot read {}: {e}", path.display())))?;
-    let value = clean(&text);
-    if value.is_empty() {
-        return Err(Error::Config(format!("{var}: {} is empty", path.display())));
+/// What `backupd healthcheck` needs.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub paths: Paths,
+    /// Healthy while the last successful backup is younger than this.
+    pub max_age_seconds: u64,
+}
+
+impl HealthConfig {
+    pub fn from_args(dir: &DirArgs, health: &HealthArgs) -> Result<Self> {
+        Ok(HealthConfig {
+            paths: Paths::from_args(dir)?,
+            max_age_seconds: health.health_max_age_seconds,
+        })
     }
-    Ok(value)
+}
+
+const DEFAULT_INTERVAL_SECONDS: u64 = 86_400;
+
+/// Everything the daemon (`backupd backup`) needs besides the backup itself.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub backup: BackupConfig,
+    pub schedule: Schedule,
+    pub status_addr: SocketAddr,
+    /// `STATUS_TOKEN`(`_FILE`): what /status, / and /metrics require.
+    pub status_token: Option<StatusToken>,
+    pub health_max_age_seconds: u64,
+    pub on_start: bool,
+    /// A failed run is retried once after this long; zero means no retry.
+    pub retry: Duration,
+    pub db_startup_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl DaemonConfig {
+    pub fn from_args(args: &DaemonArgs) -> Result<Self> {
+        Ok(DaemonConfig {
+            backup: BackupConfig::from_args(&args.backup)?,
+            schedule: schedule_from_args(args)?,
+            status_addr: status_addr(args)?,
+            status_token: status_token(args)?,
+            health_max_age_seconds: args.health.health_max_age_seconds,
+            on_start: args.on_start,
+            retry: Duration::from_secs(args.retry_seconds),
+            db_startup_timeout: Duration::from_secs(args.db_startup_timeout),
+            shutdown_grace: Duration::from_secs(args.shutdown_timeout),
+        })
+    }
+}
+
+/// Builds the schedule: `BACKUP_SCHEDULE` wins over `BACKUP_INTERVAL_SECONDS`.
+pub fn schedule_from_args(args: &DaemonArgs) -> Result<Schedule> {
+    match args.schedule.as_deref().filter(|s| !s.is_empty()) {
+        Some(expression) => {
+            let tz = schedule::parse_time_zone(&args.tz).map_err(Error::Config)?;
+            let cron = CronSchedule::parse(expression, tz)
+                .map_err(|e| Error::Config(format!("BACKUP_SCHEDULE {e}")))?;
+            if args.interval_seconds.is_some() {
+                tracing::info!(
+                    "both BACKUP_SCHEDULE and BACKUP_INTERVAL_SECONDS are set; BACKUP_SCHEDULE wins"
+                );
+            }
+            Ok(Schedule::Cron(cron))
+        }
+        None => {
+            let seconds = args.interval_seconds.unwrap_or(DEFAULT_INTERVAL_SECONDS);
+            if seconds == 0 {
+                return Err(Error::Config(
+                    "BACKUP_INTERVAL_SECONDS must be at least 1".into(),
+                ));
+            }
+            Ok(Schedule::Interval(Duration::from_secs(seconds)))
+        }
+    }
+}
+
+fn status_addr(args: &DaemonArgs) -> Result<SocketAddr> {
+    let ip: IpAddr = args.status_bind.parse().map_err(|_| {
+        Error::Config(format!(
+            "STATUS_BIND '{}' is not an IP address",
+            args.status_bind
+        ))
+    })?;
+    let port = u16::try_from(args.status_port).map_err(|_| {
+        Error::Config(format!(
+            "STATUS_PORT {} is not a port number",
+            args.status_port
+        ))
+    })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// `STATUS_TOKEN`, or the content of `STATUS_TOKEN_FILE`; an empty or
+/// unreadable file stops start-up rather than leaving the status open.
+fn status_token(args: &DaemonArgs) -> Result<Option<StatusToken>> {
+    let token = secret(
+        "STATUS_TOKEN",
+        args.status_token.as_deref(),
+        args.status_token_file.as_deref(),
+    )?;
+    Ok(token.map(|token| StatusToken::new(token.value())))
+}
+
+/// Everything the restore service needs, validated at start.
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    pub database: Database,
+    pub backup: BackupConfig,
+    pub watch_dir: PathBuf,
+    pub failed_dir: PathBuf,
+    pub state_file: PathBuf,
+    pub poll_interval: Duration,
+    pub settle: Duration,
+    pub use_notify: bool,
+    pub stop_containers: Vec<String>,
+    pub start_containers: Vec<String>,
+    pub allow_missing_containers: bool,
+    pub stop_timeout: Duration,
+    pub stop_wait: Duration,
+    pub start_wait: Duration,
+    /// How long starting containers is retried while the engine does not
+    /// answer (`RESTORE_START_RETRY_SECONDS`).
+    pub start_retry: Duration,
+    pub health_timeout: Duration,
+    pub safety_backup: bool,
+    /// Decrypt `.enc` files; the safety backup encrypts with them too.
+    pub keys: Keys,
+    pub strategy: Strategy,
+    pub keep_previous: usize,
+    /// Restore a dump that shares no table with the live database's
+    /// non-empty ones (`RESTORE_ALLOW_SCHEMA_CHANGE`).
+    pub allow_schema_change: bool,
+    pub docker_host: Option<String>,
+    /// The bucket one-shot restores read from: the URL's bucket (and no
+    /// prefix: the URL names the whole key) for `--file s3://BUCKET/KEY`,
+    /// else `AWS_S3_BUCKET` under `AWS_S3_PREFIX`; `None` when neither is
+    /// given.
+    pub s3: Option<S3Settings>,
+    /// `RESTORE_REQUIRE_ENCRYPTED`: only `.enc` files are restored.
+    pub require_encrypted: bool,
+}
+
+impl RestoreConfig {
+    pub fn from_args(args: &RestoreArgs) -> Result<Self> {
+        let database = match resolve_database(&args.database)? {
+            // The app's URL path is relative to its working folder; here the
+            // file is reached through RESTORE_SQLITE_BASE or RESTORE_SQLITE_PATH.
+            Database::Sqlite(target) => Database::Sqlite(SqliteTarget {
+                path: match args.sqlite_path.as_deref().filter(|p| !p.is_empty()) {
+                    Some(path) => PathBuf::from(path),
+                    None => Path::new(&args.sqlite_base).join(&target.path),
+                },
+            }),
+            pg => pg,
+        };
+        let watch_dir = PathBuf::from(&args.watch_dir);
+        let failed_dir = match args.failed_dir.as_deref().filter(|d| !d.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => watch_dir.parent().unwrap_or(Path::new("/")).join("failed"),
+        };
+        let strategy = args
+            .pg_strategy
+            .parse::<Strategy>()
+            .map_err(|e| Error::Config(format!("RESTORE_PG_STRATEGY: {e}")))?;
+        if args.poll_interval == 0 {
+            return Err(Error::Config(
+                "RESTORE_POLL_INTERVAL must be at least 1".into(),
+            ));
+        }
+        let paths = Paths::from_args(&args.dir)?;
+        // As the old helper did, a key beside the watch folder's parent
+        // (`/restore/.encryption_key`) also decrypts.
+        let keys = load_keys(&args.encryption, &paths)?.with_decrypt_only_file(
+            watch_dir
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join(KEY_FILE_NAME),
+        )?;
+        let safety_paths = Paths {
+            backup_dir: safety_dir(args.dir.backup_dir.as_deref(), &watch_dir),
+            ..paths
+        };
+        // A malformed s3:// URL is the restore mode's to report, as it
+        // reports every other problem with --file.
+        let s3 = match args.file.as_deref().map(parse_s3_url) {
+            Some(Ok((bucket, _key))) => Some(s3_settings_in(&args.s3, &bucket, "")?),
+            _ => s3_settings(&args.s3)?,
+        };
+        let backup = BackupConfig {
+            database: database.clone(),
+            keys: keys.clone(),
+            // Safety backups stay local: they are a way back from this
+            // restore, not part of the offsite series.
+            remote: None,
+            paths: safety_paths,
+            retention: Policy {
+                days: 0,
+                keep_min: 0,
+            },
+            compression_level: args.compression_level,
+            timeout: Duration::from_secs(6 * 3600),
+        };
+        Ok(RestoreConfig {
+            database,
+            backup,
+            watch_dir,
+            failed_dir,
+            state_file: PathBuf::from(&args.state_file),
+            poll_interval: Duration::from_secs(args.poll_interval),
+            settle: Duration::from_secs(args.settle_seconds),
+            use_notify: args.use_notify,
+            stop_containers: names(&args.stop_containers),
+            start_containers: names(&args.start_containers),
+            allow_missing_containers: args.allow_missing_containers,
+            stop_timeout: Duration::from_secs(args.stop_timeout),
+            stop_wait: Duration::from_secs(args.stop_wait_seconds),
+            start_wait: Duration::from_secs(args.start_wait_seconds),
+            start_retry: Duration::from_secs(args.start_retry_seconds),
+            health_timeout: Duration::from_secs(args.health_timeout),
+            safety_backup: args.safety_backup,
+            keys,
+            strategy,
+            keep_previous: usize::try_from(args.keep_previous).unwrap_or(usize::MAX),
+            allow_schema_change: args.allow_schema_change,
+            docker_host: args.docker_host.clone().filter(|h| !h.is_empty()),
+            s3,
+            require_encrypted: args.require_encrypted,
+        })
+    }
+
+    pub fn uses_containers(&self) -> bool {
+        !self.stop_containers.is_empty() || !self.start_containers.is_empty()
+    }
+
+    /// Named in RESTORE_STOP_CONTAINERS or RESTORE_START_CONTAINERS: the
+    /// only containers backupd ever starts, whatever a state file says.
+    pub fn is_configured(&self, name: &str) -> bool {
+        self.stop_containers.iter().any(|c| c == name)
+            || self.start_containers.iter().any(|c| c == name)
+    }
+}
+
+/// A comma-separated list of container names.
+fn names(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Where safety backups go: `BACKUP_DIR` when it is set (to something), else
+/// `<parent of the watch folder>/safety`. The app's own db-restore service
+/// mounts only `/restore`, so the image's `/backups` is not a volume there and
+/// a safety copy written into it would vanish with the container.
+fn safety_dir(backup_dir: Option<&str>, watch_dir: &Path) -> PathBuf {
+    match backup_dir.filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => watch_dir.parent().unwrap_or(Path::new("/")).join("safety"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn env_file_decorations_are_stripped() {
-        assert_eq!(clean("\"postgresql://a\"\r"), "postgresql://a");
-        assert_eq!(clean("'x'"), "x");
-        assert_eq!(clean(" /backups\r\n"), "/backups");
-        assert_eq!(clean("\"unbalanced"), "\"unbalanced");
-        assert_eq!(clean("\""), "\"");
+    fn command(argv: &[&str]) -> crate::cli::Command {
+        use clap::Parser;
+        let argv = ["backupd"].iter().chain(argv);
+        crate::cli::Cli::try_parse_from(argv).unwrap().command
     }
 
-    #[test]
-    fn retention_days_keep_only_digits() {
-        assert_eq!(retention_days("2d"), Ok(2));
-        assert_eq!(retention_days("\"14\"\r"), Ok(14));
-        assert_eq!(retention_days("0"), Ok(0));
-        assert_eq!(retention_days(""), Ok(2));
+    fn daemon_args(extra: &[&str]) -> DaemonArgs {
+        let mut argv = vec!["backup", "--database-url", "sqlite:///app.db"];
+        argv.extend_from_slice(extra);
+        match command(&argv) {
+            crate::cli::Command::Backup(args) => args,
+            _ => unreachable!(),
+        }
     }
 
-    #[test]
-    fn compression_level_errors_name_the_variable() {
-        assert_eq!(compression_level("9"), Ok(9));
-        assert!(
-            compression_level("12")
-                .unwrap_err()
-                .contains("BACKUP_COMPRESSION_LEVEL")
-        );
+    fn restore_args(extra: &[&str]) -> RestoreArgs {
+        let mut argv = vec!["restore", "--database-url", "sqlite:///app.db"];
+        argv.extend_from_slice(extra);
+        match command(&argv) {
+            crate::cli::Command::Restore(args) => args,
+            _ => unreachable!(),
+        }
     }
 
     fn s3_args(extra: &[&str]) -> S3Args {
@@ -404,5 +583,197 @@ mod tests {
             resolve_database(&args).unwrap().to_string(),
             "sqlite:first.db"
         );
+    }
+
+    fn encryption(key: Option<&str>, file: Option<&Path>) -> EncryptionArgs {
+        EncryptionArgs {
+            encryption_key: key.map(String::from),
+            encryption_key_file: file.map(|f| f.display().to_string()),
+        }
+    }
+
+    #[test]
+    fn a_bad_configured_key_fails_at_start_naming_the_source_not_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            backup_dir: dir.path().to_path_buf(),
+            status_file: dir.path().join("status.json"),
+        };
+        let err = load_keys(&encryption(Some("not-a-key-at-all"), None), &paths).unwrap_err();
+        assert!(matches!(err, Error::Config(_)));
+        let message = err.to_string();
+        assert!(message.starts_with("BACKUP_ENCRYPTION_KEY:"), "{message}");
+        assert!(!message.contains("not-a-key-at-all"), "{message}");
+
+        let file = dir.path().join("key");
+        std::fs::write(&file, "not-a-key-either\n").unwrap();
+        let message = load_keys(&encryption(None, Some(&file)), &paths)
+            .unwrap_err()
+            .to_string();
+        let source = format!("BACKUP_ENCRYPTION_KEY_FILE ({}):", file.display());
+        assert!(message.starts_with(&source), "{message}");
+        assert!(!message.contains("not-a-key-either"), "{message}");
+    }
+
+    #[test]
+    fn the_configured_key_comes_from_its_value_or_its_file_and_the_value_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            backup_dir: dir.path().to_path_buf(),
+            status_file: dir.path().join("status.json"),
+        };
+        let (direct, in_file) = (
+            crate::crypto::fernet::Key::generate().to_base64(),
+            crate::crypto::fernet::Key::generate().to_base64(),
+        );
+        let file = dir.path().join("key");
+        std::fs::write(&file, format!("'{in_file}'\r\n")).unwrap();
+        let encrypting = |args: &EncryptionArgs| {
+            load_keys(args, &paths)
+                .unwrap()
+                .for_encryption()
+                .unwrap()
+                .map(|ring| ring.encrypting_key().to_base64())
+        };
+        assert_eq!(encrypting(&encryption(None, Some(&file))), Some(in_file));
+        assert_eq!(
+            encrypting(&encryption(Some(&direct), Some(&file))),
+            Some(direct)
+        );
+        assert_eq!(encrypting(&encryption(Some(""), None)), None);
+
+        std::fs::write(&file, "\n").unwrap();
+        let message = load_keys(&encryption(None, Some(&file)), &paths)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            format!("BACKUP_ENCRYPTION_KEY_FILE: {} is empty", file.display())
+        );
+    }
+
+    #[test]
+    fn a_database_url_file_names_itself_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let args = DatabaseArgs {
+            sqlalchemy_database_uri: None,
+            sqlalchemy_database_uri_file: Some(missing.display().to_string()),
+            database_url: Some("sqlite:///second.db".into()),
+            database_url_file: None,
+        };
+        let message = resolve_database(&args).unwrap_err().to_string();
+        assert!(
+            message.starts_with("SQLALCHEMY_DATABASE_URI_FILE: cannot read"),
+            "an unreadable file is not skipped: {message}"
+        );
+        let none = DatabaseArgs {
+            sqlalchemy_database_uri: Some(String::new()),
+            sqlalchemy_database_uri_file: None,
+            database_url: None,
+            database_url_file: Some(String::new()),
+        };
+        assert!(
+            resolve_database(&none)
+                .unwrap_err()
+                .to_string()
+                .starts_with("no database configured")
+        );
+    }
+
+    #[test]
+    fn the_status_token_comes_from_its_value_or_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let path = file.to_str().unwrap();
+        let token = |extra: &[&str]| status_token(&daemon_args(extra));
+        assert!(token(&[]).unwrap().is_none());
+        assert!(token(&["--status-token", "t"]).unwrap().is_some());
+        assert!(token(&["--status-token-file", path]).unwrap().is_some());
+        assert!(
+            token(&["--status-token", "t", "--status-token-file", "/nonexistent"])
+                .unwrap()
+                .is_some(),
+            "the value wins; its file is not read"
+        );
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(
+            token(&["--status-token-file", path])
+                .unwrap_err()
+                .to_string(),
+            format!("STATUS_TOKEN_FILE: {path} is empty")
+        );
+    }
+
+    #[test]
+    fn daemon_settings_name_the_variable() {
+        let err = |extra: &[&str]| DaemonConfig::from_args(&daemon_args(extra)).unwrap_err();
+        assert_eq!(
+            err(&["--status-bind", "localhost"]).to_string(),
+            "STATUS_BIND 'localhost' is not an IP address"
+        );
+        assert_eq!(
+            err(&["--status-port", "70000"]).to_string(),
+            "STATUS_PORT 70000 is not a port number"
+        );
+        assert_eq!(
+            err(&["--interval-seconds", "0"]).to_string(),
+            "BACKUP_INTERVAL_SECONDS must be at least 1"
+        );
+        let cfg = DaemonConfig::from_args(&daemon_args(&["--retry-seconds", "0"])).unwrap();
+        assert!(cfg.retry.is_zero());
+        assert_eq!(cfg.status_addr.to_string(), "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn a_restore_from_an_s3_url_reads_that_bucket_with_no_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = dir.path().join("incoming");
+        let watch = watch.to_str().unwrap();
+        let configured = ["--s3-bucket", "mine", "--s3-prefix", "app"];
+        let cfg = |extra: &[&str]| {
+            let mut argv = vec!["--watch-dir", watch];
+            argv.extend_from_slice(extra);
+            RestoreConfig::from_args(&restore_args(&argv))
+        };
+
+        let mut from_url = configured.to_vec();
+        from_url.extend(["--file", "s3://other/daily/x.sql.gz"]);
+        let s3 = cfg(&from_url).unwrap().s3.unwrap();
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("other", ""));
+
+        let s3 = cfg(&configured).unwrap().s3.unwrap();
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("mine", "app/"));
+
+        assert!(cfg(&["--file", "/restore/x.sql.gz"]).unwrap().s3.is_none());
+
+        // Checked at start, also when only the URL names a bucket.
+        let message = cfg(&[
+            "--file",
+            "s3://other/x.sql.gz",
+            "--s3-endpoint-url",
+            "minio",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(message.starts_with("AWS_ENDPOINT_URL"), "{message}");
+    }
+
+    #[test]
+    fn restore_folders_default_beside_the_watch_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = dir.path().join("incoming");
+        let args = restore_args(&[
+            "--watch-dir",
+            watch.to_str().unwrap(),
+            "--stop-containers",
+            " web, worker ,,",
+        ]);
+        let cfg = RestoreConfig::from_args(&args).unwrap();
+        assert_eq!(cfg.failed_dir, dir.path().join("failed"));
+        assert_eq!(cfg.backup.paths.backup_dir, dir.path().join("safety"));
+        assert_eq!(cfg.stop_containers, ["web", "worker"]);
+        assert!(cfg.is_configured("worker") && !cfg.is_configured("db"));
     }
 }

@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use tempfile::NamedTempFile;
 
-/// Mode of backups, sidecars, temporary files, snapshots and downloads
-/// unless `BACKUP_FILE_MODE` says otherwise.
-pub const DEFAULT_FILE_MODE: u32 = 0o640;
+use crate::values::DEFAULT_FILE_MODE;
 
 /// Mode of the folders backupd creates.
 pub const DIR_MODE: u32 = 0o750;
@@ -46,35 +44,6 @@ pub fn init(file_mode: u32) {
 /// The mode new files get.
 pub fn file_mode() -> u32 {
     FILE_MODE.load(Ordering::Relaxed)
-}
-
-/// `BACKUP_FILE_MODE`: octal (`0640`, `640`, `0o600`); no permission for
-/// other users, and the owner (backupd) must be able to read and write.
-pub fn parse_file_mode(raw: &str) -> std::result::Result<u32, String> {
-    let value = crate::config::clean(raw);
-    if value.is_empty() {
-        return Ok(DEFAULT_FILE_MODE);
-    }
-    let digits = value.strip_prefix("0o").unwrap_or(&value);
-    let mode = u32::from_str_radix(digits, 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
-        .ok_or_else(|| {
-            format!("BACKUP_FILE_MODE must be an octal file mode such as 0640, not '{value}'")
-        })?;
-    if mode & 0o007 != 0 {
-        return Err(format!(
-            "BACKUP_FILE_MODE {value} lets every local user read or change the backups; \
-             use 0640 or 0600"
-        ));
-    }
-    if mode & 0o600 != 0o600 {
-        return Err(format!(
-            "BACKUP_FILE_MODE {value} must let backupd (the owner) read and write its files \
-             (0600 at least)"
-        ));
-    }
-    Ok(mode)
 }
 
 /// `owner UID:GID, mode 0NNN` of `path`, for messages about access.
@@ -161,18 +130,6 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
-
-    #[test]
-    fn file_modes_are_octal_and_never_for_other_users() {
-        assert_eq!(parse_file_mode("0640"), Ok(0o640));
-        assert_eq!(parse_file_mode("600"), Ok(0o600));
-        assert_eq!(parse_file_mode("0o660"), Ok(0o660));
-        assert_eq!(parse_file_mode(""), Ok(DEFAULT_FILE_MODE));
-        for bad in ["0644", "0606", "0641", "0440", "abc", "0999", "4640"] {
-            let e = parse_file_mode(bad).unwrap_err();
-            assert!(e.contains("BACKUP_FILE_MODE"), "{bad}: {e}");
-        }
-    }
 
     #[test]
     fn a_new_file_never_follows_a_planted_link() {

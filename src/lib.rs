@@ -28,6 +28,7 @@ pub mod schedule;
 pub mod shutdown;
 pub mod state;
 pub mod store;
+pub mod values;
 pub mod verify;
 pub mod watch;
 
@@ -42,7 +43,9 @@ pub async fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Once(args) => modes::once::run(args).await,
         cli::Command::Backup(args) => modes::daemon::run(args).await,
         cli::Command::Restore(args) => modes::restore::run(args).await,
-        cli::Command::Healthcheck { dir, health } => modes::healthcheck::run(dir, health),
+        cli::Command::Healthcheck { dir, health } => {
+            modes::healthcheck::run(dir, health, &clock::SystemClock)
+        }
         cli::Command::Verify {
             file,
             dir,
@@ -56,9 +59,9 @@ pub async fn run(cli: cli::Cli) -> Result<()> {
             verify,
         } => {
             if *remote {
-                modes::list::run_remote(s3).await
+                modes::list::run_remote(s3, &clock::SystemClock).await
             } else {
-                modes::list::run(dir, encryption, *verify)
+                modes::list::run(dir, encryption, *verify, &clock::SystemClock)
             }
         }
         cli::Command::Keygen => modes::keygen::run(),

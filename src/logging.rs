@@ -12,7 +12,8 @@ use std::io::IsTerminal;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{LogArgs, LogFormat};
+use crate::cli::LogArgs;
+use crate::values::LogFormat;
 
 /// Our own targets: the crate's module paths and the `backupd::…` targets
 /// set by hand.

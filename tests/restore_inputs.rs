@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use backupd::crypto::fernet::{Key, encrypt_stream};
+use backupd::crypto::fernet::{Key, KeyRing, encrypt_stream};
 use backupd::crypto::keys::Keys;
 use backupd::db::{Database, PgTarget};
 use backupd::restore::check::check;
@@ -86,7 +86,8 @@ impl Pg {
     }
 
     fn keys(&self, key: Option<&str>) -> Keys {
-        Keys::load(key, None, &self.work.path().join("backups")).unwrap()
+        let ring = key.map(|k| KeyRing::parse(k).unwrap());
+        Keys::new(ring, &self.work.path().join("backups")).unwrap()
     }
 
     fn databases(&self) -> String {

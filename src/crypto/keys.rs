@@ -1,8 +1,9 @@
 //! Where the Fernet keys come from, as the app's admin page and the old
-//! helpers had it: `BACKUP_ENCRYPTION_KEY` (or `BACKUP_ENCRYPTION_KEY_FILE`),
-//! else the file `$BACKUP_DIR/.encryption_key`, which the admin page may
-//! write at any time and is therefore read again before every backup. The
-//! restore service also knows `<parent of the watch folder>/.encryption_key`.
+//! helpers had it: `BACKUP_ENCRYPTION_KEY` (or `BACKUP_ENCRYPTION_KEY_FILE`,
+//! which the configuration resolves into a ring before it gets here), else
+//! the file `$BACKUP_DIR/.encryption_key`, which the admin page may write at
+//! any time and is therefore read again before every backup. The restore
+//! service also knows `<parent of the watch folder>/.encryption_key`.
 //!
 //! Every source is checked at start-up, so a bad key stops the service at
 //! once instead of failing the first backup at night.
@@ -10,7 +11,6 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config::read_secret_file;
 use crate::crypto::fernet::{Key, KeyRing};
 use crate::error::{Error, Result};
 
@@ -29,32 +29,10 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// `value` is `BACKUP_ENCRYPTION_KEY`, `file` `BACKUP_ENCRYPTION_KEY_FILE`
-    /// (a value wins over its file, with a warning). Checks the configured
-    /// keys and, when it exists, `backup_dir/.encryption_key`.
-    pub fn load(value: Option<&str>, file: Option<&str>, backup_dir: &Path) -> Result<Keys> {
-        let value = value.filter(|v| !v.trim().is_empty());
-        let file = file.filter(|f| !f.trim().is_empty());
-        if value.is_some() && file.is_some() {
-            tracing::warn!(
-                "both BACKUP_ENCRYPTION_KEY and BACKUP_ENCRYPTION_KEY_FILE are set; using BACKUP_ENCRYPTION_KEY"
-            );
-        }
-        let configured = match (value, file) {
-            (Some(text), _) => Some(
-                KeyRing::parse(text)
-                    .map_err(|e| Error::Config(format!("BACKUP_ENCRYPTION_KEY: {e}")))?,
-            ),
-            (None, Some(path)) => {
-                let variable = "BACKUP_ENCRYPTION_KEY_FILE";
-                let text = read_secret_file(Path::new(path), variable)?;
-                Some(
-                    KeyRing::parse(&text)
-                        .map_err(|e| Error::Config(format!("{variable} ({path}): {e}")))?,
-                )
-            }
-            (None, None) => None,
-        };
+    /// `configured` is the ring of `BACKUP_ENCRYPTION_KEY` (or its `_FILE`),
+    /// already resolved and parsed by the configuration. Checks
+    /// `backup_dir/.encryption_key` when it exists.
+    pub fn new(configured: Option<KeyRing>, backup_dir: &Path) -> Result<Keys> {
         let keys = Keys {
             configured,
             backup_dir_file: Some(backup_dir.join(KEY_FILE_NAME)),
@@ -227,10 +205,14 @@ mod tests {
         Key::generate().to_base64()
     }
 
+    fn ring(text: &str) -> KeyRing {
+        KeyRing::parse(text).unwrap()
+    }
+
     #[test]
     fn nothing_configured_means_no_encryption() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = Keys::load(None, Some(""), dir.path()).unwrap();
+        let keys = Keys::new(None, dir.path()).unwrap();
         assert!(keys.for_encryption().unwrap().is_none());
         assert!(keys.for_decryption().unwrap().is_none());
     }
@@ -238,7 +220,7 @@ mod tests {
     #[test]
     fn the_key_file_is_read_again_before_each_use() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = Keys::load(None, None, dir.path()).unwrap();
+        let keys = Keys::new(None, dir.path()).unwrap();
         let first = key_text();
         std::fs::write(dir.path().join(KEY_FILE_NAME), format!("\"{first}\"\r\n")).unwrap();
         let ring = keys.for_encryption().unwrap().unwrap();
@@ -256,7 +238,7 @@ mod tests {
         std::fs::write(dir.path().join(KEY_FILE_NAME), &file_key).unwrap();
         let extra = dir.path().join("extra_key");
         std::fs::write(&extra, &extra_key).unwrap();
-        let keys = Keys::load(Some(&env_key), None, dir.path())
+        let keys = Keys::new(Some(ring(&env_key)), dir.path())
             .unwrap()
             .with_decrypt_only_file(extra)
             .unwrap();
@@ -275,16 +257,11 @@ mod tests {
     }
 
     #[test]
-    fn bad_keys_fail_at_start_naming_the_source_not_the_key() {
+    fn a_bad_key_file_fails_at_start_naming_the_file_not_the_key() {
+        // A bad BACKUP_ENCRYPTION_KEY is config's test (it parses the ring).
         let dir = tempfile::tempdir().unwrap();
-        let err = Keys::load(Some("not-a-key-at-all"), None, dir.path()).unwrap_err();
-        assert!(matches!(err, Error::Config(_)));
-        let message = err.to_string();
-        assert!(message.starts_with("BACKUP_ENCRYPTION_KEY:"), "{message}");
-        assert!(!message.contains("not-a-key-at-all"), "{message}");
-
         std::fs::write(dir.path().join(KEY_FILE_NAME), "short").unwrap();
-        let message = Keys::load(None, None, dir.path()).unwrap_err().to_string();
+        let message = Keys::new(None, dir.path()).unwrap_err().to_string();
         assert!(message.contains(KEY_FILE_NAME), "{message}");
         assert!(!message.contains("short"), "{message}");
     }
@@ -293,7 +270,7 @@ mod tests {
     fn an_empty_key_file_means_no_key() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(KEY_FILE_NAME), " \n\t\r\n").unwrap();
-        let keys = Keys::load(None, None, dir.path()).unwrap();
+        let keys = Keys::new(None, dir.path()).unwrap();
         assert!(keys.for_encryption().unwrap().is_none());
         assert!(keys.for_decryption().unwrap().is_none());
     }
@@ -301,7 +278,7 @@ mod tests {
     #[test]
     fn a_key_file_spoiled_at_run_time_fails_the_backup() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = Keys::load(None, None, dir.path()).unwrap();
+        let keys = Keys::new(None, dir.path()).unwrap();
         std::fs::write(dir.path().join(KEY_FILE_NAME), "garbage").unwrap();
         assert!(keys.for_encryption().is_err());
     }

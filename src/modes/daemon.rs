@@ -2,7 +2,6 @@
 //! turned off), then on the schedule; status, health and metrics over HTTP;
 //! a clean stop on SIGTERM/SIGINT, also in the middle of a backup.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,87 +11,29 @@ use tokio_util::sync::CancellationToken;
 use crate::backup::{self, Run, WhenBusy};
 use crate::cli::DaemonArgs;
 use crate::clock::{Clock, SystemClock};
-use crate::config::BackupConfig;
+use crate::config::{BackupConfig, DaemonConfig};
 use crate::db::{Database, postgres};
 use crate::error::{Error, Result};
-use crate::http::{self, AppState, StatusToken};
+use crate::http::{self, AppState};
 use crate::metrics::{Metrics, ResultLabel};
-use crate::schedule::{self, CronSchedule, Schedule};
+use crate::schedule::Schedule;
 use crate::state::Status;
 
-const DEFAULT_INTERVAL_SECONDS: u64 = 86_400;
 /// Long sleeps wake up this often to notice wall-clock jumps.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
-/// Builds the schedule: `BACKUP_SCHEDULE` wins over `BACKUP_INTERVAL_SECONDS`.
-pub fn schedule_from_args(args: &DaemonArgs) -> Result<Schedule> {
-    match args.schedule.as_deref().filter(|s| !s.is_empty()) {
-        Some(expression) => {
-            let tz = schedule::parse_time_zone(&args.tz).map_err(Error::Config)?;
-            let cron = CronSchedule::parse(expression, tz)
-                .map_err(|e| Error::Config(format!("BACKUP_SCHEDULE {e}")))?;
-            if args.interval_seconds.is_some() {
-                tracing::info!(
-                    "both BACKUP_SCHEDULE and BACKUP_INTERVAL_SECONDS are set; BACKUP_SCHEDULE wins"
-                );
-            }
-            Ok(Schedule::Cron(cron))
-        }
-        None => {
-            let seconds = args.interval_seconds.unwrap_or(DEFAULT_INTERVAL_SECONDS);
-            if seconds == 0 {
-                return Err(Error::Config(
-                    "BACKUP_INTERVAL_SECONDS must be at least 1".into(),
-                ));
-            }
-            Ok(Schedule::Interval(Duration::from_secs(seconds)))
-        }
-    }
-}
-
-fn status_addr(args: &DaemonArgs) -> Result<SocketAddr> {
-    let ip: IpAddr = args.status_bind.parse().map_err(|_| {
-        Error::Config(format!(
-            "STATUS_BIND '{}' is not an IP address",
-            args.status_bind
-        ))
-    })?;
-    let port = u16::try_from(args.status_port).map_err(|_| {
-        Error::Config(format!(
-            "STATUS_PORT {} is not a port number",
-            args.status_port
-        ))
-    })?;
-    Ok(SocketAddr::new(ip, port))
-}
-
-/// `STATUS_TOKEN`, or the content of `STATUS_TOKEN_FILE`; an empty or
-/// unreadable file stops start-up rather than leaving the status open.
-fn status_token(args: &DaemonArgs) -> Result<Option<StatusToken>> {
-    let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
-    let token = match (given(&args.status_token), given(&args.status_token_file)) {
-        (Some(token), file) => {
-            if file.is_some() {
-                tracing::warn!(
-                    "both STATUS_TOKEN and STATUS_TOKEN_FILE are set; using STATUS_TOKEN"
-                );
-            }
-            token
-        }
-        (None, Some(file)) => {
-            crate::config::read_secret_file(std::path::Path::new(&file), "STATUS_TOKEN_FILE")?
-        }
-        (None, None) => return Ok(None),
-    };
-    Ok(Some(StatusToken::new(&token)))
-}
-
 pub async fn run(args: &DaemonArgs) -> Result<()> {
-    let cfg = BackupConfig::from_args(&args.backup)?;
-    let schedule = schedule_from_args(args)?;
-    let addr = status_addr(args)?;
-    let shutdown_grace = Duration::from_secs(args.shutdown_timeout);
-    let retry = Duration::from_secs(args.retry_seconds);
+    let DaemonConfig {
+        backup: cfg,
+        schedule,
+        status_addr: addr,
+        status_token,
+        health_max_age_seconds,
+        on_start,
+        retry,
+        db_startup_timeout,
+        shutdown_grace,
+    } = DaemonConfig::from_args(args)?;
     let clock = SystemClock;
     let cancel = crate::shutdown::on_signal();
 
@@ -103,9 +44,9 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
     let unrecorded_start_error = Arc::new(Mutex::new(None));
     let state = AppState {
         status_file: cfg.paths.status_file.clone(),
-        max_age_seconds: args.health.health_max_age_seconds,
+        max_age_seconds: health_max_age_seconds,
         metrics: Arc::clone(&metrics),
-        token: status_token(args)?,
+        token: status_token,
         unrecorded_start_error: Arc::clone(&unrecorded_start_error),
     };
     let server = http::start(addr, state, cancel.clone()).await?;
@@ -137,16 +78,11 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
     );
 
     if let Database::Postgres(target) = &cfg.database {
-        wait_for_postgres(
-            target,
-            Duration::from_secs(args.db_startup_timeout),
-            &cancel,
-        )
-        .await;
+        wait_for_postgres(target, db_startup_timeout, &cancel).await;
     }
 
     backup::clean_up_at_start(&cfg);
-    let mut next = if args.on_start {
+    let mut next = if on_start {
         Some(clock.now())
     } else {
         schedule.next_after(clock.now())

@@ -2,19 +2,16 @@
 //! no network, for Docker's HEALTHCHECK.
 
 use crate::cli::{DirArgs, HealthArgs};
-use crate::config::Paths;
+use crate::clock::Clock;
+use crate::config::HealthConfig;
 use crate::error::{Error, Result};
 use crate::health;
 use crate::state::Status;
 
-pub fn run(dir: &DirArgs, args: &HealthArgs) -> Result<()> {
-    let paths = Paths::from_args(dir)?;
-    let status = Status::read(&paths.status_file)?;
-    let health = health::evaluate(
-        status.as_ref(),
-        chrono::Utc::now(),
-        args.health_max_age_seconds,
-    );
+pub fn run(dir: &DirArgs, args: &HealthArgs, clock: &dyn Clock) -> Result<()> {
+    let cfg = HealthConfig::from_args(dir, args)?;
+    let status = Status::read(&cfg.paths.status_file)?;
+    let health = health::evaluate(status.as_ref(), clock.now(), cfg.max_age_seconds);
     if health.healthy {
         println!("healthy: {}", health.reason);
         Ok(())

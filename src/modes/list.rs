@@ -1,9 +1,8 @@
 //! `backupd list`: every backup file in `BACKUP_DIR` (backupd's, the app's
 //! manual ones, safety backups), newest first, marked by origin.
 
-use chrono::Utc;
-
 use crate::cli::{DirArgs, EncryptionArgs, S3Args};
+use crate::clock::Clock;
 use crate::config::{Paths, load_keys, s3_settings};
 use crate::error::{Error, Result};
 use crate::offsite;
@@ -11,7 +10,12 @@ use crate::store::local;
 use crate::store::s3::S3Store;
 use crate::verify;
 
-pub fn run(args: &DirArgs, encryption: &EncryptionArgs, full_verify: bool) -> Result<()> {
+pub fn run(
+    args: &DirArgs,
+    encryption: &EncryptionArgs,
+    full_verify: bool,
+    clock: &dyn Clock,
+) -> Result<()> {
     let paths = Paths::from_args(args)?;
     let keys = load_keys(encryption, &paths)?.for_decryption();
     let backups = local::list_all(&paths.backup_dir)?;
@@ -19,7 +23,7 @@ pub fn run(args: &DirArgs, encryption: &EncryptionArgs, full_verify: bool) -> Re
         eprintln!("no backups in {}", paths.backup_dir.display());
         return Ok(());
     }
-    let now = Utc::now();
+    let now = clock.now();
     let width = backups.iter().map(|b| b.file_name.len()).max().unwrap_or(0);
     println!(
         "{:<width$}  {:<9}  {:>10}  {:>8}  VERIFIED",
@@ -62,7 +66,7 @@ pub fn run(args: &DirArgs, encryption: &EncryptionArgs, full_verify: bool) -> Re
 }
 
 /// `backupd list --remote`: this tool's backups in the bucket.
-pub async fn run_remote(args: &S3Args) -> Result<()> {
+pub async fn run_remote(args: &S3Args, clock: &dyn Clock) -> Result<()> {
     let settings = s3_settings(args)?.ok_or_else(|| {
         Error::Config("list --remote needs AWS_S3_BUCKET (and credentials) to be set".into())
     })?;
@@ -72,7 +76,7 @@ pub async fn run_remote(args: &S3Args) -> Result<()> {
         eprintln!("no backups in {}", store.describe());
         return Ok(());
     }
-    let now = Utc::now();
+    let now = clock.now();
     let width = backups
         .iter()
         .map(|b| b.object.name.len())

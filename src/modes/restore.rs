@@ -13,12 +13,10 @@ use tracing::Instrument;
 
 use crate::backup;
 use crate::cli::RestoreArgs;
-use crate::cli::S3Args;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BackupConfig, Paths, load_keys, resolve_database, s3_settings};
+use crate::config::RestoreConfig;
 use crate::container::docker::{DockerControl, HealthOutcome, StopOutcome};
-use crate::crypto::keys::{KEY_FILE_NAME, Keys};
-use crate::db::{Database, SqliteTarget};
+use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::offsite;
 use crate::restore::Recovered;
@@ -26,169 +24,17 @@ use crate::restore::check::{self, Checked};
 use crate::restore::failed::move_to_failed;
 use crate::restore::input::{CHANGED_AFTER_CHECK, PrivateDir};
 use crate::restore::kind;
-use crate::restore::postgres::{self as pg_restore, Strategy, SwapRecord};
+use crate::restore::postgres::{self as pg_restore, SwapRecord};
 use crate::restore::sqlite as sqlite_restore;
 use crate::restore::state::{HistoryEntry, InProgress, LastProcessed, Phase, RestoreState};
-use crate::retention::Policy;
 use crate::state::timestamp;
 use crate::store::Kind;
 use crate::store::local::DirLock;
 use crate::store::s3::{S3Store, parse_s3_url};
 use crate::watch::{Found, WatchConfig, Watcher};
 
-/// Everything the restore service needs, validated at start.
-#[derive(Debug, Clone)]
-pub struct RestoreConfig {
-    pub database: Database,
-    pub backup: BackupConfig,
-    pub watch_dir: PathBuf,
-    pub failed_dir: PathBuf,
-    pub state_file: PathBuf,
-    pub poll_interval: Duration,
-    pub settle: Duration,
-    pub use_notify: bool,
-    pub stop_containers: Vec<String>,
-    pub start_containers: Vec<String>,
-    pub allow_missing_containers: bool,
-    pub stop_timeout: Duration,
-    pub stop_wait: Duration,
-    pub start_wait: Duration,
-    /// How long starting containers is retried while the engine does not
-    /// answer (`RESTORE_START_RETRY_SECONDS`).
-    pub start_retry: Duration,
-    pub health_timeout: Duration,
-    pub safety_backup: bool,
-    /// Decrypt `.enc` files; the safety backup encrypts with them too.
-    pub keys: Keys,
-    pub strategy: Strategy,
-    pub keep_previous: usize,
-    /// Restore a dump that shares no table with the live database's
-    /// non-empty ones (`RESTORE_ALLOW_SCHEMA_CHANGE`).
-    pub allow_schema_change: bool,
-    pub docker_host: Option<String>,
-    /// For `--file s3://…` and `--from-s3` (checked at start when
-    /// `AWS_S3_BUCKET` is set).
-    pub s3: S3Args,
-    /// `RESTORE_REQUIRE_ENCRYPTED`: only `.enc` files are restored.
-    pub require_encrypted: bool,
-}
-
 /// Why a plain file is refused under `RESTORE_REQUIRE_ENCRYPTED=true`.
 pub const REQUIRE_ENCRYPTED_REASON: &str = "refused: the file is not encrypted (.enc) and RESTORE_REQUIRE_ENCRYPTED=true accepts only Fernet-encrypted backups";
-
-fn names(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-/// Where safety backups go: `BACKUP_DIR` when it is set (to something), else
-/// `<parent of the watch folder>/safety`. The app's own db-restore service
-/// mounts only `/restore`, so the image's `/backups` is not a volume there and
-/// a safety copy written into it would vanish with the container.
-pub fn safety_dir(backup_dir: Option<&str>, watch_dir: &Path) -> PathBuf {
-    match backup_dir.filter(|dir| !dir.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => watch_dir.parent().unwrap_or(Path::new("/")).join("safety"),
-    }
-}
-
-impl RestoreConfig {
-    pub fn from_args(args: &RestoreArgs) -> Result<Self> {
-        let database = match resolve_database(&args.database)? {
-            // The app's URL path is relative to its working folder; here the
-            // file is reached through RESTORE_SQLITE_BASE or RESTORE_SQLITE_PATH.
-            Database::Sqlite(target) => Database::Sqlite(SqliteTarget {
-                path: match args.sqlite_path.as_deref().filter(|p| !p.is_empty()) {
-                    Some(path) => PathBuf::from(path),
-                    None => Path::new(&args.sqlite_base).join(&target.path),
-                },
-            }),
-            pg => pg,
-        };
-        let watch_dir = PathBuf::from(&args.watch_dir);
-        let failed_dir = match args.failed_dir.as_deref().filter(|d| !d.is_empty()) {
-            Some(dir) => PathBuf::from(dir),
-            None => watch_dir.parent().unwrap_or(Path::new("/")).join("failed"),
-        };
-        let strategy = args
-            .pg_strategy
-            .parse::<Strategy>()
-            .map_err(|e| Error::Config(format!("RESTORE_PG_STRATEGY: {e}")))?;
-        if args.poll_interval == 0 {
-            return Err(Error::Config(
-                "RESTORE_POLL_INTERVAL must be at least 1".into(),
-            ));
-        }
-        let paths = Paths::from_args(&args.dir)?;
-        // As the old helper did, a key beside the watch folder's parent
-        // (`/restore/.encryption_key`) also decrypts.
-        let keys = load_keys(&args.encryption, &paths)?.with_decrypt_only_file(
-            watch_dir
-                .parent()
-                .unwrap_or(Path::new("/"))
-                .join(KEY_FILE_NAME),
-        )?;
-        let safety_paths = Paths {
-            backup_dir: safety_dir(args.dir.backup_dir.as_deref(), &watch_dir),
-            ..paths
-        };
-        s3_settings(&args.s3)?;
-        let backup = BackupConfig {
-            database: database.clone(),
-            keys: keys.clone(),
-            // Safety backups stay local: they are a way back from this
-            // restore, not part of the offsite series.
-            remote: None,
-            paths: safety_paths,
-            retention: Policy {
-                days: 0,
-                keep_min: 0,
-            },
-            compression_level: args.compression_level,
-            timeout: Duration::from_secs(6 * 3600),
-        };
-        Ok(RestoreConfig {
-            database,
-            backup,
-            watch_dir,
-            failed_dir,
-            state_file: PathBuf::from(&args.state_file),
-            poll_interval: Duration::from_secs(args.poll_interval),
-            settle: Duration::from_secs(args.settle_seconds),
-            use_notify: args.use_notify,
-            stop_containers: names(&args.stop_containers),
-            start_containers: names(&args.start_containers),
-            allow_missing_containers: args.allow_missing_containers,
-            stop_timeout: Duration::from_secs(args.stop_timeout),
-            stop_wait: Duration::from_secs(args.stop_wait_seconds),
-            start_wait: Duration::from_secs(args.start_wait_seconds),
-            start_retry: Duration::from_secs(args.start_retry_seconds),
-            health_timeout: Duration::from_secs(args.health_timeout),
-            safety_backup: args.safety_backup,
-            keys,
-            strategy,
-            keep_previous: usize::try_from(args.keep_previous).unwrap_or(usize::MAX),
-            allow_schema_change: args.allow_schema_change,
-            docker_host: args.docker_host.clone().filter(|h| !h.is_empty()),
-            s3: args.s3.clone(),
-            require_encrypted: args.require_encrypted,
-        })
-    }
-
-    fn uses_containers(&self) -> bool {
-        !self.stop_containers.is_empty() || !self.start_containers.is_empty()
-    }
-
-    /// Named in RESTORE_STOP_CONTAINERS or RESTORE_START_CONTAINERS: the
-    /// only containers backupd ever starts, whatever a state file says.
-    fn is_configured(&self, name: &str) -> bool {
-        self.stop_containers.iter().any(|c| c == name)
-            || self.start_containers.iter().any(|c| c == name)
-    }
-}
 
 pub async fn run(args: &RestoreArgs) -> Result<()> {
     let cfg = RestoreConfig::from_args(args)?;
@@ -218,8 +64,8 @@ pub async fn run(args: &RestoreArgs) -> Result<()> {
     };
     if let Some(file) = &args.file {
         return match parse_s3_url(file) {
-            Ok((bucket, key)) => {
-                let store = service.store(Some(bucket)).await?;
+            Ok((_bucket, key)) => {
+                let store = service.store().await?;
                 service
                     .one_remote(&store, &key, args.dry_run, &cancel)
                     .await
@@ -235,7 +81,7 @@ pub async fn run(args: &RestoreArgs) -> Result<()> {
         };
     }
     if let Some(which) = &args.from_s3 {
-        let store = service.store(None).await?;
+        let store = service.store().await?;
         let key = service.pick_remote(&store, which).await?;
         return service
             .one_remote(&store, &key, args.dry_run, &cancel)
@@ -470,14 +316,8 @@ impl Service {
     }
 
     /// The bucket of `--from-s3` (`AWS_S3_BUCKET`) or of an `s3://` URL.
-    async fn store(&self, bucket: Option<String>) -> Result<S3Store> {
-        let mut args = self.cfg.s3.clone();
-        if let Some(bucket) = bucket {
-            args.bucket = Some(bucket);
-            // The URL names the whole key.
-            args.prefix = String::new();
-        }
-        let settings = s3_settings(&args)?.ok_or_else(|| {
+    async fn store(&self) -> Result<S3Store> {
+        let settings = self.cfg.s3.clone().ok_or_else(|| {
             Error::Config("--from-s3 needs AWS_S3_BUCKET (and credentials) to be set".into())
         })?;
         S3Store::connect(settings).await
