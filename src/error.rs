@@ -39,6 +39,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// A step of a PostgreSQL restore failed. `database` is the masked URL;
+    /// `notes` are what was found out while cleaning up (what is true of the
+    /// live database now, a staging database that could not be dropped), in
+    /// the order found.
+    #[error("restore of {database} failed: {reason}{}", Notes(notes))]
+    PgRestore {
+        database: String,
+        reason: String,
+        notes: Vec<String>,
+    },
+
+    /// A restore stamp not of the form the restore names databases with: a
+    /// bug, caught before any name is made from it.
+    #[error("internal: restore stamp '{0}' is not of the form YYYYMMDDTHHMMSS.ffffffZ")]
+    BadStamp(String),
+
     #[error("cancelled by shutdown")]
     Cancelled,
 
@@ -48,6 +64,15 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+}
+
+/// `; note` for every note.
+struct Notes<'a>(&'a [String]);
+
+impl std::fmt::Display for Notes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|note| write!(f, "; {note}"))
+    }
 }
 
 impl Error {

@@ -6,7 +6,7 @@
 //! into its core dumps and error reports. So [`command`] starts from an empty
 //! environment and copies back only what programs need to run and format
 //! their output: `PATH`, `HOME`, `LANG`, `LC_*`, `TZ`, `TMPDIR`. Everything
-//! else a child needs (the `PG*` variables of `crate::db::postgres`) is set
+//! else a child needs (libpq's `PG*` variables, for instance) is set
 //! explicitly by the caller.
 //!
 //! Every child also dies with backupd: `kill_on_drop` covers a dropped
@@ -24,12 +24,17 @@
 //! forks on the calling thread, so an `async fn` that spawns is safe wherever
 //! it is awaited from a task. For the same reason backupd never uses
 //! `block_in_place` (it turns a worker into a blocking thread).
+//!
+//! What a child prints on stderr is kept by [`StderrLog`] (the first error
+//! with its detail, and the last lines), read by [`capture_stderr`].
 
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::io;
 use std::process::Stdio;
 
-use tokio::process::Command;
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{ChildStderr, Command};
 
 /// Variables copied from our environment into every child's, when set.
 pub const INHERITED_VARIABLES: &[&str] = &["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
@@ -88,6 +93,123 @@ fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     Ok(())
+}
+
+/// How many of a child's last stderr lines a [`StderrLog`] keeps unless told.
+pub const STDERR_TAIL: usize = 10;
+
+/// What a child printed on stderr, each line as the caller cleaned it
+/// (masked): the first error line with up to two `DETAIL:`/`HINT:` lines
+/// after it, and the last few lines, so a message can say what went wrong
+/// in one line while memory stays bounded however much the child prints.
+#[derive(Debug)]
+pub struct StderrLog {
+    first_error: Option<String>,
+    context: Vec<String>,
+    after_error: bool,
+    tail: VecDeque<String>,
+    keep: usize,
+}
+
+impl Default for StderrLog {
+    fn default() -> Self {
+        StderrLog::keeping(STDERR_TAIL)
+    }
+}
+
+impl StderrLog {
+    /// A log that keeps the last `lines` lines.
+    pub fn keeping(lines: usize) -> Self {
+        StderrLog {
+            first_error: None,
+            context: Vec::new(),
+            after_error: false,
+            tail: VecDeque::with_capacity(lines),
+            keep: lines,
+        }
+    }
+
+    pub fn push(&mut self, line: &str) {
+        let line = line.trim();
+        if line.is_empty() {
+            return;
+        }
+        let is_context = line.starts_with("DETAIL:") || line.starts_with("HINT:");
+        if self.first_error.is_none() {
+            if line.contains("ERROR:") || line.contains("FATAL:") || line.contains("error:") {
+                self.first_error = Some(line.to_string());
+                self.after_error = true;
+            }
+        } else if self.after_error && is_context && self.context.len() < 2 {
+            self.context.push(line.to_string());
+        } else if !line.starts_with("LINE ") && !line.ends_with('^') {
+            self.after_error = false;
+        }
+        if self.keep == 0 {
+            return;
+        }
+        if self.tail.len() == self.keep {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+    }
+
+    /// The first error line, when there was one.
+    pub fn first_error(&self) -> Option<&str> {
+        self.first_error.as_deref()
+    }
+
+    /// The last lines kept, oldest first.
+    pub fn tail(&self) -> impl Iterator<Item = &str> {
+        self.tail.iter().map(String::as_str)
+    }
+
+    /// Every line kept: the first error, its detail, the tail.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.first_error
+            .iter()
+            .chain(&self.context)
+            .chain(&self.tail)
+            .map(String::as_str)
+    }
+
+    /// The first error with its detail, or else the last lines.
+    pub fn summary(&self) -> String {
+        match &self.first_error {
+            Some(first) => {
+                let mut parts = vec![first.clone()];
+                parts.extend(self.context.iter().cloned());
+                parts.join(" ")
+            }
+            None if self.tail.is_empty() => "no error message".to_string(),
+            None => self.tail.iter().cloned().collect::<Vec<_>>().join(" | "),
+        }
+    }
+}
+
+/// Reads a child's stderr to its end into a [`StderrLog`] keeping `keep`
+/// lines. Lines are read as bytes, so invalid UTF-8 never stops the reading
+/// (which would leave the child blocked on a full pipe). Each line goes
+/// through `clean` first (mask secrets, log it); `None` leaves it out.
+pub async fn capture_stderr(
+    stderr: ChildStderr,
+    keep: usize,
+    mut clean: impl FnMut(&str) -> Option<String>,
+) -> StderrLog {
+    let mut log = StderrLog::keeping(keep);
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if let Some(line) = clean(String::from_utf8_lossy(&buf).trim_end()) {
+            log.push(&line);
+        }
+    }
+    log
 }
 
 #[cfg(test)]
@@ -161,6 +283,43 @@ mod tests {
         });
         let status = rt.block_on(child.wait()).unwrap();
         assert_eq!(status.code(), Some(3), "{status:?}");
+    }
+
+    #[test]
+    fn stderr_summaries_name_the_first_error_with_its_detail() {
+        let mut log = StderrLog::default();
+        for line in [
+            "NOTICE:  something",
+            "psql:<stdin>:120: ERROR:  relation \"no_such_table\" does not exist",
+            "LINE 1: SELECT * FROM no_such_table;",
+            "                      ^",
+            "DETAIL:  more",
+            "psql:<stdin>:130: ERROR:  current transaction is aborted",
+        ] {
+            log.push(line);
+        }
+        assert_eq!(
+            log.summary(),
+            "psql:<stdin>:120: ERROR:  relation \"no_such_table\" does not exist DETAIL:  more"
+        );
+        assert!(log.lines().any(|l| l.contains("aborted")));
+        let mut quiet = StderrLog::default();
+        quiet.push("killed");
+        assert_eq!(quiet.summary(), "killed");
+    }
+
+    #[tokio::test]
+    async fn stderr_is_read_to_the_end_past_invalid_utf8_keeping_the_tail() {
+        let mut child = command("sh")
+            .args(["-c", "printf 'a\\377\\nsecret b\\n\\nc\\nd\\n' >&2"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let stderr = child.stderr.take().unwrap();
+        let log = capture_stderr(stderr, 3, |l| Some(l.replace("secret", "***"))).await;
+        child.wait().await.unwrap();
+        assert_eq!(log.tail().collect::<Vec<_>>(), ["*** b", "c", "d"]);
+        assert_eq!(log.first_error(), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use backupd::db::{Database, PgTarget};
 use backupd::restore::input::Input;
 use backupd::restore::kind::classify;
 use backupd::restore::postgres::{
-    Options, Report, Strategy, previous_name, recover, restore, staging_name,
+    Options, Report, Server, Strategy, previous_name, recover, restore, staging_name,
 };
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -502,5 +502,48 @@ async fn cancelling_stops_the_load_and_drops_the_staging_database() {
         "the load went on for {stopped_after:?} after the cancellation"
     );
     assert_eq!(pg.databases(), databases, "the staging database is left");
+    assert_eq!(pg.checksums(), before);
+}
+
+#[tokio::test]
+async fn a_dump_loads_into_a_new_database_beside_the_live_one_and_is_dropped_again() {
+    // What a restore drill does: the live database is never touched.
+    let Some(pg) = start(true) else { return };
+    let source = pg.checksums();
+    let path = pg.file("app.sql.gz", pg.plain_dump().as_bytes());
+    pg.change_live();
+    let before = pg.checksums();
+    let kind = classify(&file_name(&path)).expect("a backup file name");
+    let input = Input::open(&path).expect("a readable restore input");
+    let server = Server::connect(&pg.target).await.unwrap();
+    let scratch = "appdb_drill";
+    assert!(!server.database_exists(scratch).await.unwrap());
+
+    let cancel = CancellationToken::new();
+    let bytes = server
+        .load_into_new_database(scratch, &input, kind, &cancel)
+        .await
+        .unwrap();
+    assert!(bytes > 0);
+    assert!(server.database_exists(scratch).await.unwrap());
+    assert_eq!(pg.cluster.table_checksums(scratch), source);
+    assert_eq!(pg.checksums(), before, "the live database changed");
+    let err = server
+        .load_into_new_database(scratch, &input, kind, &cancel)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already exists"), "{err}");
+    let live = server
+        .drop_database(PG_APP_DB)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(live.contains("live database"), "{live}");
+    assert_no_password(&live);
+
+    server.drop_database(scratch).await.unwrap();
+    assert!(!server.database_exists(scratch).await.unwrap());
+    assert_eq!(pg.databases(), vec![PG_APP_DB.to_string()]);
     assert_eq!(pg.checksums(), before);
 }

@@ -3,12 +3,10 @@
 //! libpq environment variables and the password through a private password
 //! file, so no secret is ever on a command line or in a child's environment.
 
-use std::collections::VecDeque;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
@@ -305,11 +303,15 @@ pub async fn backup(
         .spawn()
         .map_err(|e| Error::database(target.to_string(), format!("cannot run pg_dump: {e}")))?;
     let mut stdout = child.stdout.take().expect("stdout is piped");
-    let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-    let stderr_task = tokio::spawn(log_stderr(
+    let masking = target.clone();
+    let stderr_task = tokio::spawn(crate::process::capture_stderr(
         child.stderr.take().expect("stderr is piped"),
-        target.clone(),
-        Arc::clone(&stderr_tail),
+        STDERR_LINES_KEPT,
+        move |line| {
+            let line = masking.mask(line);
+            tracing::warn!(target: "backupd::pg_dump", "pg_dump: {line}");
+            Some(line)
+        },
     ));
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
@@ -354,19 +356,14 @@ pub async fn backup(
         .wait()
         .await
         .map_err(|e| Error::database(target.to_string(), format!("waiting for pg_dump: {e}")))?;
-    let _ = stderr_task.await;
+    let stderr = stderr_task.await.unwrap_or_default();
     let file = writer
         .await
         .map_err(|e| Error::Other(format!("the compression task failed: {e}")))?;
     pumped?;
     let file = file?;
     if !status.success() {
-        let tail: Vec<String> = stderr_tail
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+        let tail: Vec<&str> = stderr.tail().collect();
         let detail = if tail.is_empty() {
             String::new()
         } else {
@@ -386,23 +383,6 @@ pub async fn backup(
     tokio::task::spawn_blocking(move || file.commit())
         .await
         .map_err(|e| Error::Other(format!("the commit task failed: {e}")))?
-}
-
-async fn log_stderr(
-    stderr: tokio::process::ChildStderr,
-    target: PgTarget,
-    tail: Arc<Mutex<VecDeque<String>>>,
-) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let line = target.mask(&line);
-        tracing::warn!(target: "backupd::pg_dump", "pg_dump: {line}");
-        let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-        if tail.len() == STDERR_LINES_KEPT {
-            tail.pop_front();
-        }
-        tail.push_back(line);
-    }
 }
 
 fn one_line(text: &str) -> String {

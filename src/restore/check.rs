@@ -155,7 +155,7 @@ pub async fn check(
             if !has_pg_dump_trailer(&tail.bytes) {
                 return Err("the SQL dump does not end with pg_dump's trailer '-- PostgreSQL database dump complete' (incomplete dump)".into());
             }
-            psql_knows_restrict().await?;
+            psql_knows_restrict().await.map_err(|e| e.to_string())?;
             (n, input, None, Some(scanned.tables))
         }
         (Payload::CustomDump, _) => {

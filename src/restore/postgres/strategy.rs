@@ -1,0 +1,302 @@
+//! The two ways a dump reaches the live database. **Staging** (the
+//! default) loads into a new `<db>_restore_<stamp>` and swaps it in by two
+//! renames in one transaction only when the load succeeded, keeping the old
+//! one as `<db>_pre_restore_<stamp>`; a failed or cancelled load drops the
+//! staging database and says what is true of the live one, looked up then.
+//! **Inplace** drops (or, without `CREATEDB`, empties) the live database and
+//! loads into it: a failed load leaves it empty, the safety backup is the
+//! way back.
+
+use std::fmt;
+use std::str::FromStr;
+
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::{Server, SwapRecord, run_sql, swap_record};
+use super::error::{failed, with_note};
+use super::load::{check_loadable, load, psql_knows_restrict};
+use super::naming::{check_stamp, previous_name, staging_name};
+use crate::db::PgTarget;
+use crate::error::{Error, Result};
+use crate::restore::input::Input;
+use crate::restore::kind::{FileKind, Payload};
+
+/// How the dump reaches the live database (`RESTORE_PG_STRATEGY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Load into a new database, then swap it in by renaming.
+    #[default]
+    Staging,
+    /// Drop (or empty) the live database, then load into it.
+    Inplace,
+}
+
+/// A `RESTORE_PG_STRATEGY` that is neither `staging` nor `inplace`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown PostgreSQL restore strategy '{0}': use 'staging' (load into a new database, then swap it in; the default) or 'inplace' (drop, create, load: a failed load leaves an empty or partial database)"
+)]
+pub struct UnknownStrategy(String);
+
+impl FromStr for Strategy {
+    type Err = UnknownStrategy;
+
+    /// `staging` or `inplace` (case-insensitive); empty means the default.
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownStrategy> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "staging" => Ok(Strategy::Staging),
+            "inplace" => Ok(Strategy::Inplace),
+            _ => Err(UnknownStrategy(s.trim().to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::Staging => "staging",
+            Strategy::Inplace => "inplace",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub strategy: Strategy,
+    /// How many `<db>_pre_restore_*` databases to keep (`RESTORE_KEEP_PREVIOUS`).
+    pub keep_previous: usize,
+    /// `YYYYMMDDTHHMMSS.ffffffZ` of this run
+    /// ([`STAMP_FORMAT`](super::STAMP_FORMAT)), used in the database names.
+    pub stamp: String,
+}
+
+impl Options {
+    /// The defaults: staging, one previous database kept.
+    pub fn new(stamp: impl Into<String>) -> Self {
+        Options {
+            strategy: Strategy::Staging,
+            keep_previous: 1,
+            stamp: stamp.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The live database that now holds the dump's contents.
+    pub database: String,
+    /// The replaced database, kept under this name.
+    pub previous: Option<String>,
+    /// Older previous databases dropped by `keep_previous`.
+    pub dropped: Vec<String>,
+    /// Bytes of the dump fed to psql/pg_restore (decompressed, after the
+    /// blanking of `SET transaction_timeout` and of the file's own
+    /// `\restrict` lines; backupd's own `\restrict` line not counted).
+    pub bytes_loaded: u64,
+}
+
+/// Restores `file` (plain SQL or custom format, optionally gzipped; never
+/// encrypted here) into the live database of `target`.
+pub async fn restore(
+    target: &PgTarget,
+    file: &Input,
+    kind: FileKind,
+    opts: &Options,
+    cancel: &CancellationToken,
+) -> Result<Report> {
+    restore_recorded(target, file, kind, opts, &|_| {}, cancel).await
+}
+
+/// [`restore`], calling `before_swap` with what recovery needs just before
+/// the staging swap (the restore service writes it into its state file).
+pub async fn restore_recorded(
+    target: &PgTarget,
+    file: &Input,
+    kind: FileKind,
+    opts: &Options,
+    before_swap: &(dyn Fn(&SwapRecord) + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<Report> {
+    check_loadable(target, file, kind)?;
+    check_stamp(&opts.stamp)?;
+    if kind.payload == Payload::PlainSql {
+        psql_knows_restrict().await.map_err(|e| failed(target, e))?;
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let server = Server::connect(target).await?;
+    match opts.strategy {
+        Strategy::Staging => staging(&server, file, kind, opts, before_swap, cancel).await,
+        Strategy::Inplace => inplace(&server, file, kind, cancel).await,
+    }
+}
+
+async fn staging(
+    server: &Server,
+    file: &Input,
+    kind: FileKind,
+    opts: &Options,
+    before_swap: &(dyn Fn(&SwapRecord) + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<Report> {
+    let db = server.db.as_str();
+    let staging = staging_name(db, &opts.stamp);
+    let previous = previous_name(db, &opts.stamp);
+    if !server.can_create() {
+        return Err(server.no_createdb("nothing was changed"));
+    }
+    let live = server.info(db).await?;
+    if let Some(info) = &live
+        && !info.owned
+        && !server.superuser
+    {
+        return Err(server.fail(format!(
+            "the role \"{}\" does not own database \"{db}\", so it cannot rename it; RESTORE_PG_STRATEGY=staging needs the owner (or use RESTORE_PG_STRATEGY=inplace)",
+            server.user
+        )));
+    }
+    server.drop_leftovers().await;
+    let existing = server.databases().await?;
+    for name in [&staging, &previous] {
+        if existing.contains(name) {
+            return Err(server.fail(format!(
+                "database \"{name}\" already exists (left by an interrupted restore with the same stamp?); nothing was changed"
+            )));
+        }
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+
+    // Who the live database is, so that what is said about it after a
+    // failure is looked up then, not assumed.
+    let live_oid = server.oid(db).await?;
+    server.create(&staging, live.as_ref()).await?;
+    tracing::info!(database = %staging, "created the staging database");
+    let bytes = match load(&server.target, &staging, file, kind, cancel).await {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(server.abandon(&staging, live_oid, e).await),
+    };
+    if cancel.is_cancelled() {
+        return Err(server.abandon(&staging, live_oid, Error::Cancelled).await);
+    }
+    // The dump's own SQL ran as our role: it must not have moved the live
+    // database away (ALTER DATABASE … RENAME), or the swap would set aside
+    // whatever now has its name.
+    if server.oid(db).await? != live_oid {
+        let e = server.fail("the live database changed while the dump was loading, so the restored database was not swapped in");
+        return Err(server.abandon(&staging, live_oid, e).await);
+    }
+    let record = match swap_record(server, &staging, &previous).await {
+        Ok(record) => record,
+        Err(e) => {
+            let note = server.discard(&staging).await;
+            return Err(with_note(e, note));
+        }
+    };
+    before_swap(&record);
+    crate::restore::test_pause("swapping").await;
+    if let Err(e) = server
+        .swap(&staging, &previous, live.is_some(), cancel)
+        .await
+    {
+        return Err(server.abandon(&staging, live_oid, e).await);
+    }
+    crate::restore::test_pause("after-swap").await;
+    tracing::info!(
+        database = db,
+        previous = live.is_some().then_some(previous.as_str()),
+        "the restored database is in place"
+    );
+    let dropped = match server.prune(opts.keep_previous).await {
+        Ok(dropped) => dropped,
+        Err(e) => {
+            tracing::warn!("cannot clean up older previous databases: {e}");
+            Vec::new()
+        }
+    };
+    let previous = (live.is_some() && !dropped.contains(&previous)).then_some(previous);
+    Ok(Report {
+        database: db.to_string(),
+        previous,
+        dropped,
+        bytes_loaded: bytes,
+    })
+}
+
+async fn inplace(
+    server: &Server,
+    file: &Input,
+    kind: FileKind,
+    cancel: &CancellationToken,
+) -> Result<Report> {
+    let db = server.db.as_str();
+    tracing::warn!(
+        database = db,
+        "RESTORE_PG_STRATEGY=inplace: the live database is emptied before loading; a failed load leaves it empty or partial (the safety backup is the way back)"
+    );
+    server.drop_leftovers().await;
+    let live = server.info(db).await?;
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    if server.can_create() {
+        server
+            .drop_if_exists(db, true)
+            .await
+            .map_err(|f| server.fail(format!("cannot drop database \"{db}\": {}", f.summary())))?;
+        server.create(db, live.as_ref()).await?;
+    } else {
+        // Without CREATEDB the database stays; everything this role owns in
+        // it goes (the schema public of PostgreSQL 15+ belongs to
+        // pg_database_owner and stays).
+        if live.is_none() {
+            return Err(server.fail(format!(
+                "database \"{db}\" does not exist and the role \"{}\" may not create it (no CREATEDB)",
+                server.user
+            )));
+        }
+        let _ = server.sql(&server.terminate_sql(db)).await;
+        run_sql(
+            &server.target,
+            db,
+            "DROP OWNED BY CURRENT_USER;\nCREATE SCHEMA IF NOT EXISTS public;\n",
+        )
+        .await
+        .map_err(|f| {
+            server.fail(format!(
+                "cannot empty database \"{db}\" (DROP OWNED BY CURRENT_USER): {}",
+                f.summary()
+            ))
+        })?;
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let bytes = load(&server.target, db, file, kind, cancel).await?;
+    Ok(Report {
+        database: db.to_string(),
+        previous: None,
+        dropped: Vec::new(),
+        bytes_loaded: bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategies_parse_with_a_clear_error() {
+        assert_eq!("staging".parse::<Strategy>(), Ok(Strategy::Staging));
+        assert_eq!(" InPlace ".parse::<Strategy>(), Ok(Strategy::Inplace));
+        assert_eq!("".parse::<Strategy>(), Ok(Strategy::Staging));
+        let err = "swap".parse::<Strategy>().unwrap_err().to_string();
+        assert!(
+            err.contains("'swap'") && err.contains("staging") && err.contains("inplace"),
+            "{err}"
+        );
+        assert_eq!(Strategy::Inplace.to_string(), "inplace");
+    }
+}
