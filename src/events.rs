@@ -178,12 +178,12 @@ impl From<&Error> for Failure {
         let kind = match error {
             Error::Config(_) => FailureKind::Config,
             Error::Io { .. } => FailureKind::Io,
-            Error::Database { .. } => FailureKind::Database,
+            Error::Database { .. } | Error::PgRestore { .. } => FailureKind::Database,
             Error::Verify { .. } => FailureKind::Verify,
             Error::Storage { .. } => FailureKind::Storage,
             Error::Cancelled => FailureKind::Cancelled,
             Error::Busy => FailureKind::Busy,
-            Error::Other(_) => FailureKind::Other,
+            Error::BadStamp(_) | Error::Other(_) => FailureKind::Other,
         };
         Failure::new(kind, error.to_string())
     }
