@@ -9,7 +9,8 @@
 //!
 //! Typical use: `FakeContainers::new().running("web")`, `engine.fail(Op::Stop,
 //! "web")`, hand `&engine` to the code under test as `&dyn ContainerControl`,
-//! then assert on `engine.calls()` and `engine.is_running("web")` (the unit
+//! then assert on `engine.actions()` (`["stop web", "start web"]`),
+//! `engine.calls()` (every call, typed) and `engine.is_running("web")` (the unit
 //! tests below show each fault).
 
 use std::collections::BTreeMap;
@@ -253,6 +254,20 @@ impl FakeContainers {
             .collect()
     }
 
+    /// The calls that change something, as the operator would tell them:
+    /// `stop web`, `start web` (refused ones too: they were asked for).
+    pub fn actions(&self) -> Vec<String> {
+        self.lock()
+            .calls
+            .iter()
+            .filter_map(|call| match call {
+                Call::Stop { name, .. } => Some(format!("stop {name}")),
+                Call::Start(name) => Some(format!("start {name}")),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether `name` runs now; `None` when there is no such container.
     pub fn is_running(&self, name: &str) -> Option<bool> {
         self.lock().find(name).map(|(_, c)| c.running)
@@ -441,6 +456,10 @@ mod tests {
                 ]
             );
             assert_eq!(engine.names_of(Op::Start), vec!["web", "web"]);
+            assert_eq!(
+                engine.actions(),
+                vec!["stop web", "stop worker", "start web", "start web"]
+            );
         });
     }
 
@@ -601,6 +620,15 @@ mod tests {
             assert_eq!(engine.is_running("web"), Some(true));
             assert_eq!(engine.names_of(Op::Start), vec!["web"]);
             assert_eq!(receipt.backend, "fake");
+        });
+    }
+
+    #[test]
+    fn the_fake_passes_the_suite_every_backend_passes() {
+        run(async {
+            let engine = FakeContainers::new().running("web");
+            crate::container::conformance::check(&engine, "web", "web-missing").await;
+            assert_eq!(engine.is_running("web"), Some(true));
         });
     }
 

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
+/// The behaviour every backend shares, checked against each (test support).
+#[doc(hidden)]
+pub mod conformance;
 pub mod docker;
 pub mod fake;
 
