@@ -1,5 +1,7 @@
 //! One backup run, shared by `backupd once` and the daemon: lock the
-//! directory, dump, commit, apply retention, record the status.
+//! directory, dump, commit, apply retention, then the offsite pass. What
+//! happened goes out as events (`crate::events`); the status file, the log
+//! and the daemon's metrics are their observers.
 
 use std::time::Instant;
 
@@ -11,9 +13,13 @@ use crate::clock::Clock;
 use crate::config::BackupConfig;
 use crate::db::{self, Database};
 use crate::error::{Error, Result};
+use crate::events::{
+    BackupFailed, BackupFinished, BackupSkipped, BackupStarted, Event, LogObserver, Observer,
+    OffsitePass, SkipReason, Uploaded,
+};
 use crate::offsite::{self, SyncReport};
 use crate::retention;
-use crate::state::{self, Status};
+use crate::state::StatusFile;
 use crate::store::Kind;
 use crate::store::local::{self, DirLock, StoredBackup};
 
@@ -49,13 +55,14 @@ pub enum WhenBusy {
     Skip,
 }
 
-/// Takes one backup and records the result in the status file, whether the
-/// backup succeeded or not.
+/// Takes one backup and tells `observer` (and the status file and the log,
+/// which always listen) what happened, whether the backup succeeded or not.
 pub async fn run(
     cfg: &BackupConfig,
     cancel: &CancellationToken,
     clock: &dyn Clock,
     when_busy: WhenBusy,
+    observer: &dyn Observer,
 ) -> Run {
     let span = tracing::info_span!(
         "backup",
@@ -63,12 +70,31 @@ pub async fn run(
         file = tracing::field::Empty
     );
     async {
+        let status = StatusFile::new(&cfg.paths.status_file, &cfg.paths.backup_dir);
+        // The status file and the metrics are up to date by the time the
+        // log says so: tests and operators wait for the log line.
+        let emit = |event: Event| {
+            status.observe(&event);
+            observer.observe(&event);
+            LogObserver.observe(&event);
+        };
+        let database = cfg.database.kind();
         let attempt = clock.now();
+        emit(
+            BackupStarted {
+                database,
+                at: attempt,
+            }
+            .into(),
+        );
         let started = Instant::now();
         let lock = match lock_dir(cfg, cancel, when_busy).await {
             Err(Error::Busy) => {
-                tracing::warn!(
-                    "skipped: another backup (backupd once?) is running in this directory"
+                emit(
+                    BackupSkipped {
+                        reason: SkipReason::Busy,
+                    }
+                    .into(),
                 );
                 return Run {
                     result: Err(Error::Busy),
@@ -91,20 +117,36 @@ pub async fn run(
             Ok(file) => take_backup(cfg, file, cancel, clock).await,
             Err(e) => Err(e),
         };
-        let duration_seconds = started.elapsed().as_secs_f64();
+        let duration = started.elapsed();
         let result = result.map(|(backup, deleted)| Outcome {
             backup,
             deleted,
-            duration_seconds,
+            duration_seconds: duration.as_secs_f64(),
             finished: clock.now(),
         });
-        let recorded = match record_status(cfg, attempt, &result, start_error.as_deref()) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "could not record this run in the status file");
-                false
+        emit(match &result {
+            Ok(outcome) => BackupFinished {
+                database,
+                started_at: attempt,
+                finished_at: outcome.finished,
+                file: outcome.backup.path.clone(),
+                size: outcome.backup.size,
+                raw_bytes: outcome.backup.raw_bytes,
+                sha256: outcome.backup.sha256.clone(),
+                duration,
+                retention_deleted: outcome.deleted.iter().map(|d| d.path.clone()).collect(),
             }
-        };
+            .into(),
+            Err(e) => BackupFailed {
+                database,
+                started_at: attempt,
+                could_not_start: start_error.is_some(),
+                duration,
+                error: e.into(),
+            }
+            .into(),
+        });
+        let recorded = status.recorded();
         // Also after a failed backup: earlier ones may still be missing
         // from the bucket.
         let mut upload = None;
@@ -112,34 +154,10 @@ pub async fn run(
             && !cancel.is_cancelled()
         {
             let report = offsite::sync(remote, &cfg.paths.backup_dir, cancel, clock.now()).await;
-            if let Err(e) = record_upload(cfg, &report) {
-                tracing::warn!(error = %e, "could not update the status file");
-            }
+            emit(offsite_pass(&report).into());
             upload = Some(report);
         }
         drop(lock);
-        match &result {
-            Ok(outcome) => tracing::info!(
-                result = "success",
-                file = %outcome.backup.path.display(),
-                bytes = outcome.backup.size,
-                raw_bytes = outcome.backup.raw_bytes,
-                duration_seconds = format!("{duration_seconds:.2}"),
-                deleted = outcome.deleted.len(),
-                "backup finished"
-            ),
-            Err(e) if start_error.is_some() => tracing::error!(
-                result = "failure",
-                error = %e,
-                "the backup could not start"
-            ),
-            Err(e) => tracing::error!(
-                result = "failure",
-                duration_seconds = format!("{duration_seconds:.2}"),
-                error = %e,
-                "backup failed"
-            ),
-        }
         Run {
             result,
             upload,
@@ -149,6 +167,24 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+fn offsite_pass(report: &SyncReport) -> OffsitePass {
+    OffsitePass {
+        uploaded: report
+            .uploaded
+            .iter()
+            .map(|sent| Uploaded {
+                name: sent.name.clone(),
+                bytes: sent.bytes,
+                duration: sent.duration,
+            })
+            .collect(),
+        failed: report.failed,
+        remote_deleted: report.deleted.clone(),
+        error: report.error.clone(),
+        finished_at: report.finished,
+    }
 }
 
 /// At the daemon's start: removes what a killed run left in the backup
@@ -311,69 +347,126 @@ fn apply_retention(cfg: &BackupConfig, clock: &dyn Clock) -> Vec<StoredBackup> {
     deleted
 }
 
-fn log_upload(report: &SyncReport) {
-    match &report.error {
-        None => tracing::info!(
-            uploaded = report.uploaded.len(),
-            remote_deleted = report.deleted.len(),
-            "offsite copies up to date"
-        ),
-        Some(e) => tracing::error!(
-            uploaded = report.uploaded.len(),
-            error = %e,
-            "offsite copy incomplete; the next run tries again"
-        ),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
 
-/// Logs and records the offsite pass: `last_upload` when something was
-/// sent, `last_upload_error` (`null` when the bucket is up to date).
-fn record_upload(cfg: &BackupConfig, report: &SyncReport) -> Result<()> {
-    log_upload(report);
-    let path = &cfg.paths.status_file;
-    let mut status = Status::read_or_default(path);
-    if !report.uploaded.is_empty()
-        && let Some(finished) = report.finished
-    {
-        status.last_upload = Some(state::timestamp(finished));
-        status.last_upload_file = report.uploaded.first().map(|sent| sent.name.clone());
-    }
-    status.last_upload_error = report.error.clone();
-    status.write(path)
-}
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::config::Paths;
+    use crate::crypto::keys::Keys;
+    use crate::events::{Event, FailureKind, Recorder};
+    use crate::retention::Policy;
+    use crate::state::Status;
 
-fn record_status(
-    cfg: &BackupConfig,
-    attempt: chrono::DateTime<chrono::Utc>,
-    result: &Result<Outcome>,
-    start_error: Option<&str>,
-) -> Result<()> {
-    let path = &cfg.paths.status_file;
-    let mut status = Status::read_or_default(path);
-    status.last_attempt = Some(state::timestamp(attempt));
-    status.database = Some(cfg.database.kind().to_string());
-    status.version = crate::VERSION.to_string();
-    match result {
-        Ok(outcome) => {
-            status.last_backup = Some(state::timestamp(outcome.finished));
-            status.last_file = Some(outcome.backup.path.display().to_string());
-            status.last_error = None;
-            status.last_duration_seconds =
-                Some((outcome.duration_seconds * 1000.0).round() / 1000.0);
-            status.last_size_bytes = Some(outcome.backup.size);
-            status.last_sha256 = Some(outcome.backup.sha256.clone());
+    fn sqlite_config(db: &Path, backup_dir: &Path, status_file: &Path) -> BackupConfig {
+        BackupConfig {
+            database: Database::parse(&format!("sqlite:///{}", db.display()), "DATABASE_URL")
+                .unwrap(),
+            paths: Paths {
+                backup_dir: backup_dir.to_path_buf(),
+                status_file: status_file.to_path_buf(),
+            },
+            retention: Policy {
+                days: 0,
+                keep_min: 3,
+            },
+            compression_level: 1,
+            timeout: Duration::from_secs(60),
+            keys: Keys::default(),
+            remote: None,
         }
-        Err(e) => status.last_error = Some(e.to_string()),
     }
-    status.start_error = start_error.map(String::from);
-    // Every backup file, the app's manual ones and the safety backups too:
-    // the app's admin page lists (and offers to download) exactly these.
-    if let Ok(files) = local::list_all(&cfg.paths.backup_dir) {
-        status.backups = files.into_iter().map(|f| f.file_name).collect();
+
+    async fn run_with(cfg: &BackupConfig) -> (Run, Vec<Event>) {
+        let recorder = Recorder::new();
+        let run = run(
+            cfg,
+            &CancellationToken::new(),
+            &SystemClock,
+            WhenBusy::Wait,
+            &recorder,
+        )
+        .await;
+        (run, recorder.events())
     }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::files::create_dir_all(parent)
-            .map_err(|e| Error::io("create the directory of", path, e))?;
+
+    #[tokio::test]
+    async fn a_run_tells_started_then_finished_with_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let status_file = dir.path().join("backup-status.json");
+        let cfg = sqlite_config(&db, &dir.path().join("backups"), &status_file);
+
+        let (run, events) = run_with(&cfg).await;
+        let outcome = run.result.unwrap();
+        assert!(run.recorded);
+        let [Event::BackupStarted(started), Event::BackupFinished(done)] = &events[..] else {
+            panic!("{events:#?}");
+        };
+        assert_eq!(started.database, "sqlite");
+        assert_eq!(done.started_at, started.at);
+        assert_eq!(done.file, outcome.backup.path);
+        assert_eq!(done.size, std::fs::metadata(&done.file).unwrap().len());
+        assert_eq!(done.sha256, outcome.backup.sha256);
+        assert_eq!(done.duration.as_secs_f64(), outcome.duration_seconds);
+        // The status file is one of the run's observers.
+        let status = Status::read(&status_file).unwrap().unwrap();
+        assert_eq!(
+            status.last_file.as_deref(),
+            Some(done.file.to_str().unwrap())
+        );
+        assert_eq!(status.last_sha256.as_deref(), Some(done.sha256.as_str()));
+        assert_eq!(status.last_error, None);
     }
-    status.write(path)
+
+    #[tokio::test]
+    async fn a_failed_run_tells_the_error_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let status_file = dir.path().join("backup-status.json");
+        let cfg = sqlite_config(
+            &dir.path().join("missing.db"),
+            &dir.path().join("backups"),
+            &status_file,
+        );
+
+        let (run, events) = run_with(&cfg).await;
+        let error = run.result.unwrap_err().to_string();
+        let [Event::BackupStarted(_), Event::BackupFailed(failed)] = &events[..] else {
+            panic!("{events:#?}");
+        };
+        assert_eq!(failed.error.kind, FailureKind::Database);
+        assert_eq!(failed.error.message, error);
+        assert!(!failed.could_not_start);
+        let status = Status::read(&status_file).unwrap().unwrap();
+        assert_eq!(status.last_error.as_deref(), Some(error.as_str()));
+        assert_eq!(status.start_error, None);
+    }
+
+    #[tokio::test]
+    async fn a_run_that_cannot_start_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        // The backup folder cannot be created: a file holds its name.
+        let not_a_dir = dir.path().join("backups");
+        std::fs::write(&not_a_dir, "").unwrap();
+        let status_file = dir.path().join("backup-status.json");
+        let cfg = sqlite_config(&dir.path().join("app.db"), &not_a_dir, &status_file);
+
+        let (run, events) = run_with(&cfg).await;
+        let [Event::BackupStarted(_), Event::BackupFailed(failed)] = &events[..] else {
+            panic!("{events:#?}");
+        };
+        assert!(failed.could_not_start);
+        assert_eq!(
+            run.start_error.as_deref(),
+            Some(failed.error.message.as_str())
+        );
+        let status = Status::read(&status_file).unwrap().unwrap();
+        assert_eq!(status.start_error, run.start_error);
+    }
 }

@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::events::{Event, FailureKind, Observer};
 use crate::health::parse_timestamp;
 use crate::state::Status;
 
@@ -146,6 +147,55 @@ impl Metrics {
     }
 }
 
+/// The daemon's counters and gauges follow the backup run's events.
+impl Observer for Metrics {
+    fn observe(&self, event: &Event) {
+        match event {
+            Event::BackupStarted(started) => {
+                self.last_attempt.set(started.at.timestamp() as f64);
+            }
+            Event::BackupFinished(done) => {
+                self.backups
+                    .get_or_create(&ResultLabel { result: "success" })
+                    .inc();
+                self.last_success.set(done.finished_at.timestamp() as f64);
+                self.last_duration.set(done.duration.as_secs_f64());
+                self.last_size
+                    .set(i64::try_from(done.size).unwrap_or(i64::MAX));
+                self.retention_deleted
+                    .inc_by(done.retention_deleted.len() as u64);
+            }
+            // A shutdown is not a failed backup.
+            Event::BackupFailed(failed)
+                if matches!(
+                    failed.error.kind,
+                    FailureKind::Cancelled | FailureKind::Busy
+                ) => {}
+            Event::BackupFailed(_) => {
+                self.backups
+                    .get_or_create(&ResultLabel { result: "failure" })
+                    .inc();
+            }
+            Event::OffsitePass(pass) => {
+                for sent in &pass.uploaded {
+                    self.uploads
+                        .get_or_create(&ResultLabel { result: "success" })
+                        .inc();
+                    self.upload_duration.set(sent.duration.as_secs_f64());
+                }
+                if pass.failed > 0 {
+                    self.uploads
+                        .get_or_create(&ResultLabel { result: "failure" })
+                        .inc_by(pass.failed as u64);
+                }
+                self.remote_retention_deleted
+                    .inc_by(pass.remote_deleted.len() as u64);
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -155,6 +205,90 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{
+        BackupFailed, BackupFinished, BackupStarted, Failure, OffsitePass, Uploaded,
+    };
+    use chrono::{DateTime, Utc};
+    use std::time::Duration;
+
+    fn line<'a>(text: &'a str, name: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+    }
+
+    fn failed(error: &crate::Error) -> Event {
+        BackupFailed {
+            database: "sqlite",
+            started_at: DateTime::UNIX_EPOCH,
+            could_not_start: false,
+            duration: Duration::from_secs(1),
+            error: Failure::from(error),
+        }
+        .into()
+    }
+
+    #[test]
+    fn the_counters_and_gauges_follow_the_events() {
+        let metrics = Metrics::new();
+        let at = |s| DateTime::<Utc>::from_timestamp(s, 0).unwrap();
+        metrics.observe(
+            &BackupStarted {
+                database: "sqlite",
+                at: at(1_000),
+            }
+            .into(),
+        );
+        metrics.observe(
+            &BackupFinished {
+                database: "sqlite",
+                started_at: at(1_000),
+                finished_at: at(1_002),
+                file: "/backups/a.sqlite3.gz".into(),
+                size: 4096,
+                raw_bytes: 8192,
+                sha256: "0".repeat(64),
+                duration: Duration::from_millis(1500),
+                retention_deleted: vec!["/backups/old.sqlite3.gz".into()],
+            }
+            .into(),
+        );
+        metrics.observe(&failed(&crate::Error::database("sqlite:/db", "locked")));
+        // Neither a shutdown nor a skipped run counts as a failed backup.
+        metrics.observe(&failed(&crate::Error::Cancelled));
+        metrics.observe(&failed(&crate::Error::Busy));
+        metrics.observe(
+            &OffsitePass {
+                uploaded: vec![Uploaded {
+                    name: "a.sqlite3.gz".into(),
+                    bytes: 4096,
+                    duration: Duration::from_millis(250),
+                }],
+                failed: 1,
+                remote_deleted: vec!["x".into(), "y".into()],
+                error: Some("cannot upload".into()),
+                finished_at: Some(at(1_003)),
+            }
+            .into(),
+        );
+        let text = metrics.encode();
+        for (name, value) in [
+            ("backupd_last_attempt_timestamp_seconds ", "1000.0"),
+            ("backupd_last_success_timestamp_seconds ", "1002.0"),
+            ("backupd_last_duration_seconds ", "1.5"),
+            ("backupd_last_size_bytes ", "4096"),
+            ("backupd_backups_total{result=\"success\"}", "1"),
+            ("backupd_backups_total{result=\"failure\"}", "1"),
+            ("backupd_retention_deleted_total ", "1"),
+            ("backupd_uploads_total{result=\"success\"}", "1"),
+            ("backupd_uploads_total{result=\"failure\"}", "1"),
+            ("backupd_upload_duration_seconds ", "0.25"),
+            ("backupd_remote_retention_deleted_total ", "2"),
+        ] {
+            let line = line(&text, name);
+            assert_eq!(line[name.len()..].trim(), value, "{line}");
+        }
+    }
 
     #[test]
     fn every_documented_metric_is_exported() {

@@ -2,13 +2,16 @@
 //! `backups`) exactly as before, plus what an operator needs to see why the
 //! last run failed. Written atomically; never holds credentials.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::write_atomically;
 use crate::error::{Error, Result};
+use crate::events::{BackupFailed, BackupFinished, Event, Observer, OffsitePass};
+use crate::store::local;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -130,6 +133,113 @@ impl Status {
         let mut json = serde_json::to_vec_pretty(self).map_err(|e| Error::Other(e.to_string()))?;
         json.push(b'\n');
         write_atomically(path, &json)
+    }
+}
+
+/// The status file as an observer of the backup run: each run's result
+/// (`last_*`, `start_error`, `backups`) and each offsite pass
+/// (`last_upload*`), merged into what the file already holds.
+#[derive(Debug)]
+pub struct StatusFile {
+    path: PathBuf,
+    backup_dir: PathBuf,
+    recorded: AtomicBool,
+}
+
+/// Where the status file's log lines always came from.
+const LOG_TARGET: &str = "backupd::backup";
+
+impl StatusFile {
+    pub fn new(path: &Path, backup_dir: &Path) -> Self {
+        StatusFile {
+            path: path.to_path_buf(),
+            backup_dir: backup_dir.to_path_buf(),
+            recorded: AtomicBool::new(true),
+        }
+    }
+
+    /// False when the last run could not be written (e.g. no descriptor
+    /// left): the daemon then keeps a start failure in memory for `/healthz`.
+    pub fn recorded(&self) -> bool {
+        self.recorded.load(Ordering::Relaxed)
+    }
+
+    fn record_run(
+        &self,
+        database: &str,
+        attempt: DateTime<Utc>,
+        result: std::result::Result<&BackupFinished, &BackupFailed>,
+    ) -> Result<()> {
+        let path = &self.path;
+        let mut status = Status::read_or_default(path);
+        status.last_attempt = Some(timestamp(attempt));
+        status.database = Some(database.to_string());
+        status.version = crate::VERSION.to_string();
+        status.start_error = None;
+        match result {
+            Ok(done) => {
+                status.last_backup = Some(timestamp(done.finished_at));
+                status.last_file = Some(done.file.display().to_string());
+                status.last_error = None;
+                status.last_duration_seconds =
+                    Some((done.duration.as_secs_f64() * 1000.0).round() / 1000.0);
+                status.last_size_bytes = Some(done.size);
+                status.last_sha256 = Some(done.sha256.clone());
+            }
+            Err(failed) => {
+                status.last_error = Some(failed.error.message.clone());
+                if failed.could_not_start {
+                    status.start_error = Some(failed.error.message.clone());
+                }
+            }
+        }
+        // Every backup file, the app's manual ones and the safety backups too:
+        // the app's admin page lists (and offers to download) exactly these.
+        if let Ok(files) = local::list_all(&self.backup_dir) {
+            status.backups = files.into_iter().map(|f| f.file_name).collect();
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::files::create_dir_all(parent)
+                .map_err(|e| Error::io("create the directory of", path, e))?;
+        }
+        status.write(path)
+    }
+
+    /// `last_upload` when something was sent, `last_upload_error` (`null`
+    /// when the bucket is up to date).
+    fn record_offsite(&self, pass: &OffsitePass) -> Result<()> {
+        let mut status = Status::read_or_default(&self.path);
+        if !pass.uploaded.is_empty()
+            && let Some(finished) = pass.finished_at
+        {
+            status.last_upload = Some(timestamp(finished));
+            status.last_upload_file = pass.uploaded.first().map(|sent| sent.name.clone());
+        }
+        status.last_upload_error = pass.error.clone();
+        status.write(&self.path)
+    }
+}
+
+impl Observer for StatusFile {
+    fn observe(&self, event: &Event) {
+        let run = match event {
+            Event::BackupFinished(done) => Some((done.database, done.started_at, Ok(done))),
+            Event::BackupFailed(failed) => Some((failed.database, failed.started_at, Err(failed))),
+            Event::OffsitePass(pass) => {
+                if let Err(e) = self.record_offsite(pass) {
+                    tracing::warn!(target: LOG_TARGET, error = %e, "could not update the status file");
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some((database, attempt, result)) = run {
+            let written = self.record_run(database, attempt, result);
+            if let Err(e) = &written {
+                tracing::error!(target: LOG_TARGET, error = %e, "could not record this run in the status file");
+            }
+            self.recorded.store(written.is_ok(), Ordering::Relaxed);
+        }
     }
 }
 

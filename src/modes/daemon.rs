@@ -14,8 +14,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{BackupConfig, DaemonConfig};
 use crate::db::{Database, postgres};
 use crate::error::{Error, Result};
+use crate::events::{BackupFailed, Observer, Observers};
 use crate::http::{self, AppState};
-use crate::metrics::{Metrics, ResultLabel};
+use crate::metrics::Metrics;
 use crate::schedule::Schedule;
 use crate::state::Status;
 
@@ -50,6 +51,7 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         unrecorded_start_error: Arc::clone(&unrecorded_start_error),
     };
     let server = http::start(addr, state, cancel.clone()).await?;
+    let observers = Observers::new().with(metrics.clone());
 
     let now = clock.now();
     let upcoming: Vec<String> = schedule
@@ -104,13 +106,11 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         }
         let is_retry = retry_at == Some(due) && next.is_none_or(|n| n > due);
         retry_at = None;
-        metrics.last_attempt.set(clock.now().timestamp() as f64);
 
-        let run = match run_backup(&cfg, &cancel, shutdown_grace).await {
+        let run = match run_backup(&cfg, &cancel, shutdown_grace, &observers).await {
             Some(run) => run,
             None => break,
         };
-        record_metrics(&metrics, &run);
         // Normally the status file carries a start failure to /healthz; when
         // it could not be written (no descriptor left), memory does.
         if let Ok(mut unrecorded) = unrecorded_start_error.lock() {
@@ -151,10 +151,14 @@ async fn run_backup(
     cfg: &BackupConfig,
     cancel: &CancellationToken,
     grace: Duration,
+    observers: &Observers,
 ) -> Option<Run> {
+    let (attempt, started) = (SystemClock.now(), std::time::Instant::now());
     let mut task = {
-        let (cfg, cancel) = (cfg.clone(), cancel.clone());
-        tokio::spawn(async move { backup::run(&cfg, &cancel, &SystemClock, WhenBusy::Skip).await })
+        let (cfg, cancel, observers) = (cfg.clone(), cancel.clone(), observers.clone());
+        tokio::spawn(async move {
+            backup::run(&cfg, &cancel, &SystemClock, WhenBusy::Skip, &observers).await
+        })
     };
     let joined = tokio::select! {
         joined = &mut task => joined,
@@ -174,57 +178,26 @@ async fn run_backup(
     };
     match joined {
         Ok(run) => Some(run),
-        Err(e) => Some(Run {
-            result: Err(Error::Other(format!("the backup task failed: {e}"))),
-            upload: None,
-            start_error: None,
-            recorded: false,
-        }),
-    }
-}
-
-fn record_metrics(metrics: &Metrics, run: &Run) {
-    if let Some(upload) = &run.upload {
-        for sent in &upload.uploaded {
-            metrics
-                .uploads
-                .get_or_create(&ResultLabel { result: "success" })
-                .inc();
-            metrics.upload_duration.set(sent.duration.as_secs_f64());
-        }
-        if upload.failed > 0 {
-            metrics
-                .uploads
-                .get_or_create(&ResultLabel { result: "failure" })
-                .inc_by(upload.failed as u64);
-        }
-        metrics
-            .remote_retention_deleted
-            .inc_by(upload.deleted.len() as u64);
-    }
-    match &run.result {
-        Ok(outcome) => {
-            metrics
-                .backups
-                .get_or_create(&ResultLabel { result: "success" })
-                .inc();
-            metrics
-                .last_success
-                .set(outcome.finished.timestamp() as f64);
-            metrics.last_duration.set(outcome.duration_seconds);
-            metrics
-                .last_size
-                .set(i64::try_from(outcome.backup.size).unwrap_or(i64::MAX));
-            metrics
-                .retention_deleted
-                .inc_by(outcome.deleted.len() as u64);
-        }
-        Err(Error::Busy) | Err(Error::Cancelled) => {}
-        Err(_) => {
-            metrics
-                .backups
-                .get_or_create(&ResultLabel { result: "failure" })
-                .inc();
+        Err(e) => {
+            // The run died before it could say so: its observers still
+            // count a failed backup.
+            let error = Error::Other(format!("the backup task failed: {e}"));
+            observers.observe(
+                &BackupFailed {
+                    database: cfg.database.kind(),
+                    started_at: attempt,
+                    could_not_start: false,
+                    duration: started.elapsed(),
+                    error: (&error).into(),
+                }
+                .into(),
+            );
+            Some(Run {
+                result: Err(error),
+                upload: None,
+                start_error: None,
+                recorded: false,
+            })
         }
     }
 }

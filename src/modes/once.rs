@@ -5,12 +5,20 @@ use crate::cli::BackupArgs;
 use crate::clock::SystemClock;
 use crate::config::BackupConfig;
 use crate::error::Result;
+use crate::events::Observers;
 
 pub async fn run(args: &BackupArgs) -> Result<()> {
     let cfg = BackupConfig::from_args(args)?;
     tracing::debug!(?cfg, "configuration");
     let cancel = crate::shutdown::on_signal();
-    let run = backup::run(&cfg, &cancel, &SystemClock, backup::WhenBusy::Wait).await;
+    let run = backup::run(
+        &cfg,
+        &cancel,
+        &SystemClock,
+        backup::WhenBusy::Wait,
+        &Observers::new(),
+    )
+    .await;
     // A failed upload does not fail the backup (the status file and the log
     // say so, and the next run uploads it); the exit code is the backup's.
     let outcome = run.result?;
