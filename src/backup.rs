@@ -153,7 +153,7 @@ pub async fn run(
         if let (Some(_locked), Some(remote)) = (&lock, &cfg.remote)
             && !cancel.is_cancelled()
         {
-            let report = offsite::sync(remote, &cfg.paths.backup_dir, cancel, clock.now()).await;
+            let report = offsite::sync(remote, &cfg.paths.backup_dir, cancel, clock).await;
             emit(offsite_pass(&report).into());
             upload = Some(report);
         }

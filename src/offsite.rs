@@ -12,11 +12,13 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::sidecar_path;
+use crate::clock::Clock;
 use crate::config::RemoteConfig;
 use crate::error::{Error, Result};
-use crate::retention;
+use crate::retention::{self, Policy};
 use crate::store::local::{self, StoredBackup};
-use crate::store::s3::{RemoteObject, S3Store};
+use crate::store::remote::{RemoteObject, RemoteStore};
+use crate::store::s3::S3Store;
 use crate::store::{BackupName, stamped_in_future};
 
 /// A multipart upload under the prefix started longer ago than this is
@@ -40,6 +42,8 @@ pub struct SyncReport {
     pub failed: usize,
     /// Remote backups deleted by retention.
     pub deleted: Vec<String>,
+    /// What remote retention decided for each backup in the bucket, and why.
+    pub retention: Vec<(String, retention::Reason)>,
     /// The first thing that went wrong, for the status file; `None` when
     /// everything that had to be sent was sent.
     pub error: Option<String>,
@@ -54,11 +58,20 @@ pub struct RemoteBackup {
     pub has_sidecar: bool,
 }
 
+impl retention::Named for RemoteBackup {
+    fn backup_name(&self) -> &BackupName {
+        &self.name
+    }
+}
+
 /// This tool's backups in the bucket (other objects are ignored), newest first.
-/// Names stamped in the future are left out (see [`stamped_in_future`]).
-pub async fn list_backups(store: &S3Store) -> Result<Vec<RemoteBackup>> {
+/// Names stamped after `now` are left out (see [`stamped_in_future`]).
+pub async fn list_backups(
+    store: &dyn RemoteStore,
+    now: DateTime<Utc>,
+) -> Result<Vec<RemoteBackup>> {
     let objects = store.list().await?;
-    let (now, place) = (Utc::now(), store.describe());
+    let place = store.describe();
     let names: BTreeSet<&str> = objects.iter().map(|o| o.name.as_str()).collect();
     let mut backups: Vec<RemoteBackup> = objects
         .iter()
@@ -85,37 +98,56 @@ pub async fn sync(
     remote: &RemoteConfig,
     backup_dir: &std::path::Path,
     cancel: &CancellationToken,
-    now: DateTime<Utc>,
+    clock: &dyn Clock,
+) -> SyncReport {
+    match S3Store::connect(remote.settings.clone()).await {
+        Ok(store) => sync_with(&store, remote.retention, backup_dir, cancel, clock).await,
+        Err(e) => SyncReport {
+            error: Some(e.to_string()),
+            finished: Some(clock.now()),
+            ..SyncReport::default()
+        },
+    }
+}
+
+/// [`sync`] into any store.
+pub async fn sync_with(
+    store: &dyn RemoteStore,
+    retention: Policy,
+    backup_dir: &std::path::Path,
+    cancel: &CancellationToken,
+    clock: &dyn Clock,
 ) -> SyncReport {
     let mut report = SyncReport::default();
-    if let Err(e) = sync_into(remote, backup_dir, cancel, now, &mut report).await {
+    let now = clock.now();
+    if let Err(e) = sync_into(store, retention, backup_dir, cancel, now, &mut report).await {
         report.error.get_or_insert_with(|| e.to_string());
     }
-    report.finished = Some(Utc::now());
+    report.finished = Some(clock.now());
     report
 }
 
 async fn sync_into(
-    remote: &RemoteConfig,
+    store: &dyn RemoteStore,
+    retention: Policy,
     backup_dir: &std::path::Path,
     cancel: &CancellationToken,
     now: DateTime<Utc>,
     report: &mut SyncReport,
 ) -> Result<()> {
-    let store = S3Store::connect(remote.settings.clone()).await?;
     // Parts of an upload a crash or an unreachable server kept us from
     // aborting stay billed; one this old is nobody's any more.
-    match store.abort_stale_uploads(STALE_UPLOAD_AGE).await {
-        Ok(aborted) if !aborted.is_empty() => {
-            tracing::info!(count = aborted.len(), "aborted abandoned multipart uploads")
+    match store.clean_up_stale_uploads(STALE_UPLOAD_AGE, now).await {
+        Ok(aborted) if aborted > 0 => {
+            tracing::info!(count = aborted, "aborted abandoned multipart uploads")
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot clean up abandoned multipart uploads"),
     }
     let present: BTreeSet<String> = store.list().await?.into_iter().map(|o| o.name).collect();
-    let local = local::list_at(backup_dir, now.max(Utc::now()))?;
+    let local = local::list_at(backup_dir, now)?;
     // A local backup remote retention would delete at once is not sent.
-    let too_old: BTreeSet<String> = retention::expired(&local, remote.retention, now)
+    let too_old: BTreeSet<String> = retention::expired(&local, retention, now)
         .into_iter()
         .map(|b| b.name.file_name())
         .collect();
@@ -129,18 +161,18 @@ async fn sync_into(
         }
         // The first failure ends the pass: the SDK has already retried it,
         // and the next file would most likely wait out the same outage.
-        if let Err(e) = send(&store, backup, &present, cancel, report).await {
+        if let Err(e) = send(store, backup, &present, cancel, report).await {
             report.failed += 1;
             tracing::error!(file = %name, error = %e, "upload failed; the next run tries again");
             return Err(e);
         }
     }
-    apply_remote_retention(&store, remote, now, report).await
+    apply_remote_retention(store, retention, now, report).await
 }
 
 /// Sends `backup` and then its sidecar, each only when the bucket lacks it.
 async fn send(
-    store: &S3Store,
+    store: &dyn RemoteStore,
     backup: &StoredBackup,
     present: &BTreeSet<String>,
     cancel: &CancellationToken,
@@ -169,14 +201,14 @@ async fn send(
     }
     if !present.contains(&name) {
         let started = Instant::now();
-        let uploaded = store.upload(&backup.path, &name, cancel).await?;
+        let uploaded = store.put(&backup.path, &name, cancel).await?;
         let duration = started.elapsed();
         tracing::info!(
             file = %name,
             bytes = uploaded.bytes,
             parts = uploaded.parts,
             duration_seconds = format!("{:.2}", duration.as_secs_f64()),
-            to = %store.url_for(&uploaded.key),
+            to = %store.location(&name),
             "uploaded"
         );
         report.uploaded.push(Sent {
@@ -187,37 +219,289 @@ async fn send(
     }
     if !present.contains(&sidecar_name) {
         store
-            .upload(&sidecar_path(&backup.path), &sidecar_name, cancel)
+            .put(&sidecar_path(&backup.path), &sidecar_name, cancel)
             .await?;
     }
     Ok(())
 }
 
 async fn apply_remote_retention(
-    store: &S3Store,
-    remote: &RemoteConfig,
+    store: &dyn RemoteStore,
+    policy: Policy,
     now: DateTime<Utc>,
     report: &mut SyncReport,
 ) -> Result<()> {
-    let backups = list_backups(store).await?;
-    // The retention rule is the local one, applied to names in the bucket.
-    let as_stored: Vec<StoredBackup> = backups
-        .iter()
-        .map(|b| StoredBackup {
-            name: b.name.clone(),
-            path: b.object.key.clone().into(),
-            size: b.object.size,
-            has_sidecar: b.has_sidecar,
-        })
-        .collect();
-    for doomed in retention::expired(&as_stored, remote.retention, now) {
-        let name = doomed.name.file_name();
+    let backups = list_backups(store, now).await?;
+    // The rule is the local one, over the names in the bucket; objects
+    // that are not our names never reach it.
+    for decision in retention::decide(&backups, policy, now) {
+        let name = decision.backup.object.name.clone();
+        report.retention.push((name.clone(), decision.reason));
+        if !decision.reason.deletes() {
+            continue;
+        }
         store.delete(&name).await?;
-        if doomed.has_sidecar {
+        if decision.backup.has_sidecar {
             store.delete(&format!("{name}.sha256")).await?;
         }
-        tracing::info!(file = %name, "remote retention deleted an old backup");
+        tracing::info!(file = %name, why = %decision.reason, "remote retention deleted an old backup");
         report.deleted.push(name);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Kind;
+    use crate::store::memory::MemoryStore;
+    use chrono::TimeZone;
+    use sha2::{Digest, Sha256};
+    use std::path::Path;
+
+    struct FixedClock(DateTime<Utc>);
+
+    impl Clock for FixedClock {
+        fn now(&self) -> DateTime<Utc> {
+            self.0
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()
+    }
+
+    const OFF: Policy = Policy {
+        days: 0,
+        keep_min: 0,
+    };
+
+    fn name(kind: Kind, hours_ago: i64) -> String {
+        BackupName::new(kind, now() - chrono::Duration::hours(hours_ago), 0).file_name()
+    }
+
+    enum Sidecar {
+        Matching,
+        Missing,
+        Wrong,
+    }
+
+    /// A backup in `dir` as backupd leaves it (or not quite, per `sidecar`).
+    fn local_backup(dir: &Path, name: &str, sidecar: Sidecar) {
+        let data = format!("the bytes of {name}");
+        std::fs::write(dir.join(name), &data).unwrap();
+        let sha256 = match sidecar {
+            Sidecar::Matching => hex::encode(Sha256::digest(&data)),
+            Sidecar::Wrong => "0".repeat(64),
+            Sidecar::Missing => return,
+        };
+        std::fs::write(
+            dir.join(format!("{name}.sha256")),
+            format!("{sha256}  {name}\n"),
+        )
+        .unwrap();
+    }
+
+    async fn pass(store: &MemoryStore, policy: Policy, dir: &Path) -> SyncReport {
+        sync_with(
+            store,
+            policy,
+            dir,
+            &CancellationToken::new(),
+            &FixedClock(now()),
+        )
+        .await
+    }
+
+    fn sent(report: &SyncReport) -> Vec<String> {
+        report.uploaded.iter().map(|s| s.name.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn catch_up_sends_what_the_bucket_lacks_data_then_sidecar_and_skips_unfinished_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (new, unsigned, altered, present, half) = (
+            name(Kind::PgDump, 1),
+            name(Kind::PgDump, 2),
+            name(Kind::PgDump, 3),
+            name(Kind::PgDump, 4),
+            name(Kind::PgDump, 5),
+        );
+        local_backup(dir.path(), &new, Sidecar::Matching);
+        local_backup(dir.path(), &unsigned, Sidecar::Missing);
+        local_backup(dir.path(), &altered, Sidecar::Wrong);
+        local_backup(dir.path(), &present, Sidecar::Matching);
+        local_backup(dir.path(), &half, Sidecar::Matching);
+        let store = MemoryStore::new();
+        store.insert(&present, "already there");
+        store.insert(&format!("{present}.sha256"), "already there");
+        // An earlier pass died between the data and its checksum.
+        store.insert(&half, "already there");
+        store.insert("notes.txt", "not ours");
+
+        let report = pass(&store, OFF, dir.path()).await;
+
+        assert_eq!(report.error, None);
+        assert_eq!(report.failed, 0);
+        assert_eq!(sent(&report), vec![new.clone()], "backups, not sidecars");
+        assert_eq!(
+            store.puts(),
+            vec![
+                new.clone(),
+                format!("{new}.sha256"),
+                format!("{half}.sha256")
+            ],
+            "each backup's data before its checksum; what is there is not sent again"
+        );
+        assert_eq!(
+            store.object(&new).unwrap(),
+            std::fs::read(dir.path().join(&new)).unwrap()
+        );
+        assert_eq!(store.object(&half).unwrap(), b"already there");
+        assert_eq!(store.deletes(), Vec::<String>::new());
+        assert_eq!(report.finished, Some(now()));
+
+        // Up to date: the next pass sends nothing.
+        let again = pass(&store, OFF, dir.path()).await;
+        assert_eq!((sent(&again).len(), again.error), (0, None));
+        assert_eq!(store.puts().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_first_failure_ends_the_pass_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (1..=3).map(|h| name(Kind::Sqlite, h)).collect();
+        for n in &names {
+            local_backup(dir.path(), n, Sidecar::Matching);
+        }
+        let store = MemoryStore::new();
+        store.fail_puts_of(&names[1]);
+        // Expired in the bucket: retention would delete it, had the pass got there.
+        let expired = name(Kind::Sqlite, 24 * 30);
+        store.insert(&expired, "old");
+        let policy = Policy {
+            days: 7,
+            keep_min: 1,
+        };
+
+        let report = pass(&store, policy, dir.path()).await;
+
+        assert_eq!(
+            store.puts(),
+            vec![names[0].clone(), format!("{}.sha256", names[0])]
+        );
+        assert_eq!(sent(&report), vec![names[0].clone()]);
+        assert_eq!(report.failed, 1);
+        let error = report.error.expect("the failure is reported");
+        assert!(error.contains(&format!("memory://{}", names[1])), "{error}");
+        assert!(error.starts_with("cannot upload "), "{error}");
+        assert_eq!(
+            store.deletes(),
+            Vec::<String>::new(),
+            "retention did not run"
+        );
+        assert!(store.names().contains(&expired));
+        assert_eq!(report.finished, Some(now()));
+    }
+
+    #[tokio::test]
+    async fn remote_retention_deletes_only_our_old_names_keeps_the_newest_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let recent = name(Kind::PgDump, 1);
+        local_backup(dir.path(), &recent, Sidecar::Matching);
+        // Expired here too: not sent only to be deleted.
+        let old_local = name(Kind::PgDump, 24 * 20);
+        local_backup(dir.path(), &old_local, Sidecar::Matching);
+        let store = MemoryStore::new();
+        let (unsigned, older, oldest) = (
+            name(Kind::PgDump, 24 * 8),
+            name(Kind::PgDump, 24 * 9),
+            name(Kind::PgDump, 24 * 10),
+        );
+        let only_sqlite = name(Kind::Sqlite, 24 * 30);
+        for n in [&older, &oldest, &only_sqlite] {
+            store.insert(n, "data");
+            store.insert(&format!("{n}.sha256"), "checksum");
+        }
+        store.insert(&unsigned, "data without its checksum");
+        let foreign = [
+            "pg_dump-old.sql.gz",
+            "notes.txt",
+            "pg_dump-20200101T000000Z.sql.gz.bak",
+        ];
+        for f in foreign {
+            store.insert(f, "not ours");
+        }
+        let policy = Policy {
+            days: 7,
+            keep_min: 1,
+        };
+
+        let report = pass(&store, policy, dir.path()).await;
+
+        assert_eq!(report.error, None);
+        assert_eq!(
+            store.puts(),
+            vec![recent.clone(), format!("{recent}.sha256")]
+        );
+        assert_eq!(
+            store.deletes(),
+            vec![
+                unsigned.clone(),
+                older.clone(),
+                format!("{older}.sha256"),
+                oldest.clone(),
+                format!("{oldest}.sha256")
+            ]
+        );
+        assert_eq!(
+            report.deleted,
+            vec![unsigned.clone(), older.clone(), oldest.clone()]
+        );
+        for f in foreign {
+            assert!(store.names().contains(&f.to_string()), "{f} was deleted");
+        }
+        let kept = "newest 1 of its kind (the newest 1 are kept)".to_string();
+        let expired =
+            |days: u32| format!("{days} day(s) old, older than 7 day(s) and not among the newest");
+        let why: Vec<(String, String)> = report
+            .retention
+            .iter()
+            .map(|(n, r)| (n.clone(), r.to_string()))
+            .collect();
+        assert_eq!(
+            why,
+            vec![
+                (recent, kept.clone()),
+                (unsigned, expired(8)),
+                (older, expired(9)),
+                (oldest, expired(10)),
+                (only_sqlite, kept),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bucket_that_cannot_be_listed_gets_nothing_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        local_backup(dir.path(), &name(Kind::PgDump, 1), Sidecar::Matching);
+        let store = MemoryStore::new();
+        store.fail_lists();
+        let report = pass(&store, OFF, dir.path()).await;
+        assert_eq!(store.puts(), Vec::<String>::new());
+        let error = report.error.expect("reported");
+        assert!(error.starts_with("cannot list memory://"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_pass_stops_before_the_next_file() {
+        let dir = tempfile::tempdir().unwrap();
+        local_backup(dir.path(), &name(Kind::PgDump, 1), Sidecar::Matching);
+        let store = MemoryStore::new();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let report = sync_with(&store, OFF, dir.path(), &cancel, &FixedClock(now())).await;
+        assert_eq!(store.puts(), Vec::<String>::new());
+        assert_eq!(report.error, Some(Error::Cancelled.to_string()));
+    }
 }

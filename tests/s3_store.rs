@@ -477,7 +477,10 @@ async fn a_server_that_dies_mid_upload_gives_a_clear_error_and_no_orphan_parts()
     assert_eq!(left.len(), server.incomplete_uploads().len());
     assert!(left.len() <= 1, "{left:?}");
     assert!(left.iter().all(|u| u.key == format!("prod/{name}")));
-    let aborted = store.abort_stale_uploads(Duration::ZERO).await.unwrap();
+    let aborted = store
+        .abort_stale_uploads(Duration::ZERO, chrono::Utc::now())
+        .await
+        .unwrap();
     assert_eq!(aborted, left);
     assert_no_incomplete_upload(&server, &store).await;
     assert_eq!(server.objects(), vec![]);
@@ -523,7 +526,7 @@ async fn stale_incomplete_uploads_are_listed_and_aborted_young_ones_kept() {
 
     // Younger than the limit: kept (could be another upload still running).
     let aborted = store
-        .abort_stale_uploads(Duration::from_secs(3600))
+        .abort_stale_uploads(Duration::from_secs(3600), chrono::Utc::now())
         .await
         .unwrap();
     assert_eq!(aborted, vec![]);
@@ -531,7 +534,7 @@ async fn stale_incomplete_uploads_are_listed_and_aborted_young_ones_kept() {
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let aborted = store
-        .abort_stale_uploads(Duration::from_secs(1))
+        .abort_stale_uploads(Duration::from_secs(1), chrono::Utc::now())
         .await
         .unwrap();
     assert_eq!(aborted.len(), 2);
@@ -671,4 +674,15 @@ fn raw_client(server: &S3Server) -> aws_sdk_s3::Client {
         ))
         .build();
     aws_sdk_s3::Client::from_conf(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_s3_store_passes_the_remote_store_conformance_suite() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let store = S3Store::connect(server.settings("prod")).await.unwrap();
+    let work = common::temp_dir();
+    backupd::store::conformance::run(&store, work.path()).await;
+    assert_eq!(server.objects(), vec![]);
 }

@@ -7,6 +7,7 @@ use crate::config::{Paths, load_keys, s3_settings};
 use crate::error::{Error, Result};
 use crate::offsite;
 use crate::store::local;
+use crate::store::remote::RemoteStore;
 use crate::store::s3::S3Store;
 use crate::verify;
 
@@ -71,12 +72,16 @@ pub async fn run_remote(args: &S3Args, clock: &dyn Clock) -> Result<()> {
         Error::Config("list --remote needs AWS_S3_BUCKET (and credentials) to be set".into())
     })?;
     let store = S3Store::connect(settings).await?;
-    let backups = offsite::list_backups(&store).await?;
+    print_remote(&store, clock).await
+}
+
+async fn print_remote(store: &dyn RemoteStore, clock: &dyn Clock) -> Result<()> {
+    let now = clock.now();
+    let backups = offsite::list_backups(store, now).await?;
     if backups.is_empty() {
         eprintln!("no backups in {}", store.describe());
         return Ok(());
     }
-    let now = clock.now();
     let width = backups
         .iter()
         .map(|b| b.object.name.len())

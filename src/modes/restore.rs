@@ -335,7 +335,7 @@ impl Service {
         };
         // Future-stamped names are already left out by the listing; an
         // object without its `.sha256` is not one backupd uploaded.
-        let newest = offsite::list_backups(store)
+        let newest = offsite::list_backups(store, SystemClock.now())
             .await?
             .into_iter()
             .filter(|b| b.name.kind == kind)

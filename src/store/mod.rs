@@ -1,7 +1,13 @@
-//! Where finished backups live. `local` is `BACKUP_DIR`; the names this tool
-//! gives its files are defined here, so retention can recognise exactly them.
+//! Where finished backups live. `local` is `BACKUP_DIR`; `remote` is the
+//! bucket seen by name ([`remote::RemoteStore`], implemented by `s3` and by
+//! the in-memory `memory`). The names this tool gives its files are defined
+//! here, so retention can recognise exactly them.
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod local;
+pub mod memory;
+pub mod remote;
 pub mod s3;
 
 use std::collections::BTreeSet;
