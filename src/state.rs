@@ -9,6 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::write_atomically;
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::events::{BackupFailed, BackupFinished, Event, Observer, OffsitePass};
 use crate::store::local;
@@ -195,7 +196,7 @@ impl StatusFile {
         }
         // Every backup file, the app's manual ones and the safety backups too:
         // the app's admin page lists (and offers to download) exactly these.
-        if let Ok(files) = local::list_all(&self.backup_dir) {
+        if let Ok(files) = local::list_all(&self.backup_dir, SystemClock.now()) {
             status.backups = files.into_iter().map(|f| f.file_name).collect();
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -19,12 +19,12 @@ pub fn run(
 ) -> Result<()> {
     let paths = Paths::from_args(args)?;
     let keys = load_keys(encryption, &paths)?.for_decryption();
-    let backups = local::list_all(&paths.backup_dir)?;
+    let now = clock.now();
+    let backups = local::list_all(&paths.backup_dir, now)?;
     if backups.is_empty() {
         eprintln!("no backups in {}", paths.backup_dir.display());
         return Ok(());
     }
-    let now = clock.now();
     let width = backups.iter().map(|b| b.file_name.len()).max().unwrap_or(0);
     println!(
         "{:<width$}  {:<9}  {:>10}  {:>8}  VERIFIED",

@@ -180,12 +180,7 @@ pub fn remove_leftovers(dir: &Path) -> Result<Vec<Leftover>> {
 }
 
 /// This tool's backups in `dir`, newest first. Other files are ignored, and
-/// so are names stamped in the future (see [`stamped_in_future`]).
-pub fn list(dir: &Path) -> Result<Vec<StoredBackup>> {
-    list_at(dir, Utc::now())
-}
-
-/// [`list`] with names stamped after `now` (plus the tolerance) left out.
+/// so are names stamped after `now` (see [`stamped_in_future`]).
 pub fn list_at(dir: &Path, now: DateTime<Utc>) -> Result<Vec<StoredBackup>> {
     let mut backups = Vec::new();
     let place = dir.display().to_string();
@@ -312,9 +307,8 @@ pub fn classify(name: &str) -> Option<(Origin, Option<DateTime<Utc>>)> {
 /// name has none), then the name.
 ///
 /// Files dated in the future (name, or mtime when the name has no time)
-/// are left out, as in [`list`].
-pub fn list_all(dir: &Path) -> Result<Vec<ListedFile>> {
-    let now = Utc::now();
+/// are left out, as in [`list_at`].
+pub fn list_all(dir: &Path, now: DateTime<Utc>) -> Result<Vec<ListedFile>> {
     let place = dir.display().to_string();
     let mut files = Vec::new();
     for (file_name, path, meta) in regular_files(dir)? {
@@ -393,6 +387,7 @@ fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, SystemClock};
     use chrono::TimeZone;
 
     #[test]
@@ -434,7 +429,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("sqlite-manual-link.db"))
             .unwrap();
         fs::create_dir(dir.path().join("pg_dump-manual-dir.sql.gz")).unwrap();
-        let all = list_all(dir.path()).unwrap();
+        let all = list_all(dir.path(), SystemClock.now()).unwrap();
         let names: Vec<&str> = all.iter().map(|f| f.file_name.as_str()).collect();
         assert_eq!(names, listed);
         let origins: Vec<Origin> = all.iter().map(|f| f.origin).collect();
@@ -455,7 +450,7 @@ mod tests {
             .set_modified(then)
             .unwrap();
         fs::write(dir.path().join("sqlite-20250101T000000Z.db.gz"), b"x").unwrap();
-        let names: Vec<String> = list_all(dir.path())
+        let names: Vec<String> = list_all(dir.path(), SystemClock.now())
             .unwrap()
             .into_iter()
             .map(|f| f.file_name)
