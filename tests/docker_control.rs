@@ -92,6 +92,19 @@ async fn inspect_a_running_container_and_a_missing_one() {
     assert!(missing.is_none(), "{missing:?}");
 }
 
+/// The suite the in-memory fake passes too, so the restore procedure's
+/// fast tests run against what the engine really does.
+#[tokio::test]
+async fn docker_passes_the_suite_every_container_backend_passes() {
+    let Some((docker, image)) = setup().await else {
+        return;
+    };
+    let web = TestContainer::run_fast_stop(image, &[]);
+    backupd::container::conformance::check(&docker, &web.name, &format!("{}-missing", web.name))
+        .await;
+    assert!(web.cli_running(), "the suite leaves it running");
+}
+
 #[tokio::test]
 async fn stop_a_running_container_then_again() {
     let Some((docker, image)) = setup().await else {
