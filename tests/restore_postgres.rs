@@ -534,6 +534,12 @@ async fn a_dump_loads_into_a_new_database_beside_the_live_one_and_is_dropped_aga
         .unwrap_err()
         .to_string();
     assert!(err.contains("already exists"), "{err}");
+    let into_live = server
+        .load_into_new_database(PG_APP_DB, &input, kind, &cancel)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(into_live.contains("live database"), "{into_live}");
     let live = server
         .drop_database(PG_APP_DB)
         .await

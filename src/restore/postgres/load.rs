@@ -492,7 +492,9 @@ impl Server {
     /// database's encoding and locale when it exists) and loads the checked
     /// `file` into it, as a restore loads its staging database; returns the
     /// bytes fed. A failed or cancelled load drops `name` again. `name` must
-    /// not exist yet, so no database of anyone else is ever touched.
+    /// not exist yet and is never the live database, so no database of
+    /// anyone else is ever touched. Pick a name that is not of the
+    /// `<db>_restore_<stamp>` form: a restore drops those as leftovers.
     pub async fn load_into_new_database(
         &self,
         name: &str,
@@ -501,6 +503,11 @@ impl Server {
         cancel: &CancellationToken,
     ) -> Result<u64> {
         check_loadable(&self.target, file, kind)?;
+        if name == self.db {
+            return Err(self.fail(format!(
+                "refusing to load into database \"{name}\": it is the live database (a restore replaces it); nothing was changed"
+            )));
+        }
         if kind.payload == Payload::PlainSql {
             psql_knows_restrict()
                 .await
