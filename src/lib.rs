@@ -17,6 +17,7 @@ pub mod events;
 pub mod files;
 pub mod health;
 pub mod http;
+pub mod inspect;
 pub mod logging;
 pub mod metrics;
 pub mod modes;
@@ -50,7 +51,7 @@ pub async fn run(cli: cli::Cli) -> Result<()> {
             file,
             dir,
             encryption,
-        } => modes::verify::run(file, dir, encryption),
+        } => modes::verify::run(file, dir, encryption).await,
         cli::Command::List {
             dir,
             encryption,
@@ -61,7 +62,7 @@ pub async fn run(cli: cli::Cli) -> Result<()> {
             if *remote {
                 modes::list::run_remote(s3, &clock::SystemClock).await
             } else {
-                modes::list::run(dir, encryption, *verify, &clock::SystemClock)
+                modes::list::run(dir, encryption, *verify, &clock::SystemClock).await
             }
         }
         cli::Command::Keygen => modes::keygen::run(),

@@ -189,9 +189,10 @@ async fn send(
     // sidecar too, so this keeps out mistakes and crude plants; encryption
     // with RESTORE_REQUIRE_ENCRYPTED is what keeps out a careful attacker.
     let path = backup.path.clone();
-    let matches = tokio::task::spawn_blocking(move || crate::verify::sidecar_matches(&path))
-        .await
-        .map_err(|e| Error::Other(format!("the checksum task failed: {e}")))??;
+    let matches =
+        tokio::task::spawn_blocking(move || crate::inspect::sidecar::sidecar_matches(&path))
+            .await
+            .map_err(|e| Error::Other(format!("the checksum task failed: {e}")))??;
     if !matches {
         tracing::warn!(
             file = %name,

@@ -1,20 +1,19 @@
-//! `backupd verify`: is this file a backup we could restore from? Checked
-//! without touching any database: the checksum sidecar, the Fernet token of
-//! an `.enc` file, the whole gzip stream, and the content (SQLite
-//! `integrity_check`, pg_dump's trailer).
+//! `backupd verify` and `list --verify`: is this file a backup we could
+//! restore from? Checked without touching any database, by the same
+//! inspection the restore check runs ([`crate::inspect`]), plus the
+//! checksum sidecar.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use flate2::read::MultiGzDecoder;
-use sha2::{Digest, Sha256};
-
-use crate::archive::{self, has_pg_dump_trailer};
+use crate::archive;
 use crate::crypto::fernet::{DecryptError, KeyRing, decrypt_from};
-use crate::db::sqlite::check_integrity;
 use crate::error::{Error, Result};
-use crate::restore::input::{self, FirstPassHash, HashingReader};
+use crate::inspect::read::{self, FirstPassHash, HashingReader};
+use crate::inspect::sidecar::{self, SidecarError};
+use crate::inspect::{self, Feed, InspectError, SqliteCopy, kind};
 
 /// What a sound backup turned out to be.
 #[derive(Debug)]
@@ -33,28 +32,24 @@ pub enum ChecksumCheck {
     NoSidecar,
 }
 
-enum Content {
-    PlainSql,
-    Sqlite,
-}
-
 /// Verifies `path`; `keys` decrypt an `.enc` file (`Err` holds why there
 /// are none, for the message). The file is opened once (no symlink, no
 /// FIFO) and every pass reads that descriptor, as a restore does.
-pub fn verify(path: &Path, keys: std::result::Result<Option<&KeyRing>, String>) -> Result<Report> {
-    let file = input::open(path).map_err(|reason| Error::verify(path, reason))?;
+pub async fn verify(
+    path: &Path,
+    keys: std::result::Result<Option<&KeyRing>, String>,
+) -> Result<Report> {
+    let file =
+        Arc::new(read::open(path).map_err(|reason| Error::verify(path, reason.to_string()))?);
     let size = file
         .metadata()
         .map_err(|e| Error::io("inspect", path, e))?
         .len();
-    let full_name = archive::file_name(path);
-    let (name, encrypted) = match full_name.strip_suffix(".enc") {
-        Some(rest) => (rest.to_string(), true),
-        None => (full_name.clone(), false),
-    };
+    let name = archive::file_name(path);
+    let encrypted = name.ends_with(".enc");
     let ring = match (encrypted, keys) {
         (false, _) => None,
-        (true, Ok(Some(ring))) => Some(ring),
+        (true, Ok(Some(ring))) => Some(ring.clone()),
         (true, Ok(None)) => {
             return Err(Error::verify(
                 path,
@@ -63,233 +58,125 @@ pub fn verify(path: &Path, keys: std::result::Result<Option<&KeyRing>, String>) 
         }
         (true, Err(reason)) => return Err(Error::verify(path, reason)),
     };
-    let (content, gzipped) = if name.ends_with(".sql.gz") {
-        (Content::PlainSql, true)
-    } else if name.ends_with(".db.gz") {
-        (Content::Sqlite, true)
-    } else if name.ends_with(".sql") {
-        (Content::PlainSql, false)
-    } else if name.ends_with(".db") {
-        (Content::Sqlite, false)
-    } else {
+    let Some(kind) = kind::by_extension(&name) else {
         return Err(Error::verify(
             path,
-            "unrecognised file name: expected .sql.gz, .db.gz, .sql or .db (each optionally .enc)",
+            "unrecognised file name: expected .sql.gz, .dump.gz, .db.gz, .sql, .dump or .db (each optionally .enc)",
         ));
+    };
+    let expected = sidecar::expected_sha256(path).map_err(|e| match e {
+        SidecarError::Unreadable { path, source } => Error::io("read", &path, source),
+        malformed @ SidecarError::Malformed { .. } => Error::verify(path, malformed.to_string()),
+    })?;
+    // Always a private copy: SQLite opens files by path, and the temporary
+    // folder (sticky, our file 0600 with a random name) is one nobody else
+    // can swap a file in.
+    let scratch = match kind.payload {
+        kind::Payload::Sqlite => Some(
+            tempfile::NamedTempFile::new()
+                .map_err(|e| Error::io("create a scratch copy in", &std::env::temp_dir(), e))?,
+        ),
+        _ => None,
+    };
+    let sqlite_copy = match &scratch {
+        Some(scratch) => Some(SqliteCopy {
+            file: scratch
+                .as_file()
+                .try_clone()
+                .map_err(|e| Error::io("write", scratch.path(), e))?,
+            path: scratch.path().to_path_buf(),
+        }),
+        None => None,
     };
     let source = Source {
-        path,
-        file: &file,
-        gzipped,
+        path: path.to_path_buf(),
+        file: file.clone(),
         ring,
     };
-    let expected = read_sidecar(path)?;
+    let inspected = inspect::inspect(kind, sqlite_copy, move |feed| source.decode_into(feed)).await;
+    drop(scratch);
 
-    // A checksum mismatch explains a damaged stream better than the stream
-    // does, so it is reported first.
-    let decoded = match content {
-        Content::PlainSql => {
-            let mut tail = TailSink::default();
-            source.decode_into(&mut tail).map(|(n, sha)| {
-                let complete = has_pg_dump_trailer(&tail.bytes);
-                (n, sha, complete, None)
-            })
-        }
-        Content::Sqlite => {
-            // Always a private copy: SQLite opens files by path, and the
-            // temporary folder (sticky, our file 0600 with a random name) is
-            // one nobody else can swap a file in.
-            let scratch = tempfile::NamedTempFile::new()
-                .map_err(|e| Error::io("create a scratch copy in", &std::env::temp_dir(), e))?;
-            let mut out = io::BufWriter::new(scratch.as_file());
-            let decoded = source.decode_into(&mut out);
-            out.flush()
-                .map_err(|e| Error::io("write", scratch.path(), e))?;
-            drop(out);
-            decoded.map(|(n, sha)| (n, sha, true, Some(scratch)))
-        }
-    };
-    let checksum = match (&expected, &decoded) {
-        (None, _) => ChecksumCheck::NoSidecar,
-        (Some(_), Err(_)) => ChecksumCheck::NoSidecar,
-        (Some(expected), Ok((_, actual, _, _))) if actual == expected => ChecksumCheck::Matched,
-        (Some(_), Ok(_)) => {
-            return Err(Error::verify(
-                path,
-                format!(
-                    "the SHA-256 checksum does not match {} (the file was altered or damaged)",
-                    archive::sidecar_path(path).display()
-                ),
-            ));
-        }
-    };
-    if let (Some(expected), Err(_)) = (&expected, &decoded) {
-        // Hash the whole file to tell damage the sidecar knows about.
-        let (_, actual) = HashingReader::new(&file)
-            .finish_to_end()
-            .map_err(|e| Error::io("read", path, e))?;
-        if actual != *expected {
-            return Err(Error::verify(
-                path,
-                format!(
-                    "the SHA-256 checksum does not match {} (the file was altered or damaged)",
-                    archive::sidecar_path(path).display()
-                ),
-            ));
-        }
-    }
-    let (raw_bytes, _, complete, scratch) = decoded?;
-    if !complete {
-        return Err(Error::verify(
+    // A checksum mismatch explains a damaged stream (or a damaged content)
+    // better than the stream does, so it is reported first.
+    let mismatch = || {
+        Error::verify(
             path,
-            "the SQL dump does not end with pg_dump's trailer '-- PostgreSQL database dump complete' (incomplete dump)",
-        ));
-    }
-    if let Some(scratch) = &scratch {
-        check_integrity(scratch.path(), "integrity_check").map_err(|reason| {
-            Error::verify(path, format!("SQLite integrity_check failed: {reason}"))
-        })?;
-    }
+            format!(
+                "the SHA-256 checksum does not match {} (the file was altered or damaged)",
+                archive::sidecar_path(path).display()
+            ),
+        )
+    };
+    let checksum = match (&expected, &inspected) {
+        (None, _) => ChecksumCheck::NoSidecar,
+        (Some(expected), Ok((_, actual))) if actual == expected => ChecksumCheck::Matched,
+        (Some(_), Ok(_)) => return Err(mismatch()),
+        (Some(expected), Err(_)) => {
+            // Hash the whole file to tell damage the sidecar knows about.
+            let (_, actual) = HashingReader::new(&file)
+                .finish_to_end()
+                .map_err(|e| Error::io("read", path, e))?;
+            if actual != *expected {
+                return Err(mismatch());
+            }
+            ChecksumCheck::NoSidecar
+        }
+    };
+    let (sound, _) = inspected.map_err(|failure| match failure {
+        Failure::Unsound(InspectError::WriteCopy { path, source }) => {
+            Error::io("write", &path, source)
+        }
+        Failure::Unsound(reason) => Error::verify(path, reason.to_string()),
+        Failure::Other(e) => e,
+    })?;
     Ok(Report {
-        kind: match content {
-            Content::PlainSql => "PostgreSQL plain SQL dump",
-            Content::Sqlite => "SQLite database",
-        },
+        kind: kind.payload.describe(),
         compressed_bytes: size,
-        raw_bytes,
+        raw_bytes: sound.raw_bytes,
         checksum,
         encrypted,
     })
 }
 
-/// The hex digest in `FILE.sha256` (sha256sum format), `None` without one.
-fn read_sidecar(path: &Path) -> Result<Option<String>> {
-    let sidecar = archive::sidecar_path(path);
-    let text = match read_small_regular(&sidecar) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read", &sidecar, e)),
-    };
-    let expected = text
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::verify(
-            path,
-            format!("{} does not hold a SHA-256 checksum", sidecar.display()),
-        ));
-    }
-    Ok(Some(expected))
+/// Why the pass over the file failed: the file, or reading it.
+enum Failure {
+    Unsound(InspectError),
+    Other(Error),
 }
 
-/// A sidecar is read without following links and only when it is a small
-/// regular file.
-pub fn read_small_regular(path: &Path) -> io::Result<String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.len() > 4096 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a small regular file",
-        ));
-    }
-    let mut text = String::new();
-    file.take(4096).read_to_string(&mut text)?;
-    Ok(text)
-}
-
-/// Whether `FILE.sha256` exists and matches the file (opened once, without
-/// following links). `Ok(false)` for no sidecar or a mismatch.
-pub fn sidecar_matches(path: &Path) -> Result<bool> {
-    let Some(expected) = read_sidecar(path).or_else(|e| match e {
-        Error::Verify { .. } => Ok(None),
-        other => Err(other),
-    })?
-    else {
-        return Ok(false);
-    };
-    let file = match input::open(path) {
-        Ok(file) => file,
-        Err(_) => return Ok(false),
-    };
-    let (_, actual) = HashingReader::new(&file)
-        .finish_to_end()
-        .map_err(|e| Error::io("read", path, e))?;
-    Ok(actual == expected)
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| Error::io("read", path, e))?;
-        if n == 0 {
-            return Ok(hex::encode(hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
+impl From<InspectError> for Failure {
+    fn from(e: InspectError) -> Self {
+        Failure::Unsound(e)
     }
 }
 
-/// Streams the (optionally gzipped) file into `out`; returns the raw length.
-pub fn decompress_into(path: &Path, gzipped: bool, out: &mut impl Write) -> Result<u64> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    decompress_from(file, gzipped, out, path)
-}
-
-/// Streams `reader` (gunzipped when `gzipped`) into `out`; returns the raw
-/// length. Errors name `path`.
-pub fn decompress_from(
-    reader: impl Read,
-    gzipped: bool,
-    out: &mut impl Write,
-    path: &Path,
-) -> Result<u64> {
-    let reader = BufReader::with_capacity(1 << 16, reader);
-    let mut reader: Box<dyn Read> = if gzipped {
-        Box::new(MultiGzDecoder::new(reader))
-    } else {
-        Box::new(reader)
-    };
-    io::copy(&mut reader, out).map_err(|e| Error::verify(path, gzip_reason(&e)))
-}
-
-/// A backup file and the layers around its content.
-struct Source<'a> {
-    path: &'a Path,
-    file: &'a File,
-    gzipped: bool,
+/// A backup file and its Fernet layer.
+struct Source {
+    path: PathBuf,
+    file: Arc<File>,
     /// Set when the file is a Fernet token.
-    ring: Option<&'a KeyRing>,
+    ring: Option<KeyRing>,
 }
 
-impl Source<'_> {
-    /// Streams the content into `out`; returns its length and the SHA-256
-    /// of the file's bytes that were read. An encrypted file is
-    /// authenticated completely before a byte is decrypted; the decryption
-    /// then runs on its own thread, feeding the decompressor through a
-    /// pipe, so both stay streaming.
-    fn decode_into(&self, out: &mut impl Write) -> Result<(u64, String)> {
-        let Some(ring) = self.ring else {
-            let mut reader = HashingReader::new(self.file);
-            let n = decompress_from(&mut reader, self.gzipped, out, self.path)?;
+impl Source {
+    /// Streams the content into the inspection; returns the SHA-256 of the
+    /// file's bytes that were read. An encrypted file is authenticated
+    /// completely before a byte is decrypted; the decryption then runs on
+    /// its own thread, feeding the decompressor through a pipe, so both
+    /// stay streaming and no plaintext is written anywhere.
+    fn decode_into(&self, feed: &mut Feed) -> std::result::Result<String, Failure> {
+        let Some(ring) = &self.ring else {
+            let mut reader = HashingReader::new(&self.file);
+            feed.decode(&mut reader)?;
             let (_, sha) = reader
                 .finish_to_end()
-                .map_err(|e| Error::io("read", self.path, e))?;
-            return Ok((n, sha));
+                .map_err(|e| Failure::Other(Error::io("read", &self.path, e)))?;
+            return Ok(sha);
         };
-        let (reader, writer) =
-            io::pipe().map_err(|e| Error::io("create a pipe to decrypt", self.path, e))?;
+        let (reader, writer) = io::pipe()
+            .map_err(|e| Failure::Other(Error::io("create a pipe to decrypt", &self.path, e)))?;
         let name = self.path.display().to_string();
-        let file = self.file;
+        let file = &*self.file;
         std::thread::scope(|scope| {
             let decrypting = scope.spawn(move || {
                 let mut token = FirstPassHash::new(file);
@@ -301,58 +188,158 @@ impl Source<'_> {
                 );
                 decrypted.map(|_| token.first_pass())
             });
-            let reader = BufReader::with_capacity(1 << 16, reader);
-            let mut content: Box<dyn Read> = if self.gzipped {
-                Box::new(MultiGzDecoder::new(reader))
-            } else {
-                Box::new(reader)
-            };
-            let copied = io::copy(&mut content, out);
-            // A decompressor that stops early closes the pipe: the decryption
-            // then fails with a broken pipe, which only the decompressor explains.
-            drop(content);
-            let decrypted = decrypting
-                .join()
-                .map_err(|_| Error::Other("the decryption thread panicked".into()))?;
+            // A decompressor that stops early closes the pipe (decode owns
+            // its end): the decryption then fails with a broken pipe, which
+            // only the decompressor explains.
+            let copied = feed.decode(reader);
+            let decrypted = decrypting.join().map_err(|_| {
+                Failure::Other(Error::Other("the decryption thread panicked".into()))
+            })?;
             match (decrypted, copied) {
                 (Err(e @ (DecryptError::Rejected { .. } | DecryptError::Read { .. })), _) => {
-                    Err(Error::verify(self.path, e.to_string()))
+                    Err(Failure::Unsound(e.into()))
                 }
-                (_, Err(e)) => Err(Error::verify(self.path, gzip_reason(&e))),
-                (Err(e), Ok(_)) => Err(Error::verify(self.path, e.to_string())),
-                (Ok(Err(e)), Ok(_)) => Err(Error::io("read", self.path, e)),
-                (Ok(Ok((_, sha))), Ok(n)) => Ok((n, sha)),
+                (_, Err(e)) => Err(Failure::Unsound(e)),
+                (Err(e), Ok(_)) => Err(Failure::Unsound(e.into())),
+                (Ok(Err(e)), Ok(_)) => Err(Failure::Other(Error::io("read", &self.path, e))),
+                (Ok(Ok((_, sha))), Ok(_)) => Ok(sha),
             }
         })
     }
 }
 
-fn gzip_reason(e: &io::Error) -> String {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        "the gzip stream ends early (truncated file)".to_string()
-    } else {
-        format!("the gzip stream is damaged: {e}")
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+
+    use super::*;
+    use crate::crypto::fernet::{Key, encrypt_stream};
+    use crate::crypto::keys::Keys;
+    use crate::db::{Database, SqliteTarget};
+    use crate::inspect::kind::{Payload, classify};
+    use crate::restore::check;
+    use crate::restore::input::PrivateDir;
+
+    const DUMP: &str = "--\n-- PostgreSQL database dump\n--\n\nSET statement_timeout = 0;\n\
+        CREATE TABLE public.t (id integer);\n\nCOPY public.t (id) FROM stdin;\n1\n2\n\\.\n\n";
+    const TRAILER: &str = "--\n-- PostgreSQL database dump complete\n--\n\n";
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
     }
-}
 
-#[derive(Default)]
-pub struct TailSink {
-    pub bytes: Vec<u8>,
-}
+    fn sqlite_database(path: &Path) -> Vec<u8> {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER); INSERT INTO t VALUES (1), (2);")
+            .unwrap();
+        drop(conn);
+        std::fs::read(path).unwrap()
+    }
 
-impl Write for TailSink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        const KEEP: usize = 4096;
-        self.bytes
-            .extend_from_slice(&buf[buf.len().saturating_sub(KEEP)..]);
-        if self.bytes.len() > KEEP {
-            let excess = self.bytes.len() - KEEP;
-            self.bytes.drain(..excess);
+    /// Good and bad files of every kind, by name.
+    fn files(dir: &Path, key: &Key) -> Vec<(&'static str, Vec<u8>, bool)> {
+        let good_sql = format!("{DUMP}{TRAILER}");
+        let good_gz = gzip(good_sql.as_bytes());
+        let mut flipped = good_gz.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0xff;
+        let mut token = Vec::new();
+        encrypt_stream(key, &good_gz[..], &mut token).unwrap();
+        let mut tampered = token.clone();
+        let at = tampered.len() / 2;
+        tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+        let db = sqlite_database(&dir.join("source.db"));
+        vec![
+            ("app.sql.gz", good_gz.clone(), true),
+            ("app.sql", good_sql.clone().into_bytes(), true),
+            ("no-trailer.sql.gz", gzip(DUMP.as_bytes()), false),
+            (
+                "meta-command.sql",
+                format!("{DUMP}\\! id\n{TRAILER}").into_bytes(),
+                false,
+            ),
+            (
+                "server-file.sql.gz",
+                gzip(format!("{DUMP}SELECT pg_read_file('/etc/passwd');\n{TRAILER}").as_bytes()),
+                false,
+            ),
+            (
+                "truncated.sql.gz",
+                good_gz[..good_gz.len() / 2].to_vec(),
+                false,
+            ),
+            ("flipped.sql.gz", flipped, false),
+            ("empty.sql", Vec::new(), false),
+            ("app.sql.gz.enc", token, true),
+            ("tampered.sql.gz.enc", tampered, false),
+            ("app.db", db.clone(), true),
+            ("app.db.gz", gzip(&db), true),
+            (
+                "not-sqlite.db.gz",
+                gzip(&b"not a database\n".repeat(500)),
+                false,
+            ),
+            ("not-a-dump.dump", b"PGDMP but not really".to_vec(), false),
+            ("not-a-dump.dump.gz", gzip(b"no archive here"), false),
+        ]
+    }
+
+    /// The restore check's wording for a broken SQLite file is its own;
+    /// the reason after it is the inspection's.
+    fn same_reason(verify: &str, check: &str) -> bool {
+        verify == check
+            || verify
+                .strip_prefix("SQLite integrity_check failed: ")
+                .is_some_and(|r| check.strip_prefix("not a sound SQLite database: ") == Some(r))
+    }
+
+    #[tokio::test]
+    async fn verify_and_the_restore_check_give_the_same_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::generate();
+        let ring = KeyRing::parse(&key.to_base64()).unwrap();
+        let keys = Keys::new(Some(ring.clone()), dir.path()).unwrap();
+        let private = PrivateDir::at(dir.path().join("private")).unwrap();
+        let postgres = Database::parse("postgresql://app@localhost/app", "DATABASE_URL").unwrap();
+        let sqlite = Database::Sqlite(SqliteTarget {
+            path: dir.path().join("live.db"),
+        });
+        let inbox = dir.path().join("inbox");
+        std::fs::create_dir(&inbox).unwrap();
+        for (name, bytes, sound) in files(dir.path(), &key) {
+            let path = inbox.join(name);
+            std::fs::write(&path, &bytes).unwrap();
+            let verified = verify(&path, Ok(Some(&ring))).await;
+            let kind = classify(name).unwrap();
+            let database = match kind.payload {
+                Payload::Sqlite => &sqlite,
+                Payload::PlainSql | Payload::CustomDump => &postgres,
+            };
+            let checked = check::check(&path, kind, database, &keys, "stamp", &private).await;
+            match (verified, checked) {
+                (Ok(report), Ok(checked)) => {
+                    assert!(sound, "{name} passed both, but is not sound");
+                    assert_eq!(report.raw_bytes, checked.raw_bytes, "{name}");
+                }
+                (Err(Error::Verify { reason, .. }), Err(refused)) => {
+                    assert!(!sound, "{name} failed both: {reason}");
+                    let refused = refused.to_string();
+                    assert!(
+                        same_reason(&reason, &refused),
+                        "{name}: verify says {reason:?}, the restore check {refused:?}"
+                    );
+                }
+                (verified, checked) => panic!(
+                    "{name}: verify says {:?}, the restore check {:?}",
+                    verified.map(|r| r.kind),
+                    checked.map(|c| c.kind)
+                ),
+            }
         }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }

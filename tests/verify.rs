@@ -136,3 +136,38 @@ fn sql_dump_with_the_trailer_and_unrestrict_line_is_accepted() {
     write_gzip(&classic, dump.as_bytes());
     verify(&classic).assert_code(0);
 }
+
+#[test]
+fn a_custom_format_dump_verifies_as_the_restore_check_accepts_it() {
+    let Some(bin) = require_postgres() else {
+        return;
+    };
+    let Some(()) = require_programs(&["pg_restore"]) else {
+        return;
+    };
+    let cluster = PgCluster::start_with_app(&bin, Some(1));
+    let out = cluster
+        .client("pg_dump", PG_APP_DB, PG_APP_USER, PG_APP_PASSWORD)
+        .args(["--format=custom", "--no-owner", "--no-privileges"])
+        .output()
+        .expect("run pg_dump");
+    assert!(out.status.success(), "pg_dump --format=custom failed");
+    let work = temp_dir();
+    let dump = work.path().join("app-20260101T000000Z.dump");
+    fs::write(&dump, &out.stdout).unwrap();
+    let ok = verify(&dump);
+    ok.assert_code(0);
+    assert!(ok.stdout.contains("PostgreSQL custom-format dump"), "{ok}");
+    let gzipped = work.path().join("app-20260101T000000Z.dump.gz");
+    write_gzip(&gzipped, &out.stdout);
+    verify(&gzipped).assert_code(0);
+
+    let truncated = damaged_copy(&dump, work.path(), "app-20260102T000000Z.dump", |b| {
+        b.truncate(b.len() / 2)
+    });
+    let run = assert_rejected(&truncated, "a truncated custom-format dump");
+    assert_stderr_mentions_any(&run, &["pg_restore"]);
+    let not_a_dump = work.path().join("app-20260103T000000Z.dump");
+    fs::write(&not_a_dump, b"this is not a pg_dump archive\n").unwrap();
+    assert_rejected(&not_a_dump, "a .dump that is no archive");
+}

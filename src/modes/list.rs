@@ -11,7 +11,7 @@ use crate::store::remote::RemoteStore;
 use crate::store::s3::S3Store;
 use crate::verify;
 
-pub fn run(
+pub async fn run(
     args: &DirArgs,
     encryption: &EncryptionArgs,
     full_verify: bool,
@@ -36,7 +36,9 @@ pub fn run(
             match verify::verify(
                 &backup.path,
                 keys.as_ref().map(Option::as_ref).map_err(Clone::clone),
-            ) {
+            )
+            .await
+            {
                 Ok(_) => "yes (full check)".to_string(),
                 Err(e) => {
                     unsound += 1;

@@ -628,7 +628,7 @@ impl Service {
         let private = match PrivateDir::beside_state_file(&self.cfg.state_file) {
             Ok(private) => private,
             Err(reason) => {
-                attempt.result = Err(reason);
+                attempt.result = Err(reason.to_string());
                 return attempt;
             }
         };
@@ -644,7 +644,7 @@ impl Service {
         let mut checked = match checked {
             Ok(checked) => checked,
             Err(reason) => {
-                attempt.result = Err(reason);
+                attempt.result = Err(reason.to_string());
                 return attempt;
             }
         };
@@ -662,7 +662,7 @@ impl Service {
             check::same_application(&checked, &self.cfg.database, self.cfg.allow_schema_change)
                 .await
         {
-            attempt.result = Err(reason);
+            attempt.result = Err(reason.to_string());
             return attempt;
         }
         let to_stop = match self.plan_containers().await {

@@ -8,7 +8,7 @@ use crate::crypto::keys::KEY_FILE_NAME;
 use crate::error::Result;
 use crate::verify::{self, ChecksumCheck};
 
-pub fn run(file: &Path, dir: &DirArgs, encryption: &EncryptionArgs) -> Result<()> {
+pub async fn run(file: &Path, dir: &DirArgs, encryption: &EncryptionArgs) -> Result<()> {
     // The file's own folder may hold its key, as BACKUP_DIR does.
     let own_folder = file
         .parent()
@@ -20,7 +20,8 @@ pub fn run(file: &Path, dir: &DirArgs, encryption: &EncryptionArgs) -> Result<()
     let report = verify::verify(
         file,
         ring.as_ref().map(Option::as_ref).map_err(Clone::clone),
-    )?;
+    )
+    .await?;
     let checksum = match report.checksum {
         ChecksumCheck::Matched => "checksum matches its .sha256",
         ChecksumCheck::NoSidecar => "no .sha256 sidecar to compare",

@@ -19,61 +19,75 @@
 //! unlinked temporary file: nobody else can name it, let alone change it.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
+pub use crate::inspect::read::{FirstPassHash, HashingReader, OpenError, open};
 
 /// Why a load stopped: the bytes it read are not the bytes that were checked.
 pub const CHANGED_AFTER_CHECK: &str = "the file changed after it was checked";
 
-/// Opens `path` for reading without following a symlink and without
-/// blocking on a FIFO, then checks on the descriptor that it is a regular,
-/// non-empty file. `Err` is the one-line reason.
-pub fn open(path: &Path) -> Result<File, String> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            // O_NOFOLLOW on a symlink.
-            Some(libc::ELOOP) => {
-                "refused: it is a symlink (backupd never follows links in a restore input)"
-                    .to_string()
-            }
-            _ => format!("cannot open the file: {e}"),
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read the file's metadata: {e}"))?;
-    if !meta.file_type().is_file() {
-        return Err(format!(
-            "refused: not a regular file (it is a {})",
-            describe(&meta)
-        ));
-    }
-    if meta.len() == 0 {
-        return Err("the file is empty (0 bytes)".into());
-    }
-    Ok(file)
+/// What went wrong with a restore input or the private folder. The wording
+/// is the one-line reason recorded beside the file in the failed folder.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("cannot read {name}: {source}")]
+    Read {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create the folder {}: {source}", path.display())]
+    CreateParent {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create the private folder {}: {source}", path.display())]
+    CreatePrivate {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot inspect the private folder {}: {source}", path.display())]
+    InspectPrivate {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the private folder {} is not a directory (a symlink?); remove it", path.display())]
+    PrivateNotADirectory { path: PathBuf },
+    #[error("the private folder {} belongs to uid {owner}, not to backupd (uid {uid}); remove it", path.display())]
+    PrivateOwnedByOther { path: PathBuf, owner: u32, uid: u32 },
+    #[error("cannot make {} private (0700): {source}", path.display())]
+    MakePrivate {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create a temporary file in {}: {source}", path.display())]
+    TempFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
-fn describe(meta: &fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = meta.file_type();
-    if ft.is_dir() {
-        "directory"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_block_device() || ft.is_char_device() {
-        "device"
-    } else {
-        "special file"
-    }
+/// The load read other bytes than the check did: carried inside the load's
+/// `io::Error`, so a caller can tell it by type.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{CHANGED_AFTER_CHECK} ({len} bytes with SHA-256 {sha256} now, {checked_len} bytes with SHA-256 {checked_sha256} when checked); nothing of it was committed"
+)]
+pub struct ChangedAfterCheck {
+    pub len: u64,
+    pub sha256: String,
+    pub checked_len: u64,
+    pub checked_sha256: String,
 }
 
 /// The checked bytes a restore loads: an open descriptor and the SHA-256 and
@@ -90,11 +104,27 @@ pub struct Input {
 impl Input {
     /// Opens `path` as a restore input ([`open`]) and hashes it: for
     /// callers that check the content themselves (and for tests).
-    pub fn open(path: &Path) -> Result<Input, String> {
+    pub fn open(path: &Path) -> Result<Input, InputError> {
         let file = Arc::new(open(path)?);
-        HashingReader::new(&file)
-            .into_input(file.clone(), path.display().to_string())
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        let name = path.display().to_string();
+        Input::read_to_end(HashingReader::new(&file), file.clone(), name.clone())
+            .map_err(|source| InputError::Read { name, source })
+    }
+
+    /// The checked input of everything `reader` read from `file`, once it
+    /// has read the rest.
+    pub fn read_to_end(
+        reader: HashingReader<'_>,
+        file: Arc<File>,
+        name: String,
+    ) -> io::Result<Input> {
+        let (len, sha256) = reader.finish_to_end()?;
+        Ok(Input {
+            file,
+            name,
+            len,
+            sha256,
+        })
     }
 
     /// A reader from the start of the descriptor that hashes what it reads.
@@ -103,73 +133,19 @@ impl Input {
     }
 
     /// Reads the rest of `reader` and compares everything it read with what
-    /// was checked. `Err` carries [`CHANGED_AFTER_CHECK`].
+    /// was checked. `Err` carries [`ChangedAfterCheck`].
     pub fn confirm(&self, mut reader: HashingReader<'_>) -> io::Result<()> {
         io::copy(&mut reader, &mut io::sink())?;
         let (len, sha256) = reader.finish();
         if len != self.len || sha256 != self.sha256 {
-            return Err(io::Error::other(format!(
-                "{CHANGED_AFTER_CHECK} ({} bytes with SHA-256 {sha256} now, {} bytes with SHA-256 {} when checked); nothing of it was committed",
-                len, self.len, self.sha256
-            )));
+            return Err(io::Error::other(ChangedAfterCheck {
+                len,
+                sha256,
+                checked_len: self.len,
+                checked_sha256: self.sha256.clone(),
+            }));
         }
         Ok(())
-    }
-}
-
-/// Reads a file from offset 0 with positional reads (so no other reader of
-/// the descriptor moves it), hashing and counting every byte.
-pub struct HashingReader<'a> {
-    file: &'a File,
-    pos: u64,
-    hasher: Sha256,
-}
-
-impl<'a> HashingReader<'a> {
-    pub fn new(file: &'a File) -> Self {
-        HashingReader {
-            file,
-            pos: 0,
-            hasher: Sha256::new(),
-        }
-    }
-
-    /// Reads to the end of the file, then returns the length and hex SHA-256
-    /// of everything read.
-    pub fn finish_to_end(mut self) -> io::Result<(u64, String)> {
-        io::copy(&mut self, &mut io::sink())?;
-        Ok(self.finish())
-    }
-
-    fn finish(self) -> (u64, String) {
-        (self.pos, hex::encode(self.hasher.finalize()))
-    }
-
-    /// The checked input of everything this reader read (call after
-    /// [`HashingReader::finish_to_end`]'s equivalent: the reader must be at
-    /// the end).
-    pub fn into_input(self, file: Arc<File>, name: String) -> io::Result<Input> {
-        let (len, sha256) = self.finish_to_end()?;
-        Ok(Input {
-            file,
-            name,
-            len,
-            sha256,
-        })
-    }
-}
-
-impl Read for HashingReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = loop {
-            match self.file.read_at(buf, self.pos) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other?,
-            }
-        };
-        self.hasher.update(&buf[..n]);
-        self.pos += n as u64;
-        Ok(n)
     }
 }
 
@@ -184,7 +160,7 @@ pub struct CheckReader<'a> {
 }
 
 impl<'a> CheckReader<'a> {
-    pub fn new(source: &'a File, copy_into: Option<&PrivateDir>) -> Result<Self, String> {
+    pub fn new(source: &'a File, copy_into: Option<&PrivateDir>) -> Result<Self, InputError> {
         let copy = match copy_into {
             Some(private) => Some(io::BufWriter::with_capacity(1 << 20, private.temp_file()?)),
             None => None,
@@ -202,17 +178,11 @@ impl<'a> CheckReader<'a> {
     pub fn into_input(mut self, source: Arc<File>, name: String) -> io::Result<Input> {
         io::copy(&mut self, &mut io::sink())?;
         let CheckReader { reader, copy } = self;
-        let (len, sha256) = reader.finish_to_end()?;
         let file = match copy {
             Some(copy) => Arc::new(copy.into_inner().map_err(|e| e.into_error())?),
             None => source,
         };
-        Ok(Input {
-            file,
-            name,
-            len,
-            sha256,
-        })
+        Input::read_to_end(reader, file, name)
     }
 }
 
@@ -227,75 +197,6 @@ impl Read for CheckReader<'_> {
     }
 }
 
-/// A positional reader for two-pass readers (Fernet authenticates, seeks
-/// back and decrypts): the first pass is hashed to the end of the file, so
-/// the digest names exactly the bytes that were authenticated.
-pub struct FirstPassHash<'a> {
-    file: &'a File,
-    pos: u64,
-    hasher: Option<Sha256>,
-    first: Option<(u64, String)>,
-}
-
-impl<'a> FirstPassHash<'a> {
-    pub fn new(file: &'a File) -> Self {
-        FirstPassHash {
-            file,
-            pos: 0,
-            hasher: Some(Sha256::new()),
-            first: None,
-        }
-    }
-
-    fn end_first_pass(&mut self) -> io::Result<()> {
-        if self.hasher.is_some() {
-            io::copy(self, &mut io::sink())?;
-            let hasher = self.hasher.take().expect("checked above");
-            self.first = Some((self.pos, hex::encode(hasher.finalize())));
-        }
-        Ok(())
-    }
-
-    /// Length and hex SHA-256 of the whole first pass.
-    pub fn first_pass(mut self) -> io::Result<(u64, String)> {
-        self.end_first_pass()?;
-        Ok(self.first.take().expect("the first pass has ended"))
-    }
-}
-
-impl Read for FirstPassHash<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = loop {
-            match self.file.read_at(buf, self.pos) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other?,
-            }
-        };
-        if let Some(hasher) = self.hasher.as_mut() {
-            hasher.update(&buf[..n]);
-        }
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Seek for FirstPassHash<'_> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.end_first_pass()?;
-        let len = self.first.as_ref().map_or(0, |(len, _)| *len);
-        self.pos = match to {
-            SeekFrom::Start(n) => n,
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d).ok_or_else(bad_seek)?,
-            SeekFrom::End(d) => len.checked_add_signed(d).ok_or_else(bad_seek)?,
-        };
-        Ok(self.pos)
-    }
-}
-
-fn bad_seek() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
-}
-
 /// A folder only backupd's user can enter (0700), for plaintext backupd
 /// makes from a restore input. Files in it are unlinked temporary files.
 #[derive(Debug, Clone)]
@@ -307,7 +208,7 @@ impl PrivateDir {
     /// `<folder of the state file>/private`, created 0700 if missing. An
     /// existing one must be a real directory owned by us; its mode is set
     /// to 0700. Leftovers of an interrupted restore are removed.
-    pub fn beside_state_file(state_file: &Path) -> Result<PrivateDir, String> {
+    pub fn beside_state_file(state_file: &Path) -> Result<PrivateDir, InputError> {
         let parent = state_file
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -315,35 +216,38 @@ impl PrivateDir {
         Self::at(parent.join("private"))
     }
 
-    pub fn at(path: PathBuf) -> Result<PrivateDir, String> {
-        let shown = path.display().to_string();
+    pub fn at(path: PathBuf) -> Result<PrivateDir, InputError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create the folder {}: {e}", parent.display()))?;
+            fs::create_dir_all(parent).map_err(|source| InputError::CreateParent {
+                path: parent.to_path_buf(),
+                source,
+            })?;
         }
         match fs::DirBuilder::new().mode(0o700).create(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("cannot create the private folder {shown}: {e}")),
+            Err(source) => return Err(InputError::CreatePrivate { path, source }),
         }
-        let meta = fs::symlink_metadata(&path)
-            .map_err(|e| format!("cannot inspect the private folder {shown}: {e}"))?;
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(source) => return Err(InputError::InspectPrivate { path, source }),
+        };
         if !meta.file_type().is_dir() {
-            return Err(format!(
-                "the private folder {shown} is not a directory (a symlink?); remove it"
-            ));
+            return Err(InputError::PrivateNotADirectory { path });
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
         let uid = unsafe { libc::geteuid() };
         if meta.uid() != uid {
-            return Err(format!(
-                "the private folder {shown} belongs to uid {}, not to backupd (uid {uid}); remove it",
-                meta.uid()
-            ));
+            return Err(InputError::PrivateOwnedByOther {
+                path,
+                owner: meta.uid(),
+                uid,
+            });
         }
-        if meta.mode() & 0o777 != 0o700 {
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("cannot make {shown} private (0700): {e}"))?;
+        if meta.mode() & 0o777 != 0o700
+            && let Err(source) = fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
+        {
+            return Err(InputError::MakePrivate { path, source });
         }
         let dir = PrivateDir { path };
         dir.remove_leftovers();
@@ -352,12 +256,10 @@ impl PrivateDir {
 
     /// A new temporary file in the folder, readable only by us and already
     /// unlinked (O_TMPFILE, or a random O_EXCL name removed at once).
-    pub fn temp_file(&self) -> Result<File, String> {
-        tempfile::tempfile_in(&self.path).map_err(|e| {
-            format!(
-                "cannot create a temporary file in {}: {e}",
-                self.path.display()
-            )
+    pub fn temp_file(&self) -> Result<File, InputError> {
+        tempfile::tempfile_in(&self.path).map_err(|source| InputError::TempFile {
+            path: self.path.clone(),
+            source,
         })
     }
 
@@ -394,12 +296,16 @@ mod tests {
         let path = dir.path().join("x.sql");
         fs::write(&path, b"checked content\n").unwrap();
         let file = Arc::new(open(&path).unwrap());
-        let input = HashingReader::new(&file)
-            .into_input(file.clone(), "x.sql".into())
-            .unwrap();
+        let input =
+            Input::read_to_end(HashingReader::new(&file), file.clone(), "x.sql".into()).unwrap();
         assert!(input.confirm(input.reader()).is_ok());
         fs::write(&path, b"changed content\n").unwrap();
-        let err = input.confirm(input.reader()).unwrap_err().to_string();
+        let err = input.confirm(input.reader()).unwrap_err();
+        let changed = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<ChangedAfterCheck>());
+        assert!(changed.is_some(), "{err}");
+        let err = err.to_string();
         assert!(err.contains(CHANGED_AFTER_CHECK), "{err}");
     }
 
@@ -422,24 +328,6 @@ mod tests {
         assert_eq!(loaded, b"checked content\n");
         assert!(input.confirm(input.reader()).is_ok());
         assert_eq!(fs::read_dir(&private.path).unwrap().count(), 0, "unlinked");
-    }
-
-    #[test]
-    fn links_fifos_and_empty_files_are_refused_without_blocking() {
-        let dir = tempfile::tempdir().unwrap();
-        let real = dir.path().join("real.sql");
-        fs::write(&real, b"x").unwrap();
-        let link = dir.path().join("link.sql");
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        assert!(open(&link).unwrap_err().contains("symlink"));
-        let fifo = dir.path().join("pipe.sql");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert!(open(&fifo).unwrap_err().contains("fifo"));
-        let empty = dir.path().join("empty.sql");
-        fs::write(&empty, b"").unwrap();
-        assert!(open(&empty).unwrap_err().contains("empty"));
     }
 
     #[test]

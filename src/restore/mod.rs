@@ -3,11 +3,12 @@
 pub mod check;
 pub mod failed;
 pub mod input;
-pub mod kind;
 pub mod postgres;
-pub mod sql_scan;
 pub mod sqlite;
 pub mod state;
+
+/// What a restore input is, and the scan of its SQL, are the inspection's.
+pub use crate::inspect::{kind, sql_scan};
 
 /// What crash recovery found the live database to be, checked rather than
 /// assumed, for PostgreSQL and SQLite alike: the history records the truth.

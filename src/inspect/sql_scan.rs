@@ -54,6 +54,30 @@ const SERVER_FILE_ROLES: &[&str] = &[
     "pg_execute_server_program",
 ];
 
+/// Why the scan refused a file: what stands on which line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {forbidden}")]
+pub struct Refusal {
+    pub line: u64,
+    pub forbidden: Forbidden,
+}
+
+/// What pg_dump never writes into a database dump.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Forbidden {
+    /// Holds the command as written (`\!`, `\copy`, …).
+    #[error("psql meta-command {0} is not allowed in a restore file; pg_dump never writes it")]
+    MetaCommand(String),
+    #[error("COPY … PROGRAM runs a program on the database server; pg_dump never writes it")]
+    CopyProgram,
+    #[error("{0}() reads or writes files on the database server; pg_dump never writes it")]
+    ServerFileFunction(&'static str),
+    #[error(
+        "{0} gives access to the database server's files or programs; pg_dump never writes it into a database dump"
+    )]
+    ServerFileRole(&'static str),
+}
+
 /// What the scan found in a file it accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scanned {
@@ -81,7 +105,7 @@ pub struct SqlScan {
     line_is_data: bool,
     line_no: u64,
     in_copy: bool,
-    refusal: Option<String>,
+    refusal: Option<Refusal>,
     scanned: Scanned,
 }
 
@@ -110,14 +134,9 @@ impl SqlScan {
         }
     }
 
-    /// The first refusal seen so far.
-    pub fn refusal(&self) -> Option<&str> {
-        self.refusal.as_deref()
-    }
-
     /// Scans the last line (one without a line break) and returns what was
     /// found, or the reason the file is refused.
-    pub fn finish(mut self) -> Result<Scanned, String> {
+    pub fn finish(mut self) -> Result<Scanned, Refusal> {
         if !self.segment.is_empty() || self.continued {
             self.end_line();
         }
@@ -128,9 +147,12 @@ impl SqlScan {
         }
     }
 
-    fn refuse(&mut self, reason: String) {
+    fn refuse(&mut self, forbidden: Forbidden) {
         if self.refusal.is_none() {
-            self.refusal = Some(format!("line {}: {reason}", self.line_no));
+            self.refusal = Some(Refusal {
+                line: self.line_no,
+                forbidden,
+            });
         }
     }
 
@@ -184,9 +206,7 @@ impl SqlScan {
                     .min(20)],
             )
             .into_owned();
-            self.refuse(format!(
-                "psql meta-command {name} is not allowed in a restore file; pg_dump never writes it"
-            ));
+            self.refuse(Forbidden::MetaCommand(name));
         }
         self.copy_statement = starts_with_word(trimmed, b"COPY");
         if let Some(table) = created_table(trimmed)
@@ -209,10 +229,7 @@ impl SqlScan {
         {
             let after = trim_start(&lower[at + b"program".len()..]);
             if matches!(after.first(), Some(b'\'' | b'$' | b'e')) {
-                self.refuse(
-                    "COPY … PROGRAM runs a program on the database server; pg_dump never writes it"
-                        .into(),
-                );
+                self.refuse(Forbidden::CopyProgram);
             }
         }
         for name in SERVER_FILE_FUNCTIONS {
@@ -220,17 +237,13 @@ impl SqlScan {
                 let after = trim_start(&lower[at + name.len()..]);
                 let after = after.strip_prefix(b"\"").unwrap_or(after);
                 if trim_start(after).first() == Some(&b'(') {
-                    self.refuse(format!(
-                        "{name}() reads or writes files on the database server; pg_dump never writes it"
-                    ));
+                    self.refuse(Forbidden::ServerFileFunction(name));
                 }
             }
         }
         for role in SERVER_FILE_ROLES {
             if find_word(&lower, role.as_bytes()).is_some() {
-                self.refuse(format!(
-                    "{role} gives access to the database server's files or programs; pg_dump never writes it into a database dump"
-                ));
+                self.refuse(Forbidden::ServerFileRole(role));
             }
         }
     }
@@ -405,10 +418,11 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// The refusal as the failed folder shows it.
     fn scan(text: &str) -> Result<Scanned, String> {
         let mut s = SqlScan::for_psql();
         s.write_all(text.as_bytes()).unwrap();
-        s.finish()
+        s.finish().map_err(|refusal| refusal.to_string())
     }
 
     /// Feeds the text in tiny pieces, so line ends fall inside writes.
@@ -417,7 +431,7 @@ mod tests {
         for chunk in text.as_bytes().chunks(3) {
             s.write_all(chunk).unwrap();
         }
-        s.finish()
+        s.finish().map_err(|refusal| refusal.to_string())
     }
 
     const DUMP: &str = "--\n-- PostgreSQL database dump\n--\n\n\\restrict abcDEF123\n\
@@ -533,7 +547,12 @@ mod tests {
         let mut s = SqlScan::for_pg_restore();
         s.write_all(b"\\connect app\nCREATE TABLE public.a (x int);\nSELECT lo_import('x');\n")
             .unwrap();
-        assert!(s.finish().unwrap_err().starts_with("line 3: lo_import()"));
+        let refusal = s.finish().unwrap_err();
+        assert_eq!(
+            (refusal.line, &refusal.forbidden),
+            (3, &Forbidden::ServerFileFunction("lo_import"))
+        );
+        assert!(refusal.to_string().starts_with("line 3: lo_import()"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! What a file dropped for restore (or handed to `verify`) contains, by name:
+//! What a file dropped for restore (or handed to `verify`) is, by name:
 //! `.sql`, `.sql.gz`, `.dump`, `.dump.gz`, `.db`, `.db.gz`, each optionally
 //! with `.enc`.
 
@@ -37,6 +37,17 @@ pub struct FileKind {
 
 /// Classifies a file name; `None` for anything that is not a backup.
 pub fn classify(name: &str) -> Option<FileKind> {
+    let kind = by_extension(name)?;
+    // A dotfile (".sql", ".x.sql.gz") is not a backup.
+    if name.starts_with('.') {
+        return None;
+    }
+    Some(kind)
+}
+
+/// What the extensions of `name` say, dotfile or not: `backupd verify`
+/// inspects whatever file it is handed.
+pub fn by_extension(name: &str) -> Option<FileKind> {
     let (rest, encrypted) = match name.strip_suffix(".enc") {
         Some(rest) => (rest, true),
         None => (name, false),
@@ -45,17 +56,17 @@ pub fn classify(name: &str) -> Option<FileKind> {
         Some(rest) => (rest, true),
         None => (rest, false),
     };
-    let payload = if rest.ends_with(".sql") {
-        Payload::PlainSql
-    } else if rest.ends_with(".dump") {
-        Payload::CustomDump
-    } else if rest.ends_with(".db") {
-        Payload::Sqlite
+    let (stem, payload) = if let Some(stem) = rest.strip_suffix(".sql") {
+        (stem, Payload::PlainSql)
+    } else if let Some(stem) = rest.strip_suffix(".dump") {
+        (stem, Payload::CustomDump)
+    } else if let Some(stem) = rest.strip_suffix(".db") {
+        (stem, Payload::Sqlite)
     } else {
         return None;
     };
-    // A dotfile (".sql", ".x.sql.gz") is not a backup.
-    if rest.starts_with('.') {
+    // ".sql" alone names no file, only an extension.
+    if stem.is_empty() {
         return None;
     }
     Some(FileKind {
