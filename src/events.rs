@@ -469,6 +469,76 @@ mod tests {
         assert_eq!(Failure::from(&Error::Busy).kind, FailureKind::Busy);
     }
 
+    /// What `observe` logs, as the text format writes it (no ANSI, no time).
+    fn logged(event: &Event) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        tracing::subscriber::with_default(subscriber, || LogObserver.observe(event));
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn the_log_lines_are_the_ones_the_backup_run_always_wrote() {
+        let line = logged(
+            &BackupFinished {
+                database: "sqlite",
+                started_at: DateTime::UNIX_EPOCH,
+                finished_at: DateTime::UNIX_EPOCH,
+                file: "/backups/app-20261202T010000Z.sqlite3.gz".into(),
+                size: 4096,
+                raw_bytes: 8192,
+                sha256: "0".repeat(64),
+                duration: Duration::from_millis(1234),
+                retention_deleted: vec!["/backups/old.sqlite3.gz".into()],
+            }
+            .into(),
+        );
+        assert_eq!(
+            line.trim(),
+            "INFO backupd::backup: backup finished result=\"success\" \
+             file=/backups/app-20261202T010000Z.sqlite3.gz bytes=4096 raw_bytes=8192 \
+             duration_seconds=\"1.23\" deleted=1"
+        );
+        let failed = |could_not_start| {
+            logged(
+                &BackupFailed {
+                    database: "sqlite",
+                    started_at: DateTime::UNIX_EPOCH,
+                    could_not_start,
+                    duration: Duration::from_millis(500),
+                    error: Failure::new(FailureKind::Io, "cannot open /backups"),
+                }
+                .into(),
+            )
+        };
+        assert_eq!(
+            failed(false).trim(),
+            "ERROR backupd::backup: backup failed result=\"failure\" duration_seconds=\"0.50\" \
+             error=cannot open /backups"
+        );
+        assert_eq!(
+            failed(true).trim(),
+            "ERROR backupd::backup: the backup could not start result=\"failure\" \
+             error=cannot open /backups"
+        );
+    }
+
     #[test]
     fn the_log_observer_takes_every_event() {
         // No subscriber: this checks that no event is left unmatched or panics.
