@@ -63,24 +63,6 @@ pub const PG_SUPERUSER: &str = "postgres";
 
 pub const PG_SUPERUSER_PASSWORD: &str = "cluster-admin-pw";
 
-/// How `pg_ctl stop` shuts the server down.
-#[derive(Debug, Clone, Copy)]
-pub enum StopMode {
-    Smart,
-    Fast,
-    Immediate,
-}
-
-impl StopMode {
-    fn as_str(self) -> &'static str {
-        match self {
-            StopMode::Smart => "smart",
-            StopMode::Fast => "fast",
-            StopMode::Immediate => "immediate",
-        }
-    }
-}
-
 /// A throwaway PostgreSQL cluster on 127.0.0.1 with password authentication
 /// (scram-sha-256), its socket in the data directory and fsync off. Stopped
 /// (immediately) and deleted on drop, also when the test panics.
@@ -253,10 +235,6 @@ impl PgCluster {
         cmd
     }
 
-    pub fn data_dir(&self) -> &Path {
-        &self.data
-    }
-
     /// The server's log so far (for failure messages).
     pub fn server_log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
@@ -389,21 +367,18 @@ impl PgCluster {
         .collect()
     }
 
-    /// Stops the server (`pg_ctl stop -m MODE`).
-    pub fn stop(&mut self, mode: StopMode) {
+    /// Stops the server as an operator would (`pg_ctl stop -m fast`: the
+    /// sessions are ended, the data is consistent).
+    pub fn stop(&mut self) {
         if !self.running {
             return;
         }
         let mut cmd = self.server_command("pg_ctl");
         cmd.arg("-D")
             .arg(&self.data)
-            .args(["-m", mode.as_str(), "-w", "-t", "60", "stop"]);
+            .args(["-m", "fast", "-w", "-t", "60", "stop"]);
         run_ok(&mut cmd);
         self.running = false;
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.running
     }
 
     /// Starts a stopped cluster again on the same port.

@@ -16,8 +16,6 @@
 //! - [`metrics`]: an OpenMetrics text parser
 //! - [`docker`]: the busybox test image, test containers, a cuttable engine link
 //! - [`s3`]: an S3-protocol server on loopback
-// Each test file is still its own crate and uses only part of the kit.
-#![allow(dead_code, unused_imports)]
 
 pub mod backups;
 pub mod binary;

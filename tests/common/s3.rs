@@ -130,24 +130,12 @@ impl S3Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     pub fn bucket(&self) -> &str {
         BUCKET
     }
 
-    pub fn access_key(&self) -> &str {
-        ACCESS_KEY
-    }
-
     pub fn secret_key(&self) -> &str {
         SECRET_KEY
-    }
-
-    pub fn region(&self) -> &str {
-        REGION
     }
 
     /// The environment a `backupd` child process needs to use this server.
@@ -178,10 +166,6 @@ impl S3Server {
         settings
     }
 
-    pub fn is_running(&self) -> bool {
-        self.running.is_some()
-    }
-
     /// Stops listening and drops every open connection (requests in flight
     /// fail as on a crash); the stored data stays.
     pub fn stop(&mut self) {
@@ -202,6 +186,10 @@ impl S3Server {
 
     /// The server's storage folder: `BUCKET/KEY` files plus s3s-fs's hidden
     /// bookkeeping (`.upload-*.json`, `.upload_id-*.part-*`, `.bucket-*`).
+    #[allow(
+        dead_code,
+        reason = "examples/s3_test_server.rs prints it; no test needs it"
+    )]
     pub fn root(&self) -> &Path {
         self.root.path()
     }

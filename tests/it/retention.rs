@@ -3,7 +3,7 @@
 //! sidecars by the age in their names, keeps the newest few of each kind,
 //! and never touches anything else.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

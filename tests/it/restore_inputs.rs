@@ -5,7 +5,7 @@
 //! plaintext stays in a private folder, `latest` means a backup backupd
 //! made, and RESTORE_REQUIRE_ENCRYPTED keeps plain files out.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Write;

@@ -8,7 +8,7 @@
 //! `/healthz` unhealthy (from memory when not even the status file can be
 //! written). Descriptor shortage is real: `prlimit` on the running daemon.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! as root 0600) never crash-loops the daemon, and a SQLite restore under
 //! the running app is seen at once by the app's open connection.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

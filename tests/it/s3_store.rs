@@ -3,7 +3,7 @@
 //! single and multipart uploads, listing, checked downloads, deletion,
 //! refused credentials, cancellation and a server that dies mid-upload.
 
-mod common;
+use crate::common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

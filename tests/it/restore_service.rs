@@ -6,7 +6,7 @@
 //! being copied is restored once, complete; an interrupted restore is
 //! recovered at start-up.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

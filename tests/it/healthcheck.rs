@@ -2,7 +2,7 @@
 //! shows a successful backup younger than HEALTH_MAX_AGE_SECONDS, 1 with the
 //! reason on stderr otherwise.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

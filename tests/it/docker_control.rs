@@ -2,7 +2,7 @@
 //! locally built busybox image (no registry). Every container is removed by
 //! its guard, also when a test fails.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -426,7 +426,7 @@ fn socket_permission_error_explains_group_add() {
         .arg(&exe)
         .args([
             "--exact",
-            "permission_denied_child",
+            "docker_control::permission_denied_child",
             "--ignored",
             "--nocapture",
         ])

@@ -2,7 +2,7 @@
 //! BACKUP_INTERVAL_SECONDS (or on the BACKUP_SCHEDULE cron expression),
 //! retention after each, until SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;
@@ -419,7 +419,7 @@ fn daemon_waits_for_postgresql_at_start_up() {
         return;
     };
     let mut cluster = PgCluster::start_with_app(&bin, Some(1));
-    cluster.stop(StopMode::Fast);
+    cluster.stop();
     let (_work, dir) = temp_backup_dir();
     let mut daemon = cluster
         .backupd(&dir)

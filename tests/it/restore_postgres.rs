@@ -2,7 +2,7 @@
 //! throwaway clusters): a good dump replaces the contents and the old
 //! database is kept; any failure leaves the live database exactly as it was.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

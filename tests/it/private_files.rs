@@ -4,7 +4,7 @@
 //! downloads, created folders), `BACKUP_FILE_MODE`, symlinks planted at the
 //! names backupd writes, and the clean-up of what a killed run left.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -3,7 +3,7 @@
 //! never run at once. The daemon skips a run while the lock is held; `once`
 //! waits for it.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::path::Path;

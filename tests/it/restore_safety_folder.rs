@@ -6,7 +6,7 @@
 //! it beside the scheduled backups. An empty BACKUP_DIR counts as unset, as
 //! every empty variable does.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

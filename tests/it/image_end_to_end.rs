@@ -17,7 +17,7 @@
 //!    restore/incoming is restored by db-restore, and the safety copy is in
 //!    restore/safety.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 

@@ -2,7 +2,7 @@
 //! decrypts what the other encrypted, and wrong keys are refused with the
 //! clear message.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! reaches S3; a secret given as a flag is warned about; and a `pg_dump`
 //! blocked on a lock dies with a SIGKILLed backupd.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Write;

@@ -9,7 +9,7 @@
 //! a row never collide on names; staging databases left by an interrupted
 //! restore are dropped at start-up.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! exits 0 promptly when idle, and during a backup it stops pg_dump,
 //! removes the partial file and records why, within BACKUP_SHUTDOWN_TIMEOUT.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! then restores the dump into a fresh database: every table comes back
 //! identical, and the password never shows up anywhere.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! before stopping anything when a named container does not exist, and
 //! brings the app back after being killed mid-restore.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! variable, `status` and `list` show what `once` did, and two backups in
 //! the same second get two files.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

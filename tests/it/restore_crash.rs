@@ -5,7 +5,7 @@
 //! all-hex name as another container's id prefix, and a tampered state file,
 //! never make backupd stop or start a container the operator did not name.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

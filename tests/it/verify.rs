@@ -1,7 +1,7 @@
 //! `backupd verify FILE` tells a sound backup from a damaged one without
 //! restoring it: exit 0 when sound, 1 with the reason on stderr.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! The server is a real S3-protocol implementation (s3s-fs, signatures
 //! checked) on loopback; see tests/common/s3.rs.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

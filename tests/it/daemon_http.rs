@@ -3,7 +3,7 @@
 //! `/metrics` is Prometheus/OpenMetrics text. Nothing else is served: other
 //! paths are 404, other methods 405, and no path reaches a file.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

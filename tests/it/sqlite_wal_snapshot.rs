@@ -2,7 +2,7 @@
 //! `backupd once` runs: the snapshot holds every committed row, including
 //! commits that so far live only in the `-wal` file, and it is consistent.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! tokens Python made; a wrong key or an altered byte is refused with one
 //! clear message and never touches the live database.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

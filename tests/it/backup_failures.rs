@@ -2,7 +2,7 @@
 //! a clear message, the password stays hidden, and BACKUP_DIR holds nothing
 //! that looks like a backup: no final-named file, no `.partial`.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
