@@ -104,6 +104,27 @@ impl SqlFailure {
     }
 }
 
+/// The error when every maintenance database failed: a failure that is not
+/// about its database (the server, the login) is the one to report.
+fn no_maintenance_database(target: &PgTarget, failures: &[(&str, SqlFailure)]) -> Error {
+    if let Some((_, f)) = failures.iter().find(|(_, f)| !f.names_the_database()) {
+        return failed(
+            target,
+            format!("cannot connect to the server: {}", f.summary()),
+        );
+    }
+    let (name, f) = failures
+        .last()
+        .expect("at least one maintenance database was tried");
+    failed(
+        target,
+        format!(
+            "cannot connect to a maintenance database (tried postgres and template1; {name}: {})",
+            f.summary()
+        ),
+    )
+}
+
 /// `ERROR:  42501: permission denied …` (psql's verbose form, in any
 /// language) as `ERROR:  permission denied …` and its code: messages read
 /// as they do at the default verbosity.
@@ -281,24 +302,7 @@ impl Server {
             );
             failures.push((maintenance, f));
         }
-        // Every candidate failed: a failure that is not about its database
-        // (the server, the login) is the one to report.
-        if let Some((_, f)) = failures.iter().find(|(_, f)| !f.names_the_database()) {
-            return Err(failed(
-                target,
-                format!("cannot connect to the server: {}", f.summary()),
-            ));
-        }
-        let (name, f) = failures
-            .last()
-            .expect("at least one maintenance database was tried");
-        Err(failed(
-            target,
-            format!(
-                "cannot connect to a maintenance database (tried postgres and template1; {name}: {})",
-                f.summary()
-            ),
-        ))
+        Err(no_maintenance_database(target, &failures))
     }
 
     /// The live database (the one the URL names).
@@ -812,6 +816,46 @@ mod tests {
         assert!(is_source_location("ORT:  int4div, int.c:869"));
         assert!(!is_source_location("DETAIL:  see a, b.c:12 for more"));
         assert!(!is_source_location("ERROR:  division by zero"));
+    }
+
+    fn connection_failure(message: &str) -> SqlFailure {
+        SqlFailure::local(format!(
+            "psql: error: connection to server on socket \"/run/x\" failed: FATAL:  {message}"
+        ))
+    }
+
+    #[test]
+    fn a_server_or_login_failure_is_reported_before_a_missing_maintenance_database() {
+        let target = PgTarget {
+            host: Some("db".into()),
+            port: None,
+            user: Some("app".into()),
+            password: Some("pw".into()),
+            dbname: Some("appdb".into()),
+            options: vec![],
+        };
+        let missing = || connection_failure("database \"postgres\" does not exist");
+        let denied = || connection_failure("permission denied for database \"template1\"");
+        let login = || connection_failure("password authentication failed for user \"app\"");
+        let err =
+            no_maintenance_database(&target, &[("postgres", missing()), ("template1", denied())])
+                .to_string();
+        assert!(
+            err.contains("cannot connect to a maintenance database (tried postgres and template1; template1: ")
+                && err.contains("permission denied for database"),
+            "{err}"
+        );
+        for failures in [
+            [("postgres", login()), ("template1", login())],
+            [("postgres", missing()), ("template1", login())],
+        ] {
+            let err = no_maintenance_database(&target, &failures).to_string();
+            assert!(
+                err.contains("cannot connect to the server: ")
+                    && err.contains("password authentication failed"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
