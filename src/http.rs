@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::health;
 use crate::metrics::Metrics;
@@ -61,6 +62,8 @@ pub struct AppState {
     /// Why the last run could not start, while that could not be written
     /// to the status file (kept here so `/healthz` still says so).
     pub unrecorded_start_error: Arc<Mutex<Option<String>>>,
+    /// What `/healthz` measures the last backup's age against.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The bearer token, kept as its SHA-256 so comparing takes the same time
@@ -122,15 +125,21 @@ pub async fn start(
         max_connections = MAX_CONNECTIONS,
         "status server listening: /status /healthz /metrics"
     );
+    let clock = Arc::clone(&state.clock);
     let app = router(state);
-    Ok(tokio::spawn(serve(listener, app, cancel)))
+    Ok(tokio::spawn(serve(listener, app, clock, cancel)))
 }
 
 /// Accepts connections until `cancel`, each under the cap and the timeouts.
-async fn serve(listener: tokio::net::TcpListener, app: Router, cancel: CancellationToken) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    clock: Arc<dyn Clock>,
+    cancel: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let connections = TaskTracker::new();
-    let refusals = RateLimitedWarning::default();
+    let refusals = RateLimitedWarning::new(clock);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -193,14 +202,21 @@ async fn serve(listener: tokio::net::TcpListener, app: Router, cancel: Cancellat
 }
 
 /// A warning logged at most once a minute, so a flood cannot flood the log.
-#[derive(Default)]
 struct RateLimitedWarning {
+    clock: Arc<dyn Clock>,
     last: AtomicI64,
 }
 
 impl RateLimitedWarning {
+    fn new(clock: Arc<dyn Clock>) -> Self {
+        RateLimitedWarning {
+            clock,
+            last: AtomicI64::new(0),
+        }
+    }
+
     fn warn(&self, log: impl FnOnce()) {
-        let now = chrono::Utc::now().timestamp();
+        let now = self.clock.now().timestamp();
         let last = self.last.load(Ordering::Relaxed);
         if now - last >= 60
             && self
@@ -318,7 +334,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
             return json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string());
         }
     };
-    let health = health::evaluate(status.as_ref(), chrono::Utc::now(), state.max_age_seconds);
+    let health = health::evaluate(status.as_ref(), state.clock.now(), state.max_age_seconds);
     let code = if health.healthy {
         StatusCode::OK
     } else {
@@ -350,7 +366,20 @@ async fn metrics(State(state): State<AppState>) -> Response {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::http::Method;
+    use chrono::{DateTime, Utc};
     use tower::ServiceExt;
+
+    /// Noon on 2026-01-01: the instant every request here is answered at.
+    const NOW: &str = "2026-01-01T12:00:00Z";
+
+    struct FixedClock(DateTime<Utc>);
+
+    impl Clock for FixedClock {
+        fn now(&self) -> DateTime<Utc> {
+            self.0
+        }
+    }
 
     fn state(dir: &std::path::Path, token: Option<&str>) -> AppState {
         AppState {
@@ -359,11 +388,35 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             token: token.map(StatusToken::new),
             unrecorded_start_error: Arc::default(),
+            clock: Arc::new(FixedClock(NOW.parse().unwrap())),
         }
     }
 
-    async fn get(app: &Router, path: &str, authorization: Option<&str>) -> (StatusCode, String) {
-        let mut request = Request::builder().uri(path);
+    fn write_status(dir: &std::path::Path, json: &str) {
+        std::fs::write(dir.join("backup-status.json"), json).unwrap();
+    }
+
+    struct Answer {
+        code: StatusCode,
+        headers: HeaderMap,
+        body: String,
+    }
+
+    impl Answer {
+        fn json(&self) -> serde_json::Value {
+            serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+        }
+
+        fn content_type(&self) -> &str {
+            self.headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        }
+    }
+
+    async fn send(app: &Router, method: Method, path: &str, authorization: Option<&str>) -> Answer {
+        let mut request = Request::builder().method(method).uri(path);
         if let Some(value) = authorization {
             request = request.header(header::AUTHORIZATION, value);
         }
@@ -373,10 +426,20 @@ mod tests {
             .await
             .unwrap();
         let code = response.status();
+        let headers = response.headers().clone();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
             .unwrap();
-        (code, String::from_utf8_lossy(&body).into_owned())
+        Answer {
+            code,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    async fn get(app: &Router, path: &str, authorization: Option<&str>) -> (StatusCode, String) {
+        let answer = send(app, Method::GET, path, authorization).await;
+        (answer.code, answer.body)
     }
 
     #[tokio::test]
@@ -407,6 +470,153 @@ mod tests {
         let (code, body) = get(&app, "/healthz", None).await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert!(body.contains("no backup has succeeded"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_says_how_to_authenticate_and_never_echoes_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(state(dir.path(), Some("s3cret-token")));
+        let answer = send(&app, Method::GET, "/status", Some("Bearer s3cret-tokeN")).await;
+        assert_eq!(answer.code, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            answer.headers.get(header::WWW_AUTHENTICATE).unwrap(),
+            r#"Bearer realm="backupd""#
+        );
+        assert_eq!(answer.content_type(), "application/json");
+        assert_eq!(
+            answer.json()["error"],
+            "this endpoint needs Authorization: Bearer <STATUS_TOKEN>"
+        );
+        assert!(!answer.body.contains("s3cret"), "{}", answer.body);
+        // Without the guard's routes, an unknown path is not found, not refused.
+        let answer = send(&app, Method::GET, "/nope", None).await;
+        assert_eq!(answer.code, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn status_and_root_serve_the_status_file_as_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(state(dir.path(), None));
+        let (code, body) = get(&app, "/status", None).await;
+        assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+        assert!(body.contains("no backup has run yet"), "{body}");
+
+        write_status(
+            dir.path(),
+            r#"{"last_backup": "2026-01-01T11:30:00Z", "last_file": "pg_dump-20260101T113000Z.sql.gz"}"#,
+        );
+        for path in ["/", "/status"] {
+            let answer = send(&app, Method::GET, path, None).await;
+            assert_eq!(answer.code, StatusCode::OK, "{path}: {}", answer.body);
+            assert_eq!(answer.content_type(), "application/json", "{path}");
+            let json = answer.json();
+            assert_eq!(json["last_backup"], "2026-01-01T11:30:00Z", "{path}");
+            assert_eq!(
+                json["last_file"], "pg_dump-20260101T113000Z.sql.gz",
+                "{path}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_measures_the_last_backup_against_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(state(dir.path(), None));
+
+        let answer = send(&app, Method::GET, "/healthz", None).await;
+        assert_eq!(answer.code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            answer.json()["reason"],
+            "no status file yet: no backup has run"
+        );
+
+        // Half an hour before the clock's noon: healthy, and exactly that old.
+        write_status(dir.path(), r#"{"last_backup": "2026-01-01T11:30:00Z"}"#);
+        let answer = send(&app, Method::GET, "/healthz", None).await;
+        assert_eq!(answer.code, StatusCode::OK, "{}", answer.body);
+        let json = answer.json();
+        assert_eq!(json["status"], "ok");
+        assert_eq!(json["age_seconds"], 1800);
+        assert_eq!(json["max_age_seconds"], 3600);
+        assert_eq!(json["last_backup"], "2026-01-01T11:30:00Z");
+
+        // Two hours before: older than HEALTH_MAX_AGE_SECONDS.
+        write_status(
+            dir.path(),
+            r#"{"last_backup": "2026-01-01T10:00:00Z", "last_error": "connection refused"}"#,
+        );
+        let answer = send(&app, Method::GET, "/healthz", None).await;
+        assert_eq!(answer.code, StatusCode::SERVICE_UNAVAILABLE);
+        let json = answer.json();
+        assert_eq!(json["status"], "unhealthy");
+        assert_eq!(json["age_seconds"], 7200);
+        let reason = json["reason"].as_str().unwrap();
+        assert!(reason.contains("HEALTH_MAX_AGE_SECONDS=3600"), "{reason}");
+        assert!(reason.contains("connection refused"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_recorded_start_error_makes_healthz_unhealthy_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        write_status(
+            dir.path(),
+            r#"{"last_backup": "2026-01-01T11:59:00Z", "last_attempt": "2026-01-01T11:59:30Z", "start_error": "cannot create the lock file"}"#,
+        );
+        let answer = send(
+            &router(state(dir.path(), None)),
+            Method::GET,
+            "/healthz",
+            None,
+        )
+        .await;
+        assert_eq!(answer.code, StatusCode::SERVICE_UNAVAILABLE);
+        let reason = answer.json()["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains("could not start"), "{reason}");
+        assert!(reason.contains("cannot create the lock file"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_openmetrics_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let answer = send(
+            &router(state(dir.path(), None)),
+            Method::GET,
+            "/metrics",
+            None,
+        )
+        .await;
+        assert_eq!(answer.code, StatusCode::OK);
+        assert_eq!(
+            answer.content_type(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        assert!(answer.body.trim_end().ends_with("# EOF"), "{}", answer.body);
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_404_and_other_methods_405() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(state(dir.path(), None));
+        for path in [
+            "/nope",
+            "/status/extra",
+            "/backup-status.json",
+            "/../etc/passwd",
+        ] {
+            let answer = send(&app, Method::GET, path, None).await;
+            assert_eq!(answer.code, StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(answer.json()["error"], "not found", "{path}");
+        }
+        for path in ["/", "/status", "/healthz", "/metrics"] {
+            for method in [Method::POST, Method::PUT, Method::DELETE] {
+                let answer = send(&app, method.clone(), path, None).await;
+                assert_eq!(
+                    answer.code,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -49,6 +49,7 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         metrics: Arc::clone(&metrics),
         token: status_token,
         unrecorded_start_error: Arc::clone(&unrecorded_start_error),
+        clock: Arc::new(clock),
     };
     let server = http::start(addr, state, cancel.clone()).await?;
     let observers = Observers::new().with(metrics.clone());
