@@ -4,15 +4,20 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use chrono::Utc;
 use serde_json::json;
 
 use crate::archive::{file_name, write_atomically};
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 
 /// Moves `file` into `failed_dir` (a free name if taken) with its reason.
 /// A symlink is moved as the link itself; its target is never touched.
-pub fn move_to_failed(file: &Path, failed_dir: &Path, reason: &str) -> Result<PathBuf> {
+pub fn move_to_failed(
+    file: &Path,
+    failed_dir: &Path,
+    reason: &str,
+    clock: &dyn Clock,
+) -> Result<PathBuf> {
     crate::files::create_dir_all(failed_dir)
         .map_err(|e| Error::io("create the failed folder", failed_dir, e))?;
     let name = file_name(file);
@@ -39,7 +44,7 @@ pub fn move_to_failed(file: &Path, failed_dir: &Path, reason: &str) -> Result<Pa
         "file": name,
         "original_path": file.display().to_string(),
         "reason": reason,
-        "failed_at": crate::state::timestamp(Utc::now()),
+        "failed_at": crate::state::timestamp(clock.now()),
     });
     let mut text = serde_json::to_vec_pretty(&body).map_err(|e| Error::Other(e.to_string()))?;
     text.push(b'\n');

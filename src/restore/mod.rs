@@ -1,11 +1,23 @@
 //! Restoring a backup into the live database without ever losing it.
+//!
+//! [`procedure`] runs one restore over seams: [`target::RestoreTarget`] (the
+//! database side; [`target::LiveDatabase`] for PostgreSQL and SQLite),
+//! [`containers::ContainerControl`], [`state::StateStore`] and the clock.
+//! [`recovery`] finishes what a crash interrupted.
 
 pub mod check;
+pub mod containers;
+pub mod error;
 pub mod failed;
+#[cfg(test)]
+pub(crate) mod fakes;
 pub mod input;
 pub mod postgres;
+pub mod procedure;
+pub mod recovery;
 pub mod sqlite;
 pub mod state;
+pub mod target;
 
 /// What a restore input is, and the scan of its SQL, are the inspection's.
 pub use crate::inspect::{kind, sql_scan};

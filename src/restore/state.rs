@@ -46,6 +46,11 @@ pub struct InProgress {
     /// versions that did not write it (recovery then uses `containers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopping: Option<Vec<String>>,
+    /// What undoes each planned stop (the container control's receipts),
+    /// written with the intent. Absent in older state files: recovery then
+    /// starts by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receipts: Vec<crate::container::StopReceipt>,
     /// When the last stop request was sent (RFC 3339): recovery waits up to
     /// the stop grace period from then for an in-flight stop to finish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,18 +80,25 @@ pub struct InProgress {
     pub safety_backup: Option<String>,
 }
 
-/// Where a restore is; serialised as the words earlier versions wrote
-/// (`checking`, `stopping`, `safety-backup`, `loading`, `swapping`,
-/// `starting`), an unknown word kept as it is.
+/// Where a restore is, in the order of the procedure; serialised as the
+/// words earlier versions wrote (`checking`, `stopping`, `safety-backup`,
+/// `loading`, `swapping`, `starting`), an unknown word kept as it is.
+/// `in_progress` holds `stopping` to `starting` (nothing needs recovering
+/// before the intent is written); the history names the phase a restore
+/// failed in, `checking` to `recording`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum Phase {
     Checking,
+    /// Writing `in_progress` before anything is stopped.
+    Intent,
     Stopping,
     SafetyBackup,
     Loading,
     Swapping,
     Starting,
+    /// Writing the history entry.
+    Recording,
     Other(String),
 }
 
@@ -94,11 +106,13 @@ impl Phase {
     pub fn as_str(&self) -> &str {
         match self {
             Phase::Checking => "checking",
+            Phase::Intent => "intent",
             Phase::Stopping => "stopping",
             Phase::SafetyBackup => "safety-backup",
             Phase::Loading => "loading",
             Phase::Swapping => "swapping",
             Phase::Starting => "starting",
+            Phase::Recording => "recording",
             Phase::Other(word) => word,
         }
     }
@@ -108,11 +122,13 @@ impl From<String> for Phase {
     fn from(word: String) -> Self {
         match word.as_str() {
             "checking" => Phase::Checking,
+            "intent" => Phase::Intent,
             "stopping" => Phase::Stopping,
             "safety-backup" => Phase::SafetyBackup,
             "loading" => Phase::Loading,
             "swapping" => Phase::Swapping,
             "starting" => Phase::Starting,
+            "recording" => Phase::Recording,
             _ => Phase::Other(word),
         }
     }
@@ -137,6 +153,10 @@ pub struct HistoryEntry {
     /// `restored`, `failed`, `refused`, `superseded`, `interrupted`.
     pub result: String,
     pub error: Option<String>,
+    /// The phase it failed in (or `starting` when only starting the
+    /// containers went wrong); absent for clean restores and older entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
     /// How it ended when that was found out later (a restore that had
     /// finished when backupd was killed, told by crash recovery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,5 +200,110 @@ impl RestoreState {
     pub fn push_history(&mut self, entry: HistoryEntry) {
         self.history.insert(0, entry);
         self.history.truncate(HISTORY_LEN);
+    }
+}
+
+/// Where the restore state lives: the state file, or memory in tests. The
+/// procedure writes each intent through it before the act.
+pub trait StateStore: Send + Sync {
+    fn read(&self) -> Result<RestoreState>;
+    fn write(&self, state: &RestoreState) -> Result<()>;
+}
+
+/// `RESTORE_STATE_FILE`.
+#[derive(Debug, Clone)]
+pub struct StateFile(pub std::path::PathBuf);
+
+impl StateStore for StateFile {
+    fn read(&self) -> Result<RestoreState> {
+        RestoreState::read(&self.0)
+    }
+
+    fn write(&self, state: &RestoreState) -> Result<()> {
+        state.write(&self.0)
+    }
+}
+
+/// Reads the state; one that cannot be read or parsed starts afresh.
+pub fn read_or_fresh(store: &dyn StateStore) -> RestoreState {
+    store.read().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "starting a fresh restore state file");
+        RestoreState::default()
+    })
+}
+
+/// Writes the state; a failure is logged (the caller goes on).
+pub fn save_or_log(store: &dyn StateStore, state: &RestoreState) {
+    if let Err(e) = store.write(state) {
+        tracing::error!(error = %e, "cannot write the restore state file");
+    }
+}
+
+/// Writes the swap record into `in_progress` (phase `swapping`): what
+/// recovery needs to tell by oid whether the swap committed.
+pub fn record_swap(store: &dyn StateStore, record: &crate::restore::postgres::SwapRecord) {
+    let mut state = match store.read() {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the swap in the restore state file");
+            return;
+        }
+    };
+    if let Some(p) = state.in_progress.as_mut() {
+        p.phase = Phase::Swapping;
+        p.swap = Some(record.clone());
+    }
+    if let Err(e) = store.write(&state) {
+        tracing::error!(error = %e, "cannot record the swap in the restore state file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_phase_word_reads_back_as_its_phase() {
+        for phase in [
+            Phase::Checking,
+            Phase::Intent,
+            Phase::Stopping,
+            Phase::SafetyBackup,
+            Phase::Loading,
+            Phase::Swapping,
+            Phase::Starting,
+            Phase::Recording,
+        ] {
+            assert_eq!(Phase::from(phase.as_str().to_string()), phase);
+        }
+        assert_eq!(
+            Phase::from("later-word".to_string()),
+            Phase::Other("later-word".into())
+        );
+    }
+
+    #[test]
+    fn a_state_file_of_an_older_version_still_parses() {
+        let old = serde_json::json!({
+            "last_processed": {"path": "/restore/incoming/a.sql.gz", "mtime": 1.5, "completed_at": "2026-12-01T00:00:00Z"},
+            "in_progress": {
+                "file": "/restore/incoming/b.sql.gz",
+                "stamp": "20261201T000000Z",
+                "started_at": "2026-12-01T00:00:00Z",
+                "phase": "loading",
+                "containers": ["web"],
+                "database": "postgresql://app@db/app"
+            },
+            "history": [{
+                "file": "a.sql.gz", "sha256": null, "result": "restored", "error": null,
+                "started_at": "2026-12-01T00:00:00Z", "finished_at": "2026-12-01T00:00:01Z",
+                "duration_seconds": 1.0, "previous_database": null, "safety_backup": null
+            }]
+        });
+        let state: RestoreState = serde_json::from_value(old).unwrap();
+        let p = state.in_progress.unwrap();
+        assert_eq!(p.phase, Phase::Loading);
+        assert_eq!(p.stopping, None);
+        assert_eq!(state.history[0].phase, None);
     }
 }

@@ -1,0 +1,1133 @@
+//! One restore, in order: check → intent → stop → safety → load → swap →
+//! start → record. Each intent is written before its act, so a crash at any
+//! point leaves `in_progress` for [recovery](crate::restore::recovery); the
+//! containers are started again whatever happened after the intent. The
+//! procedure runs over seams (the restore target, container control, the
+//! state store, the clock), so every phase's failure is tested with fakes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::archive::file_name;
+use crate::clock::Clock;
+use crate::container::{ContainerControl, StopOutcome};
+use crate::events::{
+    Failure, Observer, RestoreFailed, RestoreFinished, RestorePhase, RestoreRefused, RestoreStarted,
+};
+use crate::restore::containers::{self, ContainerPolicy, asked_to_stop};
+use crate::restore::error::{Failed, RestoreError, StartFailure, Unfinished};
+use crate::restore::failed::move_to_failed;
+use crate::restore::kind::{self, FileKind};
+use crate::restore::postgres::{STAMP_FORMAT, Strategy};
+use crate::restore::state::{
+    HistoryEntry, InProgress, LastProcessed, Phase, RestoreState, StateStore, read_or_fresh,
+    save_or_log,
+};
+use crate::restore::target::RestoreTarget;
+use crate::state::timestamp;
+
+/// What the procedure needs of the restore service's settings.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub watch_dir: PathBuf,
+    pub failed_dir: PathBuf,
+    pub containers: ContainerPolicy,
+    /// Take a safety backup before loading (`RESTORE_SAFETY_BACKUP`), into
+    /// `safety_dir`.
+    pub safety_backup: bool,
+    pub safety_dir: PathBuf,
+    /// `RESTORE_REQUIRE_ENCRYPTED`: only `.enc` files are restored.
+    pub require_encrypted: bool,
+}
+
+/// Where the file came from: a file dropped into the watch folder is the
+/// service's to delete or move; a file named with `--file` stays where it is.
+pub use crate::events::Origin;
+
+/// What a restore of a file would do (`--dry-run`); the mode prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub file: String,
+    pub kind: FileKind,
+    pub target: String,
+    /// For PostgreSQL dumps.
+    pub strategy: Option<Strategy>,
+    pub stop: Vec<String>,
+    pub start: Vec<String>,
+    /// Where the safety backup goes; `None`: no safety backup.
+    pub safety_dir: Option<PathBuf>,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "file:       {}", self.file)?;
+        writeln!(
+            f,
+            "content:    {}{}{}",
+            self.kind.payload.describe(),
+            if self.kind.gzip { ", gzip" } else { "" },
+            if self.kind.encrypted {
+                ", Fernet-encrypted"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(f, "target:     {}", self.target)?;
+        if let Some(strategy) = self.strategy {
+            writeln!(f, "strategy:   {strategy:?}")?;
+        }
+        writeln!(f, "stop:       {}", self.stop.join(", "))?;
+        writeln!(f, "start:      {}", self.start.join(", "))?;
+        match &self.safety_dir {
+            Some(dir) => writeln!(f, "safety:     backup first, into {}", dir.display()),
+            None => writeln!(f, "safety:     none"),
+        }
+    }
+}
+
+/// The stamp of a restore started at `at` ([`STAMP_FORMAT`], microseconds),
+/// strictly later than any stamp this process gave before: two restores
+/// never share the names built from it (`<db>_restore_…`,
+/// `<db>_pre_restore_…`, `.pre-restore-…`). Other processes wait for the
+/// restore lock, so their restores start microseconds apart at least.
+fn unique_stamp(at: DateTime<Utc>) -> String {
+    static LAST: std::sync::Mutex<Option<DateTime<Utc>>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let at = match *last {
+        Some(prev) if at <= prev => prev + chrono::Duration::microseconds(1),
+        _ => at,
+    };
+    *last = Some(at);
+    at.format(STAMP_FORMAT).to_string()
+}
+
+/// The restore procedure over its seams.
+pub struct Procedure<'a, T: RestoreTarget> {
+    pub settings: &'a Settings,
+    pub target: &'a T,
+    /// `None` when no container is configured.
+    pub containers: Option<&'a dyn ContainerControl>,
+    pub state: &'a dyn StateStore,
+    pub clock: &'a dyn Clock,
+    /// Told when a restore starts, changes phase, ends or is refused.
+    pub observer: &'a dyn Observer,
+}
+
+/// How one restore attempt ended, for its history entry.
+#[derive(Default)]
+struct Attempt {
+    result: Option<Failed>,
+    /// The attempt wrote `in_progress` (the intent).
+    intent_written: bool,
+    containers_stopped: Vec<String>,
+    container_health: BTreeMap<String, String>,
+    previous_database: Option<String>,
+    safety_backup: Option<String>,
+    sha256: Option<String>,
+    /// Bytes of the file as the check read it.
+    size: u64,
+    start_failure: Option<StartFailure>,
+}
+
+impl<T: RestoreTarget> Procedure<'_, T> {
+    /// What restoring `file` (of `kind`) would do; changes nothing.
+    pub fn plan(&self, file: &Path, kind: FileKind) -> Plan {
+        let policy = &self.settings.containers;
+        Plan {
+            file: file.display().to_string(),
+            kind,
+            target: self.target.describe(),
+            strategy: kind
+                .payload
+                .is_postgres()
+                .then(|| self.target.strategy().unwrap_or_default()),
+            stop: policy.stop.clone(),
+            start: policy.start_list(&policy.stop),
+            safety_dir: self
+                .settings
+                .safety_backup
+                .then(|| self.settings.safety_dir.clone()),
+        }
+    }
+
+    /// Moves a file that is not restored into the failed folder and records
+    /// why: refused, or superseded by the newer file `superseded_by`.
+    pub fn refuse(&self, path: &Path, reason: &str, superseded_by: Option<&str>) {
+        let moved_to = match move_to_failed(path, &self.settings.failed_dir, reason, self.clock) {
+            Ok(moved_to) => Some(moved_to),
+            Err(e) => {
+                tracing::error!(error = %e, file = %path.display(), "cannot move the file to the failed folder");
+                None
+            }
+        };
+        self.observer.observe(
+            &RestoreRefused {
+                file: path.to_path_buf(),
+                reason: reason.to_string(),
+                superseded_by: superseded_by.map(String::from),
+                moved_to,
+            }
+            .into(),
+        );
+        let result = if superseded_by.is_some() {
+            "superseded"
+        } else {
+            "refused"
+        };
+        let now = timestamp(self.clock.now());
+        let mut state = read_or_fresh(self.state);
+        state.push_history(HistoryEntry {
+            file: file_name(path),
+            sha256: None,
+            result: result.into(),
+            error: Some(reason.into()),
+            phase: None,
+            note: None,
+            started_at: now.clone(),
+            finished_at: now,
+            duration_seconds: 0.0,
+            containers_stopped: vec![],
+            container_health: BTreeMap::new(),
+            previous_database: None,
+            safety_backup: None,
+        });
+        save_or_log(self.state, &state);
+    }
+
+    /// Restores one file and records how it went. `mtime` is kept in
+    /// `last_processed` (the old helper's keys); `expected_sha256` is what a
+    /// download hashed, which the check must read again.
+    pub async fn restore(
+        &self,
+        path: &Path,
+        mtime: f64,
+        origin: Origin,
+        expected_sha256: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Unfinished> {
+        let span = tracing::info_span!("restore", file = %file_name(path));
+        self.restore_in_span(path, mtime, origin, expected_sha256, cancel)
+            .instrument(span)
+            .await
+    }
+
+    async fn restore_in_span(
+        &self,
+        path: &Path,
+        mtime: f64,
+        origin: Origin,
+        expected_sha256: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Unfinished> {
+        let started = Instant::now();
+        let started_at = self.clock.now();
+        let stamp = unique_stamp(started_at);
+        self.observer.observe(
+            &RestoreStarted {
+                file: path.to_path_buf(),
+                origin,
+                at: started_at,
+            }
+            .into(),
+        );
+
+        let attempt = self.attempt(path, &stamp, expected_sha256, cancel).await;
+        let elapsed = started.elapsed();
+        let duration = elapsed.as_secs_f64();
+        self.phase_reached(path, Phase::Recording);
+        let start_pending = attempt
+            .start_failure
+            .as_ref()
+            .is_some_and(StartFailure::engine_lost);
+        let mut state = read_or_fresh(self.state);
+        match state.in_progress.as_mut() {
+            // The engine did not answer: the next start of backupd starts
+            // the containers and adds that to this history entry.
+            Some(p) if start_pending => {
+                p.start_pending = true;
+                p.phase = Phase::Starting;
+            }
+            // An earlier restore's containers still to start stay recorded
+            // when this one never got as far as its own intent.
+            _ if !attempt.intent_written => {}
+            _ => state.in_progress = None,
+        }
+        let failed_reason = attempt.result.as_ref().map(ToString::to_string);
+        let ended = match &attempt.result {
+            None => RestoreFinished {
+                file: path.to_path_buf(),
+                size: attempt.size,
+                sha256: attempt.sha256.clone().unwrap_or_default(),
+                duration: elapsed,
+                strategy: self.target.strategy(),
+            }
+            .into(),
+            Some(failed) => RestoreFailed {
+                file: path.to_path_buf(),
+                phase: failed.phase.clone(),
+                duration: elapsed,
+                error: Failure::from(&failed.error),
+            }
+            .into(),
+        };
+        let unfinished = match (attempt.result, attempt.start_failure) {
+            (None, None) => None,
+            (None, Some(start)) => Some(Unfinished::NotStarted { start }),
+            (Some(failed), start) => Some(Unfinished::Failed { failed, start }),
+        };
+        let restored = unfinished.as_ref().is_none_or(Unfinished::restored);
+        state.push_history(HistoryEntry {
+            file: file_name(path),
+            sha256: attempt.sha256,
+            result: if restored { "restored" } else { "failed" }.into(),
+            error: unfinished.as_ref().map(ToString::to_string),
+            phase: unfinished.as_ref().map(Unfinished::phase),
+            note: None,
+            started_at: timestamp(started_at),
+            finished_at: timestamp(self.clock.now()),
+            duration_seconds: (duration * 1000.0).round() / 1000.0,
+            containers_stopped: attempt.containers_stopped,
+            container_health: attempt.container_health,
+            previous_database: attempt.previous_database,
+            safety_backup: attempt.safety_backup,
+        });
+        if let Some(p) = state.in_progress.as_mut() {
+            // Recovery finds this entry by file and start time.
+            p.started_at = timestamp(started_at);
+        }
+        if restored {
+            state.last_processed = Some(LastProcessed {
+                path: path.display().to_string(),
+                mtime,
+                completed_at: timestamp(self.clock.now()),
+            });
+        }
+        // Unrecorded, `in_progress` stays: the next start recovers and
+        // tells what happened.
+        save_or_log(self.state, &state);
+        match &failed_reason {
+            None => {
+                if origin == Origin::Dropped
+                    && let Err(e) = std::fs::remove_file(path)
+                {
+                    tracing::warn!(error = %e, "restored, but cannot delete the file");
+                }
+            }
+            Some(reason) => {
+                if origin == Origin::Dropped
+                    && path.exists()
+                    && let Err(e) =
+                        move_to_failed(path, &self.settings.failed_dir, reason, self.clock)
+                {
+                    tracing::error!(error = %e, "cannot move the file to the failed folder");
+                }
+            }
+        }
+        self.observer.observe(&ended);
+        match unfinished {
+            None => Ok(()),
+            Some(unfinished) => Err(unfinished),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        path: &Path,
+        stamp: &str,
+        expected_sha256: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Attempt {
+        let mut attempt = Attempt::default();
+        // Checking: everything before touching the stack.
+        self.phase_reached(path, Phase::Checking);
+        let checked = match self.check(path, stamp, expected_sha256, &mut attempt).await {
+            Ok(checked) => checked,
+            Err(error) => {
+                attempt.result = Some(Failed::new(Phase::Checking, error));
+                return attempt;
+            }
+        };
+        let receipts = match containers::plan(self.containers, &self.settings.containers).await {
+            Ok(receipts) => receipts,
+            Err(error) => {
+                attempt.result = Some(Failed::new(Phase::Checking, error));
+                return attempt;
+            }
+        };
+
+        // The intent, before anything is stopped. Containers an earlier
+        // restore could not start (the engine was away) are carried over,
+        // so this one starts them too.
+        self.phase_reached(path, Phase::Intent);
+        let to_stop: Vec<String> = receipts.iter().map(|r| r.name.clone()).collect();
+        let mut state = read_or_fresh(self.state);
+        let carried: Vec<String> = state
+            .in_progress
+            .as_ref()
+            .filter(|p| p.start_pending)
+            .map(|p| p.stopped.clone())
+            .unwrap_or_default();
+        state.in_progress = Some(InProgress {
+            file: path.display().to_string(),
+            stamp: stamp.to_string(),
+            started_at: timestamp(self.clock.now()),
+            phase: Phase::Stopping,
+            containers: to_stop.clone(),
+            stopped: carried.clone(),
+            stopping: Some(vec![]),
+            receipts,
+            stop_requested_at: None,
+            swap: None,
+            start_pending: false,
+            database: self.target.describe(),
+            sqlite: None,
+            strategy: self.target.strategy().map(|s| s.to_string()),
+            safety_backup: None,
+        });
+        if let Err(e) = self.state.write(&state) {
+            attempt.result = Some(Failed::new(Phase::Intent, RestoreError::Intent(e)));
+            return attempt;
+        }
+        attempt.intent_written = true;
+        attempt.containers_stopped = carried;
+
+        let result = self
+            .stop_and_load(
+                path,
+                checked,
+                &to_stop,
+                stamp,
+                &mut attempt,
+                &mut state,
+                cancel,
+            )
+            .await;
+        // Start again what was stopped (or asked to stop), also after a
+        // failure.
+        self.set_phase(path, &mut state, Phase::Starting).await;
+        let (asked, receipts) = state
+            .in_progress
+            .as_ref()
+            .map(|p| (asked_to_stop(p), p.receipts.clone()))
+            .unwrap_or_default();
+        if let Err(failure) = containers::start(
+            self.containers,
+            &self.settings.containers,
+            &asked,
+            &receipts,
+            &mut attempt.container_health,
+        )
+        .await
+        {
+            tracing::error!(error = %failure, "could not start every container");
+            attempt.start_failure = Some(failure);
+        }
+        attempt.result = result.err();
+        attempt
+    }
+
+    /// The checks before anything is stopped: the name, encryption when
+    /// required, the whole content, the download's hash, the application.
+    async fn check(
+        &self,
+        path: &Path,
+        stamp: &str,
+        expected_sha256: Option<&str>,
+        attempt: &mut Attempt,
+    ) -> Result<T::Checked, RestoreError> {
+        let kind = kind::classify(&file_name(path)).ok_or(RestoreError::NotABackupName)?;
+        if self.settings.require_encrypted && !kind.encrypted {
+            return Err(RestoreError::NotEncrypted);
+        }
+        let checked = self.target.check(path, kind, stamp).await?;
+        attempt.size = T::size(&checked);
+        let sha256 = T::sha256(&checked).to_string();
+        attempt.sha256 = Some(sha256.clone());
+        if let Some(expected) = expected_sha256
+            && expected != sha256
+        {
+            return Err(RestoreError::ChangedAfterDownload {
+                expected: expected.to_string(),
+                actual: sha256,
+            });
+        }
+        self.target.same_application(&checked).await?;
+        Ok(checked)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stop_and_load(
+        &self,
+        path: &Path,
+        checked: T::Checked,
+        to_stop: &[String],
+        stamp: &str,
+        attempt: &mut Attempt,
+        state: &mut RestoreState,
+        cancel: &CancellationToken,
+    ) -> Result<(), Failed> {
+        self.phase_reached(path, Phase::Stopping);
+        if let Some(control) = self.containers {
+            for name in to_stop {
+                // The intent first: a stop in flight when backupd dies still
+                // completes in the engine, and recovery must start it again.
+                if let Some(p) = state.in_progress.as_mut() {
+                    let stopping = p.stopping.get_or_insert_with(Vec::new);
+                    if !stopping.contains(name) {
+                        stopping.push(name.clone());
+                    }
+                    p.stop_requested_at = Some(timestamp(self.clock.now()));
+                }
+                save_or_log(self.state, state);
+                match control
+                    .stop(name, self.settings.containers.stop_timeout)
+                    .await
+                {
+                    Ok(StopOutcome::Stopped) => {
+                        if !attempt.containers_stopped.contains(name) {
+                            attempt.containers_stopped.push(name.clone());
+                        }
+                        if let Some(p) = state.in_progress.as_mut()
+                            && !p.stopped.contains(name)
+                        {
+                            p.stopped.push(name.clone());
+                        }
+                        save_or_log(self.state, state);
+                    }
+                    Ok(StopOutcome::AlreadyStopped) => {
+                        tracing::info!(container = %name, "already stopped");
+                        // It was not running before: not ours to start.
+                        if let Some(p) = state.in_progress.as_mut()
+                            && let Some(stopping) = p.stopping.as_mut()
+                        {
+                            stopping.retain(|n| n != name);
+                        }
+                        save_or_log(self.state, state);
+                    }
+                    Err(source) => {
+                        return Err(Failed::new(
+                            Phase::Stopping,
+                            RestoreError::Stop {
+                                name: name.clone(),
+                                source,
+                            },
+                        ));
+                    }
+                }
+            }
+            if !to_stop.is_empty() {
+                tokio::time::sleep(self.settings.containers.stop_wait).await;
+            }
+        }
+
+        // A way back for the operator.
+        if self.settings.safety_backup {
+            self.set_phase(path, state, Phase::SafetyBackup).await;
+            let safety = match self.target.exists().await {
+                Ok(false) => {
+                    tracing::info!("no current database to back up first");
+                    None
+                }
+                Ok(true) => Some(self.target.safety_backup(cancel, self.clock).await),
+                Err(e) => Some(Err(e)),
+            };
+            match safety {
+                None => {}
+                Some(Ok(path)) => {
+                    let path = path.display().to_string();
+                    if let Some(p) = state.in_progress.as_mut() {
+                        p.safety_backup = Some(path.clone());
+                    }
+                    save_or_log(self.state, state);
+                    attempt.safety_backup = Some(path);
+                }
+                Some(Err(e)) => {
+                    return Err(Failed::new(
+                        Phase::SafetyBackup,
+                        RestoreError::SafetyBackup(e),
+                    ));
+                }
+            }
+        }
+
+        // Loading, then swapping in (the target records the swap).
+        self.set_phase(path, state, Phase::Loading).await;
+        let loaded = self.target.load(checked, stamp, self.state, cancel).await;
+        // The target wrote its evidence (phase, swap record) behind our back.
+        if let Ok(on_disk) = self.state.read()
+            && let (Some(ours), Some(theirs)) = (state.in_progress.as_mut(), on_disk.in_progress)
+        {
+            if theirs.phase != ours.phase {
+                self.phase_reached(path, theirs.phase.clone());
+            }
+            ours.phase = theirs.phase;
+            ours.swap = theirs.swap;
+            ours.sqlite = theirs.sqlite;
+        }
+        match loaded {
+            Ok(loaded) => {
+                attempt.previous_database = loaded.previous;
+                Ok(())
+            }
+            Err(error) => {
+                let in_progress = state.in_progress.as_ref();
+                attempt.previous_database = in_progress
+                    .and_then(|p| p.sqlite.as_ref())
+                    .and_then(|e| e.previous.clone());
+                let phase = in_progress.map_or(Phase::Loading, |p| p.phase.clone());
+                Err(Failed::new(phase, error))
+            }
+        }
+    }
+
+    /// Records the phase; test builds may park here (`BACKUPD_TEST_PAUSE`).
+    async fn set_phase(&self, path: &Path, state: &mut RestoreState, phase: Phase) {
+        let point = phase.as_str().to_string();
+        self.phase_reached(path, phase.clone());
+        if let Some(p) = state.in_progress.as_mut() {
+            p.phase = phase;
+        }
+        save_or_log(self.state, state);
+        crate::restore::test_pause(&point).await;
+    }
+
+    fn phase_reached(&self, path: &Path, phase: Phase) {
+        self.observer.observe(
+            &RestorePhase {
+                file: path.to_path_buf(),
+                phase,
+            }
+            .into(),
+        );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::container::fake::{Call, FakeContainers, Op};
+    use crate::events::{Event, Recorder};
+    use crate::restore::fakes::{FailAt, FakeTarget, FixedClock, MemoryState};
+    use crate::restore::kind::Payload;
+
+    /// An app stack around the procedure: two running containers, a live
+    /// database holding `old`, a watch folder.
+    pub(crate) struct Stack {
+        /// Holds the folders for the stack's lifetime.
+        _dir: tempfile::TempDir,
+        pub settings: Settings,
+        pub target: FakeTarget,
+        pub engine: FakeContainers,
+        pub state: MemoryState,
+        pub clock: FixedClock,
+        pub events: std::sync::Arc<Recorder>,
+    }
+
+    impl Stack {
+        pub fn new(target: FakeTarget) -> Self {
+            Self::with(target, app_containers(), MemoryState::default())
+        }
+
+        pub fn with(target: FakeTarget, engine: FakeContainers, state: MemoryState) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let watch_dir = dir.path().join("incoming");
+            std::fs::create_dir_all(&watch_dir).unwrap();
+            let settings = Settings {
+                failed_dir: dir.path().join("failed"),
+                watch_dir,
+                containers: ContainerPolicy {
+                    stop: vec!["web".into(), "worker".into()],
+                    ..ContainerPolicy::default()
+                },
+                safety_backup: true,
+                safety_dir: dir.path().join("safety"),
+                require_encrypted: false,
+            };
+            Stack {
+                _dir: dir,
+                settings,
+                target,
+                engine,
+                state,
+                clock: FixedClock::default(),
+                events: Recorder::new(),
+            }
+        }
+
+        pub fn procedure(&self) -> Procedure<'_, FakeTarget> {
+            Procedure {
+                settings: &self.settings,
+                target: &self.target,
+                containers: Some(&self.engine),
+                state: &self.state,
+                clock: &self.clock,
+                observer: &self.events,
+            }
+        }
+
+        pub fn drop_file(&self) -> PathBuf {
+            let path = self.settings.watch_dir.join("app-20261201T000000Z.sql.gz");
+            std::fs::write(&path, b"a dump").unwrap();
+            path
+        }
+
+        pub async fn restore(&self) -> (PathBuf, Result<(), Unfinished>) {
+            let path = self.drop_file();
+            let result = self
+                .procedure()
+                .restore(&path, 1.0, Origin::Dropped, None, &CancellationToken::new())
+                .await;
+            (path, result)
+        }
+
+        pub fn newest(&self) -> HistoryEntry {
+            self.state.get().history[0].clone()
+        }
+
+        pub fn in_failed_folder(&self, path: &Path) -> bool {
+            self.settings.failed_dir.join(file_name(path)).is_file()
+        }
+
+        pub fn both_running(&self) -> bool {
+            self.engine.is_running("web") == Some(true)
+                && self.engine.is_running("worker") == Some(true)
+        }
+
+        /// The stops and starts the engine was asked for, in order.
+        pub fn stops_and_starts(&self) -> Vec<String> {
+            self.engine
+                .calls()
+                .into_iter()
+                .filter_map(|call| match call {
+                    Call::Stop { name, .. } => Some(format!("stop {name}")),
+                    Call::Start(name) => Some(format!("start {name}")),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    pub(crate) fn app_containers() -> FakeContainers {
+        FakeContainers::new().running("web").running("worker")
+    }
+
+    /// A failure before anything was touched: the live database keeps its
+    /// content, nothing is stopped, the file goes to the failed folder.
+    async fn fails_before_the_stack(stack: Stack, phase: Phase, reason: &str) {
+        let (path, result) = stack.restore().await;
+        let Err(Unfinished::Failed { failed, start }) = result else {
+            panic!("the restore did not fail");
+        };
+        assert_eq!(failed.phase, phase);
+        assert!(start.is_none());
+        assert_eq!(stack.target.live(), "old");
+        assert_eq!(stack.target.swaps(), 0);
+        assert!(
+            !stack
+                .stops_and_starts()
+                .iter()
+                .any(|c| c.starts_with("stop")),
+            "{:?}",
+            stack.stops_and_starts()
+        );
+        assert!(stack.both_running());
+        let entry = stack.newest();
+        assert_eq!(entry.result, "failed");
+        assert_eq!(entry.phase, Some(phase.clone()));
+        assert_eq!(entry.error.as_deref(), Some(reason));
+        assert!(stack.state.get().in_progress.is_none());
+        assert!(stack.in_failed_folder(&path));
+        assert_failed_event(&stack, phase, reason);
+    }
+
+    /// A failure after the containers were stopped: the live database keeps
+    /// its content and every stopped container runs again.
+    async fn fails_with_the_stack_stopped(stack: Stack, phase: Phase, reason: &str) {
+        let (path, result) = stack.restore().await;
+        let Err(Unfinished::Failed { failed, start }) = result else {
+            panic!("the restore did not fail");
+        };
+        assert_eq!(failed.phase, phase);
+        assert!(start.is_none(), "{start:?}");
+        assert_eq!(stack.target.live(), "old");
+        assert_eq!(stack.target.swaps(), 0);
+        let calls = stack.stops_and_starts();
+        assert!(calls.contains(&"stop web".to_string()), "{calls:?}");
+        assert!(calls.contains(&"start web".to_string()), "{calls:?}");
+        assert!(stack.both_running());
+        let entry = stack.newest();
+        assert_eq!(entry.result, "failed");
+        assert_eq!(entry.phase, Some(phase.clone()));
+        assert_eq!(entry.error.as_deref(), Some(reason));
+        assert_eq!(entry.previous_database, None);
+        assert!(stack.state.get().in_progress.is_none());
+        assert!(stack.in_failed_folder(&path));
+        assert_failed_event(&stack, phase, reason);
+    }
+
+    fn assert_failed_event(stack: &Stack, phase: Phase, reason: &str) {
+        let events = stack.events.events();
+        let Some(Event::RestoreFailed(failed)) = events.last() else {
+            panic!("the last event is not restore-failed: {events:?}");
+        };
+        assert_eq!(failed.phase, phase);
+        assert_eq!(failed.error.message, reason);
+    }
+
+    fn phases_told(stack: &Stack) -> Vec<Phase> {
+        stack
+            .events
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::RestorePhase(p) => Some(p.phase),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_clean_restore_stops_loads_swaps_starts_and_records() {
+        let stack = Stack::new(FakeTarget::default());
+        let (path, result) = stack.restore().await;
+        result.unwrap();
+        assert_eq!(stack.target.live(), "restored");
+        assert_eq!(
+            stack.stops_and_starts(),
+            ["stop web", "stop worker", "start web", "start worker"]
+        );
+        assert!(stack.both_running());
+        let state = stack.state.get();
+        assert!(state.in_progress.is_none());
+        let entry = &state.history[0];
+        assert_eq!(entry.result, "restored");
+        assert_eq!(entry.error, None);
+        assert_eq!(entry.phase, None);
+        assert_eq!(entry.containers_stopped, ["web", "worker"]);
+        assert_eq!(
+            entry.previous_database.as_deref(),
+            Some("app_pre_restore_x")
+        );
+        assert_eq!(
+            entry.safety_backup.as_deref(),
+            Some("/backups/pre-restore-app.dump.gz")
+        );
+        assert_eq!(entry.started_at, "2026-12-01T12:00:00Z");
+        assert_eq!(
+            state.last_processed.unwrap().path,
+            path.display().to_string()
+        );
+        assert!(!path.exists(), "a restored dropped file is deleted");
+        assert_eq!(
+            phases_told(&stack),
+            [
+                Phase::Checking,
+                Phase::Intent,
+                Phase::Stopping,
+                Phase::SafetyBackup,
+                Phase::Loading,
+                Phase::Swapping,
+                Phase::Starting,
+                Phase::Recording
+            ]
+        );
+        let names = stack.events.names();
+        assert_eq!(names.first(), Some(&"restore-started"));
+        assert_eq!(names.last(), Some(&"restore-finished"));
+        let Some(Event::RestoreFinished(done)) = stack.events.events().pop() else {
+            unreachable!()
+        };
+        assert_eq!(done.sha256, "ab".repeat(32));
+        assert_eq!(done.strategy, Some(Strategy::Staging));
+    }
+
+    #[tokio::test]
+    async fn superseded_files_are_told_and_recorded() {
+        let stack = Stack::new(FakeTarget::default());
+        let older = stack.drop_file();
+        stack
+            .procedure()
+            .refuse(&older, "superseded by newer.sql.gz", Some("newer.sql.gz"));
+        assert!(stack.in_failed_folder(&older));
+        assert_eq!(stack.newest().result, "superseded");
+        let Some(Event::RestoreRefused(refused)) = stack.events.events().pop() else {
+            panic!("not told");
+        };
+        assert_eq!(refused.superseded_by.as_deref(), Some("newer.sql.gz"));
+        assert!(refused.moved_to.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_failed_check_touches_nothing_and_records_checking() {
+        fails_before_the_stack(
+            Stack::new(FakeTarget::failing(FailAt::Check)),
+            Phase::Checking,
+            "cannot read the file: gzip: unexpected end of file",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_dump_of_another_application_is_refused_while_checking() {
+        fails_before_the_stack(
+            Stack::new(FakeTarget::failing(FailAt::SameApplication)),
+            Phase::Checking,
+            "cannot compare the dump's tables with the live database's: no server",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_container_is_found_while_checking() {
+        let mut stack = Stack::new(FakeTarget::default());
+        stack.settings.containers.stop.push("cron".into());
+        fails_before_the_stack(
+            stack,
+            Phase::Checking,
+            "container 'cron' (RESTORE_STOP_CONTAINERS) does not exist; nothing was stopped (set RESTORE_ALLOW_MISSING_CONTAINERS=true to go on without it)",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_plain_file_is_refused_when_encryption_is_required() {
+        let mut stack = Stack::new(FakeTarget::default());
+        stack.settings.require_encrypted = true;
+        fails_before_the_stack(
+            stack,
+            Phase::Checking,
+            crate::restore::error::REQUIRE_ENCRYPTED_REASON,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_intent_that_cannot_be_written_stops_nothing() {
+        let state = MemoryState {
+            fail_when: Some(Box::new(|_, n| n == 1)),
+            ..MemoryState::default()
+        };
+        let stack = Stack::with(FakeTarget::default(), app_containers(), state);
+        fails_before_the_stack(
+            stack,
+            Phase::Intent,
+            "cannot record the restore in the state file, so nothing was stopped: disk full",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_stop_starts_the_stopped_containers_again() {
+        let engine = app_containers();
+        engine.fail(Op::Stop, "worker");
+        let stack = Stack::with(FakeTarget::default(), engine, MemoryState::default());
+        fails_with_the_stack_stopped(
+            stack,
+            Phase::Stopping,
+            "cannot stop container worker: stopping container `worker`: the fake engine refused (injected failure)",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_safety_backup_restores_nothing() {
+        fails_with_the_stack_stopped(
+            Stack::new(FakeTarget::failing(FailAt::SafetyBackup)),
+            Phase::SafetyBackup,
+            "the safety backup failed, so nothing was restored: backup of postgresql://app@db/app failed: pg_dump failed",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn no_live_database_means_no_safety_backup_and_no_failure() {
+        let target = FakeTarget {
+            exists: false,
+            fail: Some(FailAt::SafetyBackup),
+            ..FakeTarget::default()
+        };
+        let stack = Stack::new(target);
+        let (_, result) = stack.restore().await;
+        result.unwrap();
+        assert_eq!(stack.newest().safety_backup, None);
+        assert_eq!(stack.target.live(), "restored");
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_leaves_the_live_database() {
+        fails_with_the_stack_stopped(
+            Stack::new(FakeTarget::failing(FailAt::Load)),
+            Phase::Loading,
+            "backup of postgresql://app@db/app failed: psql failed; the live database was not changed",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_swap_that_rolled_back_records_swapping() {
+        fails_with_the_stack_stopped(
+            Stack::new(FakeTarget::failing(FailAt::Swap)),
+            Phase::Swapping,
+            "backup of postgresql://app@db/app failed: the swap was rolled back; the live database was not changed",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_container_that_will_not_start_is_recorded_with_the_restore() {
+        let engine = app_containers();
+        engine.fail(Op::Start, "web");
+        let stack = Stack::with(FakeTarget::default(), engine, MemoryState::default());
+        let (path, result) = stack.restore().await;
+        let Err(unfinished @ Unfinished::NotStarted { .. }) = result else {
+            panic!("expected a restore whose containers did not all start");
+        };
+        assert!(unfinished.restored());
+        assert_eq!(stack.target.live(), "restored");
+        assert_eq!(stack.engine.is_running("worker"), Some(true));
+        let entry = stack.newest();
+        assert_eq!(entry.result, "restored");
+        assert_eq!(entry.phase, Some(Phase::Starting));
+        assert_eq!(
+            entry.error.as_deref(),
+            Some(
+                "the database was restored, but cannot start web: starting container `web`: the fake engine refused (injected failure)"
+            )
+        );
+        // Not an engine outage: nothing is left for the next start.
+        assert!(stack.state.get().in_progress.is_none());
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn the_engine_gone_while_starting_leaves_the_start_for_the_next_run() {
+        let engine = app_containers();
+        engine.engine_gone_at(Op::Start, "web");
+        let stack = Stack::with(FakeTarget::default(), engine, MemoryState::default());
+        let (_, result) = stack.restore().await;
+        assert!(matches!(result, Err(Unfinished::NotStarted { .. })));
+        let state = stack.state.get();
+        let pending = state.in_progress.as_ref().unwrap();
+        assert!(pending.start_pending);
+        assert_eq!(pending.phase, Phase::Starting);
+        assert_eq!(pending.stopped, ["web", "worker"]);
+        assert_eq!(pending.started_at, state.history[0].started_at);
+        assert!(state.history[0].error.as_deref().unwrap().ends_with(
+            "; the Docker engine did not answer, so backupd starts them at its next start"
+        ));
+        assert_eq!(state.history[0].container_health["web"], "unknown");
+    }
+
+    #[tokio::test]
+    async fn a_history_that_cannot_be_written_leaves_the_intent_for_recovery() {
+        let state = MemoryState {
+            fail_when: Some(Box::new(|s, _| !s.history.is_empty())),
+            ..MemoryState::default()
+        };
+        let stack = Stack::with(FakeTarget::default(), app_containers(), state);
+        let (_, result) = stack.restore().await;
+        result.unwrap();
+        assert!(stack.both_running());
+        let state = stack.state.get();
+        assert!(state.history.is_empty());
+        let left = state.in_progress.expect("the intent stays");
+        assert_eq!(left.phase, Phase::Starting);
+        // What undoes each stop went to disk with the intent.
+        let receipts: Vec<_> = left
+            .receipts
+            .iter()
+            .map(|r| (r.backend.as_str(), r.name.as_str(), r.was_running))
+            .collect();
+        assert_eq!(receipts, [("fake", "web", true), ("fake", "worker", true)]);
+        assert_eq!(
+            left.swap.unwrap().staging_oid,
+            crate::restore::fakes::STAGING_OID
+        );
+    }
+
+    #[tokio::test]
+    async fn a_given_file_stays_where_it_is_whatever_happens() {
+        let stack = Stack::new(FakeTarget::failing(FailAt::Load));
+        let path = stack.drop_file();
+        let result = stack
+            .procedure()
+            .restore(&path, 1.0, Origin::Given, None, &CancellationToken::new())
+            .await;
+        assert!(result.is_err());
+        assert!(path.is_file());
+        assert!(!stack.in_failed_folder(&path));
+    }
+
+    #[tokio::test]
+    async fn a_download_that_reads_differently_now_is_refused() {
+        let stack = Stack::new(FakeTarget::default());
+        let path = stack.drop_file();
+        let result = stack
+            .procedure()
+            .restore(
+                &path,
+                1.0,
+                Origin::Given,
+                Some("cd"),
+                &CancellationToken::new(),
+            )
+            .await;
+        let Err(Unfinished::Failed { failed, .. }) = result else {
+            panic!("not refused");
+        };
+        assert!(matches!(
+            failed.error,
+            RestoreError::ChangedAfterDownload { .. }
+        ));
+        assert!(
+            failed.to_string().starts_with(
+                "the file changed after it was checked: the download's SHA-256 was cd"
+            )
+        );
+        assert_eq!(stack.target.live(), "old");
+    }
+
+    #[test]
+    fn the_dry_run_plan_prints_what_would_happen() {
+        let stack = Stack::new(FakeTarget::default());
+        let kind = FileKind {
+            payload: Payload::PlainSql,
+            gzip: true,
+            encrypted: true,
+        };
+        let plan = stack
+            .procedure()
+            .plan(Path::new("/restore/incoming/app.sql.gz.enc"), kind);
+        let safety = stack.settings.safety_dir.display();
+        assert_eq!(
+            plan.to_string(),
+            format!(
+                "file:       /restore/incoming/app.sql.gz.enc\n\
+                 content:    {}, gzip, Fernet-encrypted\n\
+                 target:     postgresql://app@db/app\n\
+                 strategy:   Staging\n\
+                 stop:       web, worker\n\
+                 start:      web, worker\n\
+                 safety:     backup first, into {safety}\n",
+                Payload::PlainSql.describe()
+            )
+        );
+    }
+
+    #[test]
+    fn stamps_never_repeat_within_the_process() {
+        let at = FixedClock::default().0;
+        let first = unique_stamp(at);
+        let second = unique_stamp(at);
+        assert!(second > first, "{first} then {second}");
+        assert!(crate::restore::postgres::is_stamp(&second));
+    }
+}
