@@ -326,7 +326,7 @@ async fn dump_into(
 fn apply_retention(cfg: &BackupConfig, clock: &dyn Clock) -> Vec<StoredBackup> {
     // A name stamped after both our clock and the system's is planted: it
     // must not count for keep-min (and is never deleted, not being ours).
-    let now = clock.now().max(chrono::Utc::now());
+    let now = crate::clock::not_before_system_time(clock);
     let backups = match local::list_at(&cfg.paths.backup_dir, now) {
         Ok(backups) => backups,
         Err(e) => {

@@ -195,26 +195,47 @@ fn take_snapshot(
     }
 }
 
-/// Runs `PRAGMA quick_check` or `integrity_check`; `Err` holds SQLite's findings.
-pub fn check_integrity(db: &Path, pragma: &str) -> std::result::Result<(), String> {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+/// Why a database is not sound; its text is what operators read after
+/// "fails integrity_check: ".
+#[derive(Debug, thiserror::Error)]
+pub enum Unsound {
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("{0}")]
+    Query(rusqlite::Error),
+    /// SQLite's own findings (the first five).
+    #[error("{}", .0.join("; "))]
+    Findings(Vec<String>),
+}
+
+/// Runs `PRAGMA quick_check` or `integrity_check`.
+pub fn check_integrity(db: &Path, pragma: &str) -> std::result::Result<(), Unsound> {
+    let conn =
+        Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
+            Unsound::Open {
+                path: db.to_path_buf(),
+                source,
+            }
+        })?;
     integrity_of(&conn, pragma)
 }
 
 /// [`check_integrity`] on an open connection.
-pub fn integrity_of(conn: &Connection, pragma: &str) -> std::result::Result<(), String> {
+pub fn integrity_of(conn: &Connection, pragma: &str) -> std::result::Result<(), Unsound> {
     let mut stmt = conn
         .prepare(&format!("PRAGMA {pragma}"))
-        .map_err(|e| e.to_string())?;
+        .map_err(Unsound::Query)?;
     let findings: Vec<String> = stmt
         .query_map([], |row| row.get::<_, String>(0))
         .and_then(|rows| rows.collect())
-        .map_err(|e| e.to_string())?;
+        .map_err(Unsound::Query)?;
     if findings == ["ok"] {
         Ok(())
     } else {
-        Err(findings.into_iter().take(5).collect::<Vec<_>>().join("; "))
+        Err(Unsound::Findings(findings.into_iter().take(5).collect()))
     }
 }
 

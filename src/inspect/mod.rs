@@ -254,7 +254,7 @@ impl Feed {
                     crate::db::sqlite::check_integrity(&path, "integrity_check")
                 })
                 .await?
-                .map_err(InspectError::SqliteUnsound)?;
+                .map_err(|unsound| InspectError::SqliteUnsound(unsound.to_string()))?;
                 Ok(Sound {
                     raw_bytes,
                     tables: None,

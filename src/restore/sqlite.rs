@@ -332,7 +332,7 @@ pub fn apply(checked: &Path, target: &Path, evidence: &Evidence) -> Result<()> {
     }
 }
 
-fn integrity(conn: &Connection) -> std::result::Result<(), String> {
+fn integrity(conn: &Connection) -> std::result::Result<(), crate::db::sqlite::Unsound> {
     crate::db::sqlite::integrity_of(conn, "integrity_check")
 }
 
