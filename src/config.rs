@@ -17,9 +17,7 @@ use crate::http::StatusToken;
 use crate::restore::postgres::Strategy;
 use crate::retention::Policy;
 use crate::schedule::{self, CronSchedule, Schedule};
-use crate::store::s3::{
-    S3Settings, ServerSideEncryption, normalize_prefix, parse_s3_url, parse_storage_class,
-};
+use crate::store::s3::{S3Settings, ServerSideEncryption, ValidS3Settings, parse_s3_url};
 use crate::values::{boolean, secret};
 
 pub const DEFAULT_BACKUP_DIR: &str = "/backups";
@@ -65,7 +63,7 @@ pub struct BackupConfig {
 /// The bucket every backup is copied to, and how long copies stay there.
 #[derive(Debug, Clone)]
 pub struct RemoteConfig {
-    pub settings: S3Settings,
+    pub settings: ValidS3Settings,
     pub retention: Policy,
 }
 
@@ -118,7 +116,7 @@ pub fn remote_config(args: &S3Args, local: Policy) -> Result<Option<RemoteConfig
 
 /// The S3 settings from `AWS_*` (credentials also from their `_FILE`), or
 /// `None` while `AWS_S3_BUCKET` is empty.
-pub fn s3_settings(args: &S3Args) -> Result<Option<S3Settings>> {
+pub fn s3_settings(args: &S3Args) -> Result<Option<ValidS3Settings>> {
     match args.bucket.as_deref().filter(|b| !b.is_empty()) {
         Some(bucket) => s3_settings_in(args, bucket, &args.prefix).map(Some),
         None => Ok(None),
@@ -126,15 +124,8 @@ pub fn s3_settings(args: &S3Args) -> Result<Option<S3Settings>> {
 }
 
 /// The S3 settings from `AWS_*`, for objects under `prefix` in `bucket`.
-fn s3_settings_in(args: &S3Args, bucket: &str, prefix: &str) -> Result<S3Settings> {
+fn s3_settings_in(args: &S3Args, bucket: &str, prefix: &str) -> Result<ValidS3Settings> {
     let endpoint = args.endpoint_url.clone().filter(|e| !e.is_empty());
-    if let Some(endpoint) = &endpoint
-        && url::Url::parse(endpoint).is_err()
-    {
-        return Err(Error::Config(format!(
-            "AWS_ENDPOINT_URL '{endpoint}' is not a URL (expected e.g. http://minio:9000)"
-        )));
-    }
     let secret = |name: &str, value: &Option<String>, file: &Option<String>| {
         secret(name, value.as_deref(), file.as_deref()).map(|s| s.map(|s| s.into_value()))
     };
@@ -153,41 +144,24 @@ fn s3_settings_in(args: &S3Args, bucket: &str, prefix: &str) -> Result<S3Setting
         &args.session_token,
         &args.session_token_file,
     )?;
-    if session_token.is_some() && access_key_id.is_none() {
-        return Err(Error::Config(
-            "AWS_SESSION_TOKEN (or its _FILE) is set but AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not; a session token only works with the temporary keys it was issued with".into(),
-        ));
-    }
-    match (&access_key_id, &secret_access_key) {
-        (Some(_), None) => {
-            return Err(Error::Config(
-                "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY (or its _FILE) is not".into(),
-            ));
-        }
-        (None, Some(_)) => {
-            return Err(Error::Config(
-                "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID (or its _FILE) is not".into(),
-            ));
-        }
-        _ => {}
-    }
     let checksum_when_required = match args.checksum_when_required.as_str() {
         "" => endpoint.is_some(),
         raw => boolean("AWS_S3_CHECKSUM_WHEN_REQUIRED", false)(raw).map_err(Error::Config)?,
     };
-    Ok(S3Settings {
+    S3Settings {
         bucket: bucket.to_string(),
-        prefix: normalize_prefix(prefix),
+        prefix: prefix.to_string(),
         region: args.region.clone().filter(|r| !r.is_empty()),
         endpoint,
         force_path_style: args.force_path_style,
-        storage_class: parse_storage_class(&args.storage_class)?,
+        storage_class: Some(args.storage_class.clone()).filter(|c| !c.is_empty()),
         sse: ServerSideEncryption::parse(&args.sse, args.sse_kms_key_id.as_deref())?,
         checksum_when_required,
         access_key_id,
         secret_access_key,
         session_token,
-    })
+    }
+    .validate()
 }
 
 /// The key sources of `BACKUP_ENCRYPTION_KEY`(`_FILE`) and
@@ -366,7 +340,7 @@ pub struct RestoreConfig {
     /// prefix: the URL names the whole key) for `--file s3://BUCKET/KEY`,
     /// else `AWS_S3_BUCKET` under `AWS_S3_PREFIX`; `None` when neither is
     /// given.
-    pub s3: Option<S3Settings>,
+    pub s3: Option<ValidS3Settings>,
     /// `RESTORE_REQUIRE_ENCRYPTED`: only `.enc` files are restored.
     pub require_encrypted: bool,
 }
@@ -558,6 +532,38 @@ mod tests {
             err.contains("AWS_SESSION_TOKEN") && err.contains("AWS_ACCESS_KEY_ID"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn bad_s3_settings_are_reported_by_config_and_connect_takes_what_it_built() {
+        // Checks that used to wait for `S3Store::connect` now fail here.
+        let mut args = s3_args(&[]);
+        args.bucket = Some("a/b".into());
+        let err = s3_settings(&args).unwrap_err().to_string();
+        assert!(err.starts_with("AWS_S3_BUCKET"), "{err}");
+        for (extra, variable) in [
+            (&["--s3-endpoint-url", "minio:9000"][..], "AWS_ENDPOINT_URL"),
+            (&["--s3-storage-class", "cold"][..], "AWS_S3_STORAGE_CLASS"),
+            (
+                &["--aws-access-key-id", "AKID"][..],
+                "AWS_SECRET_ACCESS_KEY",
+            ),
+        ] {
+            let err = s3_settings(&s3_args(extra)).unwrap_err().to_string();
+            assert!(err.starts_with(variable), "{extra:?}: {err}");
+        }
+        // What config returns is already valid: connect has nothing left to
+        // refuse (it cannot even be given unchecked settings).
+        let settings = s3_settings(&s3_args(&[
+            "--s3-endpoint-url",
+            "http://127.0.0.1:9",
+            "--s3-storage-class",
+            "standard_ia",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(settings.storage_class.as_deref(), Some("STANDARD_IA"));
+        crate::store::s3::S3Store::connect(settings).await.unwrap();
     }
 
     #[test]

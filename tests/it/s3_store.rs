@@ -141,7 +141,7 @@ async fn a_small_file_goes_up_in_one_put_and_comes_back_checked() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("/prod//db"))
+    let store = S3Store::connect(server.settings("/prod//db").validate().unwrap())
         .await
         .unwrap();
     assert_eq!(store.describe(), "s3://backupd-test/prod/db/");
@@ -229,7 +229,9 @@ fn a_large_file_goes_up_in_checksummed_parts_within_bounded_memory() {
         .unwrap();
     MEASURED.with(|m| m.set(true));
     runtime.block_on(async {
-        let store = S3Store::connect(server.settings("prod")).await.unwrap();
+        let store = S3Store::connect(server.settings("prod").validate().unwrap())
+            .await
+            .unwrap();
         let baseline = reset_peak();
         let started = Instant::now();
         let uploaded = store
@@ -280,7 +282,9 @@ async fn a_download_that_does_not_match_its_checksum_is_refused() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("")).await.unwrap();
+    let store = S3Store::connect(server.settings("").validate().unwrap())
+        .await
+        .unwrap();
     let work = common::temp_dir();
     let name = "pg_dump-20260102T000000Z.sql.gz";
     let (path, sha256) = random_file(work.path(), name, 2 * MIB);
@@ -366,7 +370,9 @@ async fn wrong_credentials_are_refused_with_a_clear_error() {
     let wrong_secret = "wrong-secret-that-must-not-be-printed";
     let mut settings = server.settings("");
     settings.secret_access_key = Some(wrong_secret.into());
-    let store = S3Store::connect(settings).await.unwrap();
+    let store = S3Store::connect(settings.validate().unwrap())
+        .await
+        .unwrap();
     for err in [
         store.upload(&path, "x.sql.gz", &cancel).await.unwrap_err(),
         store.list().await.unwrap_err(),
@@ -393,7 +399,9 @@ async fn wrong_credentials_are_refused_with_a_clear_error() {
 
     let mut settings = server.settings("");
     settings.access_key_id = Some("AKIAUNKNOWN".into());
-    let store = S3Store::connect(settings).await.unwrap();
+    let store = S3Store::connect(settings.validate().unwrap())
+        .await
+        .unwrap();
     let text = store
         .upload(&path, "x.sql.gz", &cancel)
         .await
@@ -411,7 +419,9 @@ async fn a_cancelled_multipart_upload_is_aborted_and_leaves_nothing() {
         return;
     };
     server.set_part_delay(Duration::from_millis(500));
-    let store = S3Store::connect(server.settings("prod")).await.unwrap();
+    let store = S3Store::connect(server.settings("prod").validate().unwrap())
+        .await
+        .unwrap();
     let work = common::temp_dir();
     let name = "pg_dump-20260103T000000Z.sql.gz";
     let (path, _) = random_file(work.path(), name, 48 * MIB);
@@ -438,7 +448,9 @@ async fn a_server_that_dies_mid_upload_gives_a_clear_error_and_no_orphan_parts()
         return;
     };
     server.set_part_delay(Duration::from_millis(300));
-    let store = S3Store::connect(server.settings("prod")).await.unwrap();
+    let store = S3Store::connect(server.settings("prod").validate().unwrap())
+        .await
+        .unwrap();
     let work = common::temp_dir();
     let name = "pg_dump-20260104T000000Z.sql.gz";
     let (path, _) = random_file(work.path(), name, 40 * MIB);
@@ -498,7 +510,9 @@ async fn stale_incomplete_uploads_are_listed_and_aborted_young_ones_kept() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("prod")).await.unwrap();
+    let store = S3Store::connect(server.settings("prod").validate().unwrap())
+        .await
+        .unwrap();
     let client = raw_client(&server);
     let mut ids = Vec::new();
     for key in ["prod/a.sql.gz", "prod/b.sql.gz", "elsewhere/c.sql.gz"] {
@@ -551,7 +565,9 @@ async fn listing_reads_every_page_and_skips_subfolders() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("prod")).await.unwrap();
+    let store = S3Store::connect(server.settings("prod").validate().unwrap())
+        .await
+        .unwrap();
     // Planted on the server's disk: more than one page (1000 keys).
     let mut expected = Vec::new();
     for i in 0..1005 {
@@ -582,7 +598,9 @@ async fn throttled_uploads_are_retried() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("")).await.unwrap();
+    let store = S3Store::connect(server.settings("").validate().unwrap())
+        .await
+        .unwrap();
     let work = common::temp_dir();
     let cancel = CancellationToken::new();
 
@@ -611,7 +629,9 @@ async fn uploads_send_no_trailing_checksums_even_with_the_sdk_defaults() {
     // still keep them off.
     let mut settings = server.settings("");
     settings.checksum_when_required = false;
-    let store = S3Store::connect(settings).await.unwrap();
+    let store = S3Store::connect(settings.validate().unwrap())
+        .await
+        .unwrap();
     let work = common::temp_dir();
     let cancel = CancellationToken::new();
     for (name, size) in [("small", 1000), ("large", 17 * MIB)] {
@@ -631,7 +651,9 @@ async fn storage_class_and_encryption_reach_every_write() {
     let mut settings = server.settings("");
     settings.storage_class = Some("standard".into()); // s3s-fs refuses the others
     settings.sse = ServerSideEncryption::parse("aws:kms", Some("alias/backups")).unwrap();
-    let store = S3Store::connect(settings).await.unwrap();
+    let store = S3Store::connect(settings.validate().unwrap())
+        .await
+        .unwrap();
     let work = common::temp_dir();
     let cancel = CancellationToken::new();
     for (name, size) in [("small", 1000), ("large", 17 * MIB)] {
@@ -681,7 +703,9 @@ async fn the_s3_store_passes_the_remote_store_conformance_suite() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("prod")).await.unwrap();
+    let store = S3Store::connect(server.settings("prod").validate().unwrap())
+        .await
+        .unwrap();
     let work = common::temp_dir();
     backupd::store::conformance::run(&store, work.path()).await;
     assert_eq!(server.objects(), vec![]);

@@ -16,7 +16,7 @@ use aws_sdk_s3::types::{ServerSideEncryption as SdkServerSideEncryption, Storage
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
 use super::S3Store;
-use super::settings::{S3Settings, ServerSideEncryption, normalize_prefix, parse_storage_class};
+use super::settings::{ServerSideEncryption, ValidS3Settings};
 use crate::error::Result;
 
 /// Attempts per request (the first plus retries), with the SDK's standard
@@ -57,14 +57,11 @@ impl S3Store {
     /// the first request.
     ///
     /// Must be called (and the store used) inside a Tokio runtime with the
-    /// time driver enabled (retries, timeouts).
-    pub async fn connect(settings: S3Settings) -> Result<S3Store> {
-        settings.check()?;
-        let bucket = settings.bucket.trim().to_string();
-        let storage_class = match &settings.storage_class {
-            Some(class) => parse_storage_class(class)?.map(|c| StorageClass::from(c.as_str())),
-            None => None,
-        };
+    /// time driver enabled (retries, timeouts). The settings were checked
+    /// once, by [`super::S3Settings::validate`] at start-up.
+    pub async fn connect(settings: ValidS3Settings) -> Result<S3Store> {
+        let bucket = settings.bucket.clone();
+        let storage_class = settings.storage_class.as_deref().map(StorageClass::from);
 
         // ring instead of the SDK default (aws-lc-rs): no C toolchain or
         // CMake-sized build; the system's CA certificates are trusted.
@@ -123,7 +120,7 @@ impl S3Store {
         let store = S3Store {
             client: Client::from_conf(config.build()),
             bucket,
-            prefix: normalize_prefix(&settings.prefix),
+            prefix: settings.prefix.clone(),
             storage_class,
             sse: settings.sse.clone(),
         };
@@ -217,6 +214,7 @@ pub(super) fn attempt_timeout(timeout: Duration) -> aws_sdk_s3::config::Builder 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::s3::S3Settings;
 
     #[tokio::test]
     async fn keys_are_the_prefix_and_the_name() {
@@ -225,7 +223,9 @@ mod tests {
         settings.endpoint = Some("http://127.0.0.1:9".into());
         settings.access_key_id = Some("AKIDEXAMPLE".into());
         settings.secret_access_key = Some("very-secret".into());
-        let store = S3Store::connect(settings.clone()).await.unwrap();
+        let store = S3Store::connect(settings.clone().validate().unwrap())
+            .await
+            .unwrap();
         assert_eq!(store.key_for("x.sql.gz"), "prod/db/x.sql.gz");
         assert_eq!(store.describe(), "s3://bucket/prod/db/");
         assert_eq!(store.url_for("prod/db/x"), "s3://bucket/prod/db/x");
@@ -233,32 +233,43 @@ mod tests {
         assert!(!format!("{settings:?}").contains("very-secret"));
 
         settings.prefix = String::new();
-        let store = S3Store::connect(settings).await.unwrap();
+        let store = S3Store::connect(settings.validate().unwrap())
+            .await
+            .unwrap();
         assert_eq!(store.key_for("x.sql.gz"), "x.sql.gz");
         assert_eq!(store.describe(), "s3://bucket/");
     }
 
-    #[tokio::test]
-    async fn bad_settings_name_their_variable() {
+    #[test]
+    fn bad_settings_name_their_variable() {
         let mut settings = S3Settings::new("bucket");
         settings.storage_class = Some("STANDARD-IA".into());
-        let err = S3Store::connect(settings).await.unwrap_err().to_string();
+        let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("AWS_S3_STORAGE_CLASS"), "{err}");
 
         let mut settings = S3Settings::new("bucket");
         settings.endpoint = Some("minio:9000".into());
-        let err = S3Store::connect(settings).await.unwrap_err().to_string();
+        let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("AWS_ENDPOINT_URL"), "{err}");
 
         let mut settings = S3Settings::new("bucket");
         settings.access_key_id = Some("AKIDEXAMPLE".into());
-        let err = S3Store::connect(settings).await.unwrap_err().to_string();
+        let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("AWS_SECRET_ACCESS_KEY"), "{err}");
 
-        let err = S3Store::connect(S3Settings::new(" "))
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = S3Settings::new(" ").validate().unwrap_err().to_string();
         assert!(err.contains("AWS_S3_BUCKET"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn connect_uses_the_validated_settings_as_they_are() {
+        let mut settings = S3Settings::new(" bucket ");
+        settings.storage_class = Some("standard_ia".into());
+        settings.endpoint = Some("http://127.0.0.1:9".into());
+        let valid = settings.validate().unwrap();
+        assert_eq!(valid.storage_class.as_deref(), Some("STANDARD_IA"));
+        let store = S3Store::connect(valid).await.unwrap();
+        assert_eq!(store.bucket(), "bucket");
+        assert_eq!(store.storage_class, Some(StorageClass::StandardIa));
     }
 }

@@ -38,7 +38,8 @@ use crate::error::{Error, Result};
 
 pub use self::housekeeping::IncompleteUpload;
 pub use self::settings::{
-    S3Settings, ServerSideEncryption, normalize_prefix, parse_s3_url, parse_storage_class,
+    S3Settings, ServerSideEncryption, ValidS3Settings, normalize_prefix, parse_s3_url,
+    parse_storage_class,
 };
 pub use self::upload::{MAX_PARTS, MIN_PART_SIZE, PARTS_IN_FLIGHT, SINGLE_PUT_MAX, part_size_for};
 use crate::store::remote::RemoteStore;

@@ -202,20 +202,27 @@ pub fn parse_s3_url(url: &str) -> Result<(String, String)> {
 }
 
 impl S3Settings {
-    /// Every check that needs no network, each error naming its variable.
-    pub fn check(&self) -> Result<()> {
-        let bucket = self.bucket.trim();
-        if bucket.is_empty() || bucket.contains('/') {
+    /// The one check of these settings (no network), each error naming its
+    /// variable. `config` calls it at start-up, so a typo fails before any
+    /// backup runs; [`super::S3Store::connect`] takes only its result and
+    /// checks nothing again. The bucket comes back trimmed, the prefix
+    /// normalised and the storage class in S3's spelling.
+    pub fn validate(mut self) -> Result<ValidS3Settings> {
+        self.bucket = self.bucket.trim().to_string();
+        self.prefix = normalize_prefix(&self.prefix);
+        if self.bucket.is_empty() || self.bucket.contains('/') {
             return Err(Error::Config(format!(
-                "AWS_S3_BUCKET=`{bucket}` is not a bucket name"
+                "AWS_S3_BUCKET=`{}` is not a bucket name",
+                self.bucket
             )));
         }
-        if let Some(class) = &self.storage_class {
-            parse_storage_class(class)?;
-        }
         if let Some(endpoint) = &self.endpoint {
-            let parsed = url::Url::parse(endpoint).map_err(|e| {
-                Error::Config(format!("AWS_ENDPOINT_URL=`{endpoint}` is not a URL: {e}"))
+            // Wording of the start-up check operators know; the scheme test
+            // catches what parses as a URL but is none (`minio:9000`).
+            let parsed = url::Url::parse(endpoint).map_err(|_| {
+                Error::Config(format!(
+                    "AWS_ENDPOINT_URL '{endpoint}' is not a URL (expected e.g. http://minio:9000)"
+                ))
             })?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
                 return Err(Error::Config(format!(
@@ -223,17 +230,44 @@ impl S3Settings {
                 )));
             }
         }
-        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
-            return Err(Error::Config(
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together".into(),
-            ));
-        }
         if self.session_token.is_some() && self.access_key_id.is_none() {
             return Err(Error::Config(
-                "AWS_SESSION_TOKEN is set but AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not; a session token only works with the temporary keys it was issued with".into(),
+                "AWS_SESSION_TOKEN (or its _FILE) is set but AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not; a session token only works with the temporary keys it was issued with".into(),
             ));
         }
-        Ok(())
+        match (&self.access_key_id, &self.secret_access_key) {
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY (or its _FILE) is not"
+                        .into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::Config(
+                    "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID (or its _FILE) is not"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        self.storage_class = match &self.storage_class {
+            Some(class) => parse_storage_class(class)?,
+            None => None,
+        };
+        Ok(ValidS3Settings(self))
+    }
+}
+
+/// [`S3Settings`] that passed [`S3Settings::validate`], the only way to
+/// build one; read-only from then on, so nothing downstream checks again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidS3Settings(S3Settings);
+
+impl std::ops::Deref for ValidS3Settings {
+    type Target = S3Settings;
+
+    fn deref(&self) -> &S3Settings {
+        &self.0
     }
 }
 
