@@ -544,10 +544,7 @@ mod tests {
         for (extra, variable) in [
             (&["--s3-endpoint-url", "minio:9000"][..], "AWS_ENDPOINT_URL"),
             (&["--s3-storage-class", "cold"][..], "AWS_S3_STORAGE_CLASS"),
-            (
-                &["--aws-access-key-id", "AKID"][..],
-                "AWS_SECRET_ACCESS_KEY",
-            ),
+            (&["--aws-access-key-id", "AKID"][..], "AWS_ACCESS_KEY_ID"),
         ] {
             let err = s3_settings(&s3_args(extra)).unwrap_err().to_string();
             assert!(err.starts_with(variable), "{extra:?}: {err}");
