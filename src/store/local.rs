@@ -134,6 +134,9 @@ pub fn leftovers(dir: &Path) -> Result<Vec<Leftover>> {
     Ok(found)
 }
 
+/// The files SQLite may create beside a database it writes.
+const SQLITE_SIDE_FILES: [&str; 3] = ["-journal", "-wal", "-shm"];
+
 fn leftover_kind(dir: &Path, name: &str) -> Option<&'static str> {
     if crate::files::is_our_temp(name) {
         return Some("temporary file");
@@ -144,6 +147,14 @@ fn leftover_kind(dir: &Path, name: &str) -> Option<&'static str> {
         }
         if let Some(inner) = hidden.strip_suffix(SNAPSHOT_SUFFIX) {
             return is_our_backup_name(inner).then_some("SQLite snapshot");
+        }
+        // SQLite writes a rollback journal beside the snapshot while
+        // `VACUUM INTO` fills it; a kill then leaves that journal behind.
+        if let Some(inner) = SQLITE_SIDE_FILES
+            .iter()
+            .find_map(|side| hidden.strip_suffix(side)?.strip_suffix(SNAPSHOT_SUFFIX))
+        {
+            return is_our_backup_name(inner).then_some("SQLite snapshot journal");
         }
         let inner = hidden.strip_suffix(".tmp")?;
         if inner == STATUS_FILE_NAME {
@@ -472,6 +483,9 @@ mod tests {
             ".sqlite-20200101T000000Z.db.gz.snapshot",
             ".pre-restore-sqlite-20200101T000000Z.db.gz.partial",
             ".pre-restore-sqlite-20200101T000000Z.db.gz.snapshot",
+            ".sqlite-20200101T000000Z.db.gz.snapshot-journal",
+            ".sqlite-20200101T000000Z.db.gz.snapshot-wal",
+            ".sqlite-20200101T000000Z.db.gz.snapshot-shm",
             ".sqlite-20200101T000000Z-1.db.gz.enc.sha256.tmp",
             ".backup-status.json.tmp",
             ".backupd-tmp-Ab12Cd",
@@ -481,6 +495,7 @@ mod tests {
         let theirs = [
             ".encryption_key",
             ".other.partial",
+            ".other.snapshot-journal",
             ".backupd.lock",
             "pg_dump-20200101T000000Z.sql.gz",
             "pg_dump-20200101T000000Z.sql.gz.sha256",

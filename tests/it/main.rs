@@ -8,6 +8,7 @@
 mod common;
 
 mod app_stack;
+mod architecture;
 mod backup_failures;
 mod cli;
 mod daemon_http;
