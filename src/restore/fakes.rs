@@ -175,7 +175,7 @@ impl RestoreTarget for FakeTarget {
             staging_oid: STAGING_OID,
             previous: "app_pre_restore_x".into(),
         };
-        state::record_swap(journal, &record);
+        state::record_swap(journal, &record).map_err(RestoreError::Evidence)?;
         if self.fails_at(FailAt::Swap) {
             return Err(RestoreError::Load(Error::database(
                 "postgresql://app@db/app",

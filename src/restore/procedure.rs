@@ -484,7 +484,17 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                     }
                     p.stop_requested_at = Some(timestamp(self.clock.now()));
                 }
-                save_or_log(self.state, state);
+                // Without this record a crash during the stop would leave the
+                // container stopped for good: no record, no stop.
+                if let Err(e) = self.state.write(state) {
+                    // Not asked to stop, so not ours to start again.
+                    if let Some(stopping) =
+                        state.in_progress.as_mut().and_then(|p| p.stopping.as_mut())
+                    {
+                        stopping.retain(|n| n != name);
+                    }
+                    return Err(Failed::new(Phase::Stopping, RestoreError::Evidence(e)));
+                }
                 match control
                     .stop(name, self.settings.containers.stop_timeout)
                     .await
@@ -935,6 +945,64 @@ pub(crate) mod tests {
             "cannot stop container worker: stopping container `worker`: the fake engine refused (injected failure)",
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_stop_that_cannot_be_recorded_first_is_not_requested() {
+        let failed_once = std::sync::atomic::AtomicBool::new(false);
+        let state = MemoryState {
+            fail_when: Some(Box::new(move |s, _| {
+                let records_worker = s.in_progress.as_ref().is_some_and(|p| {
+                    p.stopping
+                        .as_ref()
+                        .is_some_and(|names| names.iter().any(|n| n == "worker"))
+                });
+                records_worker && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+            })),
+            ..MemoryState::default()
+        };
+        let stack = Stack::with(FakeTarget::default(), app_containers(), state);
+        let (_, result) = stack.restore().await;
+        let Err(Unfinished::Failed { failed, start }) = result else {
+            panic!("the restore did not fail");
+        };
+        assert_eq!(failed.phase, Phase::Stopping);
+        assert!(start.is_none(), "{start:?}");
+        assert_eq!(stack.target.swaps(), 0);
+        let calls = stack.stops_and_starts();
+        assert_eq!(calls, ["stop web", "start web"], "{calls:?}");
+        assert!(stack.both_running());
+        let entry = stack.newest();
+        assert_eq!(entry.phase, Some(Phase::Stopping));
+        assert_eq!(
+            entry.error.as_deref(),
+            Some("cannot record the restore in the state file, so nothing was restored: disk full")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_swap_that_cannot_be_recorded_first_is_not_made() {
+        let state = MemoryState {
+            fail_when: Some(Box::new(|s, _| {
+                s.in_progress.as_ref().is_some_and(|p| p.swap.is_some())
+            })),
+            ..MemoryState::default()
+        };
+        let stack = Stack::with(FakeTarget::default(), app_containers(), state);
+        let (_, result) = stack.restore().await;
+        let Err(Unfinished::Failed { failed, .. }) = result else {
+            panic!("the restore did not fail");
+        };
+        assert_eq!(stack.target.swaps(), 0);
+        assert_eq!(stack.target.live(), "old");
+        assert!(stack.both_running());
+        let entry = stack.newest();
+        assert_eq!(entry.result, "failed");
+        assert_eq!(entry.phase, Some(failed.phase.clone()));
+        assert_eq!(
+            entry.error.as_deref(),
+            Some("cannot record the restore in the state file, so nothing was restored: disk full")
+        );
     }
 
     #[tokio::test]

@@ -240,22 +240,21 @@ pub fn save_or_log(store: &dyn StateStore, state: &RestoreState) {
 }
 
 /// Writes the swap record into `in_progress` (phase `swapping`): what
-/// recovery needs to tell by oid whether the swap committed.
-pub fn record_swap(store: &dyn StateStore, record: &crate::restore::postgres::SwapRecord) {
-    let mut state = match store.read() {
-        Ok(state) => state,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot record the swap in the restore state file");
-            return;
-        }
+/// recovery needs to tell by oid whether the swap committed. An error means
+/// the record is not on disk, so the swap must not be made.
+pub fn record_swap(
+    store: &dyn StateStore,
+    record: &crate::restore::postgres::SwapRecord,
+) -> Result<()> {
+    let mut state = store.read()?;
+    let Some(p) = state.in_progress.as_mut() else {
+        return Err(Error::Other(
+            "the state file no longer holds this restore's intent".into(),
+        ));
     };
-    if let Some(p) = state.in_progress.as_mut() {
-        p.phase = Phase::Swapping;
-        p.swap = Some(record.clone());
-    }
-    if let Err(e) = store.write(&state) {
-        tracing::error!(error = %e, "cannot record the swap in the restore state file");
-    }
+    p.phase = Phase::Swapping;
+    p.swap = Some(record.clone());
+    store.write(&state)
 }
 
 #[cfg(test)]

@@ -195,21 +195,28 @@ impl RestoreTarget for LiveDatabase {
             }
             Database::Sqlite(target) => {
                 let prepared = checked.prepared.take().ok_or(RestoreError::NotPrepared)?;
-                let (source, live, stamp) = (
+                let (source, live, copy_stamp) = (
                     prepared.path.clone(),
                     target.path.clone(),
                     stamp.to_string(),
                 );
                 let evidence = tokio::task::spawn_blocking(move || {
-                    sqlite_restore::prepare(&source, &live, &stamp)
+                    sqlite_restore::prepare(&source, &live, &copy_stamp)
                 })
                 .await?
                 .map_err(RestoreError::Load)?;
                 // Recovery judges a crash by this record, so no copy starts
                 // without it on disk.
                 let mut state = journal.read().map_err(RestoreError::Evidence)?;
-                if let Some(p) = state.in_progress.as_mut() {
-                    p.sqlite = Some(evidence.clone());
+                // A state file that lost this restore's intent (removed, or
+                // rewritten by hand) would take the evidence nowhere.
+                match state.in_progress.as_mut() {
+                    Some(p) if p.stamp == stamp => p.sqlite = Some(evidence.clone()),
+                    _ => {
+                        return Err(RestoreError::Evidence(Error::Other(
+                            "the state file no longer holds this restore's intent".into(),
+                        )));
+                    }
                 }
                 journal.write(&state).map_err(RestoreError::Evidence)?;
                 let previous = evidence.previous.clone();

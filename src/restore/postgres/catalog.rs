@@ -203,10 +203,12 @@ pub(super) async fn run_sql(
         }
         let (line, code) = without_sqlstate(&line);
         tracing::debug!(target: "backupd::restore", "psql: {line}");
-        let before = log.first_error().is_none();
         log.push(&line);
-        if before && log.first_error().is_some() {
-            sqlstate = code;
+        // The first error's code. Its label (ERROR, FEHLER, …) is translated,
+        // so the code's class decides: notices and warnings (00, 01, 02)
+        // carry codes too.
+        if sqlstate.is_none() {
+            sqlstate = code.filter(|c| !matches!(&c[..2], "00" | "01" | "02"));
         }
     }
     if !out.status.success() {

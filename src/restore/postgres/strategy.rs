@@ -104,17 +104,18 @@ pub async fn restore(
     opts: &Options,
     cancel: &CancellationToken,
 ) -> Result<Report> {
-    restore_recorded(target, file, kind, opts, &|_| {}, cancel).await
+    restore_recorded(target, file, kind, opts, &|_| Ok(()), cancel).await
 }
 
 /// [`restore`], calling `before_swap` with what recovery needs just before
 /// the staging swap (the restore service writes it into its state file).
+/// When that record cannot be made, the swap is not made either.
 pub async fn restore_recorded(
     target: &PgTarget,
     file: &Input,
     kind: FileKind,
     opts: &Options,
-    before_swap: &(dyn Fn(&SwapRecord) + Send + Sync),
+    before_swap: &(dyn Fn(&SwapRecord) -> Result<()> + Send + Sync),
     cancel: &CancellationToken,
 ) -> Result<Report> {
     check_loadable(target, file, kind)?;
@@ -137,7 +138,7 @@ async fn staging(
     file: &Input,
     kind: FileKind,
     opts: &Options,
-    before_swap: &(dyn Fn(&SwapRecord) + Send + Sync),
+    before_swap: &(dyn Fn(&SwapRecord) -> Result<()> + Send + Sync),
     cancel: &CancellationToken,
 ) -> Result<Report> {
     let db = server.db.as_str();
@@ -195,7 +196,13 @@ async fn staging(
             return Err(with_note(e, note));
         }
     };
-    before_swap(&record);
+    // Recovery tells by these oids whether a swap committed: no record, no swap.
+    if let Err(e) = before_swap(&record) {
+        let e = server.fail(format!(
+            "cannot record the swap in the restore state file, so the restored database was not swapped in: {e}"
+        ));
+        return Err(server.abandon(&staging, live_oid, e).await);
+    }
     crate::restore::test_pause("swapping").await;
     if let Err(e) = server
         .swap(&staging, &previous, live.is_some(), cancel)
