@@ -93,6 +93,16 @@ pub enum Event {
     RestoreFinished(RestoreFinished),
     RestoreFailed(RestoreFailed),
     RestoreRefused(RestoreRefused),
+    /// The daemon noticed that no backup succeeded within `HEALTH_MAX_AGE_SECONDS`.
+    Stale(Stale),
+    /// The first success after [`Event::Stale`].
+    Recovered(Recovered),
+    /// The encryption key file exists but cannot be read (every backup fails until fixed).
+    KeyUnreadable(KeyUnreadable),
+    /// A lifecycle hook failed where its failure does not fail the run
+    /// (`HOOK_AFTER_*`, `HOOK_*_FAILED`); a failing `before` hook fails the
+    /// run instead, and the run's failure names it.
+    HookFailed(HookFailed),
 }
 
 impl Event {
@@ -109,6 +119,10 @@ impl Event {
             Event::RestoreFinished(_) => "restore-finished",
             Event::RestoreFailed(_) => "restore-failed",
             Event::RestoreRefused(_) => "restore-refused",
+            Event::Stale(_) => "stale",
+            Event::Recovered(_) => "recovered",
+            Event::KeyUnreadable(_) => "key-unreadable",
+            Event::HookFailed(_) => "hook-failed",
         }
     }
 }
@@ -133,7 +147,11 @@ into_event!(
     RestorePhase,
     RestoreFinished,
     RestoreFailed,
-    RestoreRefused
+    RestoreRefused,
+    Stale,
+    Recovered,
+    KeyUnreadable,
+    HookFailed
 );
 
 /// An error as events carry it: what kind of thing failed, for rules that
@@ -156,6 +174,8 @@ pub enum FailureKind {
     Container,
     Cancelled,
     Busy,
+    /// A `before` lifecycle hook failed or timed out.
+    Hook,
     Other,
 }
 
@@ -318,6 +338,93 @@ pub struct RestoreRefused {
     pub moved_to: Option<PathBuf>,
 }
 
+/// No backup has succeeded for longer than the health limit (said once,
+/// until [`Recovered`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stale {
+    pub database: &'static str,
+    /// The last success on record; `None` when there never was one.
+    pub last_success: Option<DateTime<Utc>>,
+    /// `HEALTH_MAX_AGE_SECONDS`.
+    pub max_age: Duration,
+    pub at: DateTime<Utc>,
+    /// The last failure on record, when there is one (what the operator fixes).
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovered {
+    pub database: &'static str,
+    /// When the daemon said it was stale.
+    pub stale_since: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+    /// The backup that ended it.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyUnreadable {
+    pub path: PathBuf,
+    /// Why, as the log says it.
+    pub error: String,
+}
+
+/// Which hook: the variable that names its command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPoint {
+    BeforeBackup,
+    AfterBackup,
+    BackupFailed,
+    BeforeRestore,
+    AfterRestore,
+    RestoreFailed,
+}
+
+impl HookPoint {
+    pub const ALL: [HookPoint; 6] = [
+        HookPoint::BeforeBackup,
+        HookPoint::AfterBackup,
+        HookPoint::BackupFailed,
+        HookPoint::BeforeRestore,
+        HookPoint::AfterRestore,
+        HookPoint::RestoreFailed,
+    ];
+
+    /// The environment variable that configures it.
+    pub fn variable(self) -> &'static str {
+        match self {
+            HookPoint::BeforeBackup => "HOOK_BEFORE_BACKUP",
+            HookPoint::AfterBackup => "HOOK_AFTER_BACKUP",
+            HookPoint::BackupFailed => "HOOK_BACKUP_FAILED",
+            HookPoint::BeforeRestore => "HOOK_BEFORE_RESTORE",
+            HookPoint::AfterRestore => "HOOK_AFTER_RESTORE",
+            HookPoint::RestoreFailed => "HOOK_RESTORE_FAILED",
+        }
+    }
+
+    /// The `BACKUPD_EVENT` a hook is told: `before-backup`, `after-restore`, …
+    pub fn event(self) -> &'static str {
+        match self {
+            HookPoint::BeforeBackup => "before-backup",
+            HookPoint::AfterBackup => "after-backup",
+            HookPoint::BackupFailed => "backup-failed",
+            HookPoint::BeforeRestore => "before-restore",
+            HookPoint::AfterRestore => "after-restore",
+            HookPoint::RestoreFailed => "restore-failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookFailed {
+    pub hook: HookPoint,
+    /// The backup or restored file, when there is one.
+    pub file: Option<PathBuf>,
+    /// "exited with status 3: <last line of its output>", "killed after
+    /// HOOK_TIMEOUT_SECONDS=300", masked.
+    pub error: String,
+}
+
 /// Keeps every event, for tests (and anything that wants a transcript).
 #[derive(Debug, Default)]
 pub struct Recorder {
@@ -413,6 +520,28 @@ impl Observer for LogObserver {
                 result = "failed",
                 error = %failed.error,
                 "restore failed"
+            ),
+            Event::Stale(stale) => tracing::error!(
+                target: BACKUP_TARGET,
+                last_success = %stale.last_success.map_or_else(|| "never".to_string(), |t| t.to_rfc3339()),
+                max_age_seconds = stale.max_age.as_secs(),
+                "no backup has succeeded within HEALTH_MAX_AGE_SECONDS"
+            ),
+            Event::Recovered(recovered) => tracing::info!(
+                target: BACKUP_TARGET,
+                file = %recovered.file.display(),
+                "backups succeed again"
+            ),
+            Event::KeyUnreadable(key) => tracing::error!(
+                target: BACKUP_TARGET,
+                path = %key.path.display(),
+                error = %key.error,
+                "the encryption key cannot be read; backups fail until it is fixed"
+            ),
+            Event::HookFailed(hook) => tracing::error!(
+                hook = hook.hook.variable(),
+                error = %hook.error,
+                "hook failed"
             ),
             Event::BackupStarted(_) | Event::RestorePhase(_) | Event::RestoreRefused(_) => {}
         }

@@ -21,6 +21,7 @@ pub mod inspect;
 pub mod logging;
 pub mod metrics;
 pub mod modes;
+pub mod notify;
 pub mod offsite;
 pub mod process;
 pub mod restore;

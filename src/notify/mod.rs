@@ -1,0 +1,42 @@
+//! Notifications: the places operators look (a webhook, ntfy, Gotify,
+//! Discord, Slack, Telegram, e-mail) and a dead-man's switch ping.
+//!
+//! Data flows one way: an [`Event`](crate::events::Event) reaches the
+//! [`notifier::Notifier`] (an observer: it never blocks the emitter), which
+//! turns it into a [`Notice`] when `NOTIFY_LEVEL` asks for it and queues it;
+//! its own task hands each notice to every [`Destination`] through the
+//! [`Deliver`] seam, with a timeout per attempt and a few retries, then
+//! counts the result. [`send::Delivery`] is the real implementation (HTTP
+//! and SMTP); tests of the orchestration use a recording fake.
+//!
+//! Secrets live inside destination URLs (tokens, passwords): a
+//! [`Destination`] displays itself masked, and a [`DeliveryError`] is built
+//! masked, so no log line, status field or error carries them.
+
+pub mod destination;
+pub mod message;
+pub mod notifier;
+pub mod ping;
+pub mod send;
+
+use async_trait::async_trait;
+
+pub use destination::Destination;
+pub use message::{Notice, Severity};
+
+/// Why one delivery attempt failed, in one masked line ("HTTP 500 from
+/// ntfy https://ntfy.example/***", "timed out after 10 s").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DeliveryError(pub String);
+
+/// Sends one notice to one destination, once (no retries: the notifier
+/// retries). The seam between the notifier and the network.
+#[async_trait]
+pub trait Deliver: Send + Sync {
+    async fn deliver(
+        &self,
+        destination: &Destination,
+        notice: &Notice,
+    ) -> Result<(), DeliveryError>;
+}

@@ -1,0 +1,2 @@
+//! The real [`Deliver`](super::Deliver): HTTP for the web services, SMTP
+//! for e-mail.
