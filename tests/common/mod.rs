@@ -14,6 +14,9 @@
 //! - [`sqlite`]: SQLite fixtures and content comparisons
 //! - [`http`]: a plain HTTP/1.1 client
 //! - [`metrics`]: an OpenMetrics text parser
+//! - [`receiver`]: a loopback HTTP/1.1 receiver standing in for web services
+//!   (records each request; answers with a status, late, or never; named:
+//!   `common::receiver::Receiver`)
 //! - [`docker`]: the busybox test image, test containers, a cuttable engine link
 //! - [`s3`]: an S3-protocol server on loopback
 
@@ -27,6 +30,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod prereq;
+pub mod receiver;
 pub mod s3;
 pub mod sqlite;
 pub mod status;

@@ -21,6 +21,7 @@ mod fernet_interop;
 mod healthcheck;
 mod http_limits;
 mod image_end_to_end;
+mod notify_services;
 mod offsite;
 mod postgres_round_trip;
 mod private_files;
