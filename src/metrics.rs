@@ -17,6 +17,14 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// `backupd_notifications_total{destination_kind, result}`: `result` is
+/// `sent`, `failed` (after every retry) or `dropped` (the queue was full).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub destination_kind: &'static str,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
@@ -36,6 +44,7 @@ pub struct Metrics {
     pub uploads: Family<ResultLabel, Counter>,
     pub upload_duration: FloatGauge,
     pub remote_retention_deleted: Counter,
+    pub notifications: Family<NotificationLabels, Counter>,
 }
 
 impl Metrics {
@@ -52,6 +61,7 @@ impl Metrics {
             uploads: Family::default(),
             upload_duration: FloatGauge::default(),
             remote_retention_deleted: Counter::default(),
+            notifications: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -105,6 +115,11 @@ impl Metrics {
             "Backups deleted from S3 by remote retention",
             metrics.remote_retention_deleted.clone(),
         );
+        registry.register(
+            "notifications",
+            "Notifications and pings, by destination kind and result (sent, failed, dropped)",
+            metrics.notifications.clone(),
+        );
         // Touch both results so a fresh daemon already exports zeros.
         for result in ["success", "failure"] {
             let _ = metrics.backups.get_or_create(&ResultLabel { result });
@@ -136,6 +151,26 @@ impl Metrics {
         }
         if let Some(size) = status.last_size_bytes {
             self.last_size.set(i64::try_from(size).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Counts one notification (or ping) to a destination of `destination_kind`.
+    pub fn count_notification(&self, destination_kind: &'static str, result: &'static str) {
+        self.notifications
+            .get_or_create(&NotificationLabels {
+                destination_kind,
+                result,
+            })
+            .inc();
+    }
+
+    /// Exports zeros for a configured destination kind before anything is sent.
+    pub fn expect_notifications(&self, destination_kind: &'static str) {
+        for result in ["sent", "failed", "dropped"] {
+            let _ = self.notifications.get_or_create(&NotificationLabels {
+                destination_kind,
+                result,
+            });
         }
     }
 
@@ -297,6 +332,8 @@ mod tests {
             .backups
             .get_or_create(&ResultLabel { result: "success" })
             .inc();
+        metrics.expect_notifications("ntfy");
+        metrics.count_notification("ntfy", "sent");
         let text = metrics.encode();
         for name in [
             "backupd_last_success_timestamp_seconds",
@@ -312,6 +349,8 @@ mod tests {
             "backupd_remote_retention_deleted_total",
             "backupd_next_run_timestamp_seconds",
             "backupd_build_info{version=",
+            "backupd_notifications_total{destination_kind=\"ntfy\",result=\"sent\"} 1",
+            "backupd_notifications_total{destination_kind=\"ntfy\",result=\"dropped\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

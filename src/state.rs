@@ -3,6 +3,7 @@
 //! last run failed. Written atomically; never holds credentials.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -45,6 +46,12 @@ pub struct Status {
     /// up to date (and while no bucket is configured).
     #[serde(default)]
     pub last_upload_error: Option<String>,
+    /// The last notification that could not be delivered after its
+    /// retries: "2026-12-02T01:00:00Z ntfy https://ntfy.sh/***: HTTP 500"
+    /// (masked); `null` until one fails. Written by the notifier
+    /// ([`update`]), so it survives the runs that follow.
+    #[serde(default)]
+    pub last_notification_error: Option<String>,
     #[serde(default)]
     pub version: String,
     /// Keys written by other versions survive a rewrite.
@@ -137,6 +144,25 @@ impl Status {
     }
 }
 
+/// Every read-modify-write of a status file in this process holds this:
+/// the backup run's [`StatusFile`] and the notifier (from its own task)
+/// both rewrite the file, and without it one would write back a copy read
+/// before the other's write, losing that write. Another process (`backupd
+/// once` beside the daemon) is not covered; its runs hold `BACKUP_DIR`'s
+/// lock, the notifier's single key is rewritten at its next failure.
+static STATUS_WRITE: Mutex<()> = Mutex::new(());
+
+/// Reads the status file, lets `change` edit it, and writes it back, under
+/// the process's status-file lock.
+pub fn update(path: &Path, change: impl FnOnce(&mut Status)) -> Result<()> {
+    let _held = STATUS_WRITE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut status = Status::read_or_default(path);
+    change(&mut status);
+    status.write(path)
+}
+
 /// The status file as an observer of the backup run: each run's result
 /// (`last_*`, `start_error`, `backups`) and each offsite pass
 /// (`last_upload*`), merged into what the file already holds.
@@ -172,6 +198,9 @@ impl StatusFile {
         result: std::result::Result<&BackupFinished, &BackupFailed>,
     ) -> Result<()> {
         let path = &self.path;
+        let _held = STATUS_WRITE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut status = Status::read_or_default(path);
         status.last_attempt = Some(timestamp(attempt));
         status.database = Some(database.to_string());
@@ -209,15 +238,15 @@ impl StatusFile {
     /// `last_upload` when something was sent, `last_upload_error` (`null`
     /// when the bucket is up to date).
     fn record_offsite(&self, pass: &OffsitePass) -> Result<()> {
-        let mut status = Status::read_or_default(&self.path);
-        if !pass.uploaded.is_empty()
-            && let Some(finished) = pass.finished_at
-        {
-            status.last_upload = Some(timestamp(finished));
-            status.last_upload_file = pass.uploaded.first().map(|sent| sent.name.clone());
-        }
-        status.last_upload_error = pass.error.clone();
-        status.write(&self.path)
+        update(&self.path, |status| {
+            if !pass.uploaded.is_empty()
+                && let Some(finished) = pass.finished_at
+            {
+                status.last_upload = Some(timestamp(finished));
+                status.last_upload_file = pass.uploaded.first().map(|sent| sent.name.clone());
+            }
+            status.last_upload_error = pass.error.clone();
+        })
     }
 }
 
@@ -296,6 +325,31 @@ mod tests {
         std::fs::write(&path, huge).unwrap();
         let e = Status::read(&path).unwrap_err().to_string();
         assert!(e.contains("larger than"), "{e}");
+    }
+
+    #[test]
+    fn updates_from_several_threads_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup-status.json");
+        std::thread::scope(|scope| {
+            for n in 0..8 {
+                let path = &path;
+                scope.spawn(move || {
+                    for round in 0..5 {
+                        update(path, |status| {
+                            status
+                                .other
+                                .insert(format!("writer{n}"), serde_json::json!(round));
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        let status = Status::read(&path).unwrap().unwrap();
+        for n in 0..8 {
+            assert_eq!(status.other[&format!("writer{n}")], 4, "{status:?}");
+        }
     }
 
     #[test]
