@@ -1,5 +1,6 @@
 //! One backup run, shared by `backupd once` and the daemon: lock the
-//! directory, dump, commit, apply retention, then the offsite pass. What
+//! directory, the before-backup hook, dump, commit, apply retention, the
+//! after-backup (or backup-failed) hook, then the offsite pass. What
 //! happened goes out as events (`crate::events`); the status file, the log
 //! and the daemon's metrics are their observers.
 
@@ -14,9 +15,10 @@ use crate::config::BackupConfig;
 use crate::db::{self, Database};
 use crate::error::{Error, Result};
 use crate::events::{
-    BackupFailed, BackupFinished, BackupSkipped, BackupStarted, Event, LogObserver, Observer,
-    OffsitePass, SkipReason, Uploaded,
+    BackupFailed, BackupFinished, BackupSkipped, BackupStarted, Event, HookFailed, HookPoint,
+    LogObserver, Observer, OffsitePass, SkipReason, Uploaded,
 };
+use crate::hooks::{HookContext, HookError, Hooks, ShellHooks};
 use crate::offsite::{self, SyncReport};
 use crate::retention;
 use crate::state::StatusFile;
@@ -57,12 +59,26 @@ pub enum WhenBusy {
 
 /// Takes one backup and tells `observer` (and the status file and the log,
 /// which always listen) what happened, whether the backup succeeded or not.
+/// The hooks are the configured ones (`HOOK_*`).
 pub async fn run(
     cfg: &BackupConfig,
     cancel: &CancellationToken,
     clock: &dyn Clock,
     when_busy: WhenBusy,
     observer: &dyn Observer,
+) -> Run {
+    let hooks = ShellHooks::new(&cfg.hooks, &cfg.database);
+    run_with_hooks(cfg, cancel, clock, when_busy, observer, &hooks).await
+}
+
+/// [`run`] with the hooks given.
+pub async fn run_with_hooks(
+    cfg: &BackupConfig,
+    cancel: &CancellationToken,
+    clock: &dyn Clock,
+    when_busy: WhenBusy,
+    observer: &dyn Observer,
+    hooks: &dyn Hooks,
 ) -> Run {
     let span = tracing::info_span!(
         "backup",
@@ -105,12 +121,24 @@ pub async fn run(
             }
             other => other,
         };
+        // Under the lock, so the hooks of two runs never overlap.
         let (lock, prepared) = match lock {
-            Ok(lock) => (Some(lock), prepare_backup(cfg, clock)),
+            Ok(lock) => {
+                let before = hooks
+                    .run(HookPoint::BeforeBackup, &HookContext::default(), cancel)
+                    .await;
+                let prepared = match before {
+                    Ok(()) => prepare_backup(cfg, clock),
+                    Err(e) => Err(before_hook_failed(e)),
+                };
+                (Some(lock), prepared)
+            }
             Err(e) => (None, Err(e)),
         };
+        // A refusing hook is the operator's verdict on this run, not a
+        // broken set-up: it does not make /healthz unhealthy at once.
         let start_error = match &prepared {
-            Err(Error::Cancelled) | Ok(_) => None,
+            Err(Error::Cancelled | Error::Hook { .. }) | Ok(_) => None,
             Err(e) => Some(e.to_string()),
         };
         let result = match prepared {
@@ -147,6 +175,41 @@ pub async fn run(
             .into(),
         });
         let recorded = status.recorded();
+        // After the result is recorded: a failing hook is told on its own
+        // and never changes the run's result.
+        let after = match &result {
+            Ok(outcome) => Some((
+                HookPoint::AfterBackup,
+                HookContext {
+                    file: Some(outcome.backup.path.clone()),
+                    size: Some(outcome.backup.size),
+                    sha256: Some(outcome.backup.sha256.clone()),
+                    error: None,
+                    duration: Some(duration),
+                },
+            )),
+            Err(Error::Cancelled) => None,
+            Err(e) => Some((
+                HookPoint::BackupFailed,
+                HookContext {
+                    error: Some(e.to_string()),
+                    duration: Some(duration),
+                    ..HookContext::default()
+                },
+            )),
+        };
+        if let Some((point, context)) = after
+            && let Err(e) = hooks.run(point, &context, cancel).await
+        {
+            emit(
+                HookFailed {
+                    hook: point,
+                    file: context.file,
+                    error: e.to_string(),
+                }
+                .into(),
+            );
+        }
         // Also after a failed backup: earlier ones may still be missing
         // from the bucket.
         let mut upload = None;
@@ -167,6 +230,16 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+fn before_hook_failed(error: HookError) -> Error {
+    if error.is_cancelled() {
+        return Error::Cancelled;
+    }
+    Error::Hook {
+        hook: error.hook().variable(),
+        message: format!("{error}; no backup was taken"),
+    }
 }
 
 fn offsite_pass(report: &SyncReport) -> OffsitePass {
@@ -357,6 +430,7 @@ mod tests {
     use crate::config::Paths;
     use crate::crypto::keys::Keys;
     use crate::events::{Event, FailureKind, Recorder};
+    use crate::hooks::FakeHooks;
     use crate::retention::Policy;
     use crate::state::Status;
 
@@ -376,6 +450,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             keys: Keys::default(),
             remote: None,
+            hooks: crate::hooks::HookConfig::none(),
         }
     }
 
@@ -446,6 +521,159 @@ mod tests {
         let status = Status::read(&status_file).unwrap().unwrap();
         assert_eq!(status.last_error.as_deref(), Some(error.as_str()));
         assert_eq!(status.start_error, None);
+    }
+
+    fn sqlite_app(dir: &Path) -> BackupConfig {
+        let db = dir.join("app.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        sqlite_config(&db, &dir.join("backups"), &dir.join("backup-status.json"))
+    }
+
+    async fn run_hooked(cfg: &BackupConfig, hooks: &FakeHooks) -> (Run, Vec<Event>) {
+        let recorder = Recorder::new();
+        let run = run_with_hooks(
+            cfg,
+            &CancellationToken::new(),
+            &SystemClock,
+            WhenBusy::Wait,
+            &recorder,
+            hooks,
+        )
+        .await;
+        (run, recorder.events())
+    }
+
+    #[tokio::test]
+    async fn the_hooks_of_a_good_run_come_before_the_dump_and_after_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = sqlite_app(dir.path());
+        let backups = cfg.paths.backup_dir.clone();
+        // What the before hook sees: the folder locked, no backup yet.
+        let hooks = FakeHooks::new().on_run(move |point| {
+            let files = local::list_at(&backups, chrono::Utc::now() + chrono::Duration::hours(1))
+                .map(|l| l.len())
+                .unwrap_or(0);
+            let locked = DirLock::try_acquire(&backups).ok().flatten().is_none();
+            assert!(locked, "{point:?} ran without the folder lock");
+            match point {
+                HookPoint::BeforeBackup => assert_eq!(files, 0),
+                _ => assert_eq!(files, 1, "{point:?}"),
+            }
+        });
+        let (run, events) = run_hooked(&cfg, &hooks).await;
+        let outcome = run.result.unwrap();
+        assert_eq!(
+            hooks.points(),
+            [HookPoint::BeforeBackup, HookPoint::AfterBackup]
+        );
+        let (_, after) = &hooks.calls()[1];
+        assert_eq!(after.file.as_ref(), Some(&outcome.backup.path));
+        assert_eq!(after.size, Some(outcome.backup.size));
+        assert_eq!(after.sha256.as_ref(), Some(&outcome.backup.sha256));
+        assert!(after.duration.is_some());
+        assert!(matches!(events.last(), Some(Event::BackupFinished(_))));
+    }
+
+    #[tokio::test]
+    async fn a_failing_before_hook_fails_the_run_naming_it_and_takes_no_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = sqlite_app(dir.path());
+        let hooks = FakeHooks::new().failing(HookPoint::BeforeBackup);
+        let (run, events) = run_hooked(&cfg, &hooks).await;
+        let error = run.result.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "HOOK_BEFORE_BACKUP exited with status 3: injected failure; no backup was taken"
+        );
+        assert_eq!(run.start_error, None);
+        let [Event::BackupStarted(_), Event::BackupFailed(failed)] = &events[..] else {
+            panic!("{events:#?}");
+        };
+        assert_eq!(failed.error.kind, FailureKind::Hook);
+        assert_eq!(failed.error.message, error.to_string());
+        assert!(!failed.could_not_start);
+        assert_eq!(
+            local::list_at(&cfg.paths.backup_dir, chrono::Utc::now())
+                .unwrap()
+                .len(),
+            0
+        );
+        // The failed hook is told why.
+        assert_eq!(
+            hooks.points(),
+            [HookPoint::BeforeBackup, HookPoint::BackupFailed]
+        );
+        let (_, told) = &hooks.calls()[1];
+        assert_eq!(told.error.as_deref(), Some(error.to_string().as_str()));
+        let status = Status::read(&cfg.paths.status_file).unwrap().unwrap();
+        assert_eq!(status.last_error, Some(error.to_string()));
+        assert_eq!(status.last_hook_error, None);
+    }
+
+    #[tokio::test]
+    async fn a_failing_after_hook_is_told_and_recorded_and_the_backup_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = sqlite_app(dir.path());
+        let hooks = FakeHooks::new().failing(HookPoint::AfterBackup);
+        let (run, events) = run_hooked(&cfg, &hooks).await;
+        let outcome = run.result.unwrap();
+        assert!(outcome.backup.path.is_file());
+        let [
+            Event::BackupStarted(_),
+            Event::BackupFinished(_),
+            Event::HookFailed(hook),
+        ] = &events[..]
+        else {
+            panic!("{events:#?}");
+        };
+        assert_eq!(hook.hook, HookPoint::AfterBackup);
+        assert_eq!(hook.file.as_ref(), Some(&outcome.backup.path));
+        let message = "HOOK_AFTER_BACKUP exited with status 3: injected failure";
+        assert_eq!(hook.error, message);
+        let status = Status::read(&cfg.paths.status_file).unwrap().unwrap();
+        assert_eq!(status.last_error, None);
+        assert_eq!(status.last_hook_error.as_deref(), Some(message));
+
+        // The next run's hooks succeed: the record is cleared.
+        let (run, _) = run_hooked(&cfg, &FakeHooks::new()).await;
+        run.result.unwrap();
+        let status = Status::read(&cfg.paths.status_file).unwrap().unwrap();
+        assert_eq!(status.last_hook_error, None);
+    }
+
+    #[tokio::test]
+    async fn a_failing_failed_hook_never_hides_the_run_s_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let status_file = dir.path().join("backup-status.json");
+        let cfg = sqlite_config(
+            &dir.path().join("missing.db"),
+            &dir.path().join("backups"),
+            &status_file,
+        );
+        let hooks = FakeHooks::new().failing(HookPoint::BackupFailed);
+        let (run, events) = run_hooked(&cfg, &hooks).await;
+        let error = run.result.unwrap_err().to_string();
+        let [
+            Event::BackupStarted(_),
+            Event::BackupFailed(failed),
+            Event::HookFailed(hook),
+        ] = &events[..]
+        else {
+            panic!("{events:#?}");
+        };
+        assert_eq!(failed.error.kind, FailureKind::Database);
+        assert_eq!(hook.hook, HookPoint::BackupFailed);
+        let (_, told) = &hooks.calls()[1];
+        assert_eq!(told.error.as_deref(), Some(error.as_str()));
+        let status = Status::read(&status_file).unwrap().unwrap();
+        assert_eq!(status.last_error.as_deref(), Some(error.as_str()));
+        assert_eq!(
+            status.last_hook_error.as_deref(),
+            Some("HOOK_BACKUP_FAILED exited with status 3: injected failure")
+        );
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 
 use crate::values::{
     LogFormat, boolean, clean_value, compression_level, file_mode, log_format, retention_days,
-    whole_number,
+    shell_command, whole_number,
 };
 
 /// Every environment variable backupd reads, with its default; shown by `--help`.
@@ -57,6 +57,11 @@ Daemon (backupd backup) and healthcheck:
   STATUS_TOKEN(_FILE)           bearer token for /status, /, /metrics (not /healthz)
   HEALTH_MAX_AGE_SECONDS        healthy if younger    [default: 172800]
   BACKUP_SHUTDOWN_TIMEOUT       stop grace on SIGTERM [default: 8]
+Hooks (backupd backup and once; run by /bin/sh -c with BACKUPD_* context):
+  HOOK_BEFORE_BACKUP            before each backup; a failure fails the run
+  HOOK_AFTER_BACKUP             after each successful backup
+  HOOK_BACKUP_FAILED            after a failed backup (BACKUPD_ERROR)
+  HOOK_TIMEOUT_SECONDS          kill a hook and its children [default: 300]
 
 Database URLs: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB
   (also postgresql+psycopg2://, postgresql://, postgres://; libpq query
@@ -94,7 +99,11 @@ Restore environment variables (besides the database URL variables above):
                                 and <parent of RESTORE_WATCH_DIR>/.encryption_key
   AWS_S3_BUCKET, AWS_*          for --file s3://BUCKET/KEY and --from-s3 (see backupd --help)
   BACKUP_DIR                    safety backups go here, when set
-                                [default: <parent of RESTORE_WATCH_DIR>/safety]";
+                                [default: <parent of RESTORE_WATCH_DIR>/safety]
+  HOOK_BEFORE_RESTORE           after the check, before any stop; a failure refuses
+  HOOK_AFTER_RESTORE            after the swap, before the containers start
+  HOOK_RESTORE_FAILED           after a failed restore (BACKUPD_ERROR)
+  HOOK_TIMEOUT_SECONDS          kill a hook and its children [default: 300]";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -411,6 +420,9 @@ pub struct BackupArgs {
     #[command(flatten)]
     pub s3: S3Args,
 
+    #[command(flatten)]
+    pub hooks: BackupHookArgs,
+
     /// Delete backups older than this many days (0 turns retention off; non-digits are ignored).
     #[arg(long, env = "BACKUP_RETENTION_DAYS", default_value = "2", value_parser = retention_days)]
     pub retention_days: u32,
@@ -426,6 +438,51 @@ pub struct BackupArgs {
     /// A backup still running after this many seconds is stopped and counts as failed.
     #[arg(long, env = "BACKUP_TIMEOUT_SECONDS", default_value = "21600", value_parser = whole_number("BACKUP_TIMEOUT_SECONDS", 21600))]
     pub timeout_seconds: u64,
+}
+
+/// Commands run (`/bin/sh -c`) around each backup, with `BACKUPD_*` context.
+#[derive(Debug, Clone, Args)]
+pub struct BackupHookArgs {
+    /// Run before each backup (after the folder lock); a failure fails the run.
+    #[arg(long, env = "HOOK_BEFORE_BACKUP", value_parser = shell_command)]
+    pub hook_before_backup: Option<String>,
+
+    /// Run after each successful backup; a failure is logged and reported, the backup stays.
+    #[arg(long, env = "HOOK_AFTER_BACKUP", value_parser = shell_command)]
+    pub hook_after_backup: Option<String>,
+
+    /// Run after a failed backup, with BACKUPD_ERROR.
+    #[arg(long, env = "HOOK_BACKUP_FAILED", value_parser = shell_command)]
+    pub hook_backup_failed: Option<String>,
+
+    #[command(flatten)]
+    pub timeout: HookTimeoutArgs,
+}
+
+/// Commands run (`/bin/sh -c`) around each restore, with `BACKUPD_*` context.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreHookArgs {
+    /// Run after the file was checked, before anything is stopped; a failure refuses the restore.
+    #[arg(long, env = "HOOK_BEFORE_RESTORE", value_parser = shell_command)]
+    pub hook_before_restore: Option<String>,
+
+    /// Run after the swap, before the containers start (a fix-up of the restored database).
+    #[arg(long, env = "HOOK_AFTER_RESTORE", value_parser = shell_command)]
+    pub hook_after_restore: Option<String>,
+
+    /// Run after a failed restore, with BACKUPD_ERROR.
+    #[arg(long, env = "HOOK_RESTORE_FAILED", value_parser = shell_command)]
+    pub hook_restore_failed: Option<String>,
+
+    #[command(flatten)]
+    pub timeout: HookTimeoutArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HookTimeoutArgs {
+    /// A hook still running after this many seconds is killed with every process it started.
+    #[arg(long, env = "HOOK_TIMEOUT_SECONDS", default_value = "300", value_parser = whole_number("HOOK_TIMEOUT_SECONDS", 300))]
+    pub hook_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -501,6 +558,9 @@ pub struct RestoreArgs {
 
     #[command(flatten)]
     pub s3: S3Args,
+
+    #[command(flatten)]
+    pub hooks: RestoreHookArgs,
 
     /// Restore this one file and exit (0 restored, 1 failed) instead of watching;
     /// `s3://BUCKET/KEY` downloads it first.

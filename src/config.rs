@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{
-    BackupArgs, DaemonArgs, DatabaseArgs, DirArgs, EncryptionArgs, HealthArgs, RestoreArgs, S3Args,
+    BackupArgs, BackupHookArgs, DaemonArgs, DatabaseArgs, DirArgs, EncryptionArgs, HealthArgs,
+    HookTimeoutArgs, RestoreArgs, RestoreHookArgs, S3Args,
 };
 use crate::crypto::fernet::KeyRing;
 use crate::crypto::keys::{KEY_FILE_NAME, Keys};
 use crate::db::{Database, SqliteTarget};
 use crate::error::{Error, Result};
+use crate::events::HookPoint;
+use crate::hooks::HookConfig;
 use crate::http::StatusToken;
 use crate::restore::postgres::Strategy;
 use crate::retention::Policy;
@@ -58,6 +61,8 @@ pub struct BackupConfig {
     pub keys: Keys,
     /// Offsite copies, when `AWS_S3_BUCKET` is set.
     pub remote: Option<RemoteConfig>,
+    /// `HOOK_BEFORE_BACKUP`, `HOOK_AFTER_BACKUP`, `HOOK_BACKUP_FAILED`.
+    pub hooks: HookConfig,
 }
 
 /// The bucket every backup is copied to, and how long copies stay there.
@@ -78,6 +83,7 @@ impl BackupConfig {
             database: resolve_database(&args.database)?,
             keys: load_keys(&args.encryption, &paths)?,
             remote: remote_config(&args.s3, retention)?,
+            hooks: backup_hooks(&args.hooks)?,
             paths,
             retention,
             compression_level: args.compression_level,
@@ -88,6 +94,39 @@ impl BackupConfig {
                 Duration::from_secs(args.timeout_seconds)
             },
         })
+    }
+}
+
+/// The backup run's hooks; `HOOK_TIMEOUT_SECONDS` must be at least 1.
+pub fn backup_hooks(args: &BackupHookArgs) -> Result<HookConfig> {
+    Ok(HookConfig::none()
+        .with(HookPoint::BeforeBackup, args.hook_before_backup.as_deref())
+        .with(HookPoint::AfterBackup, args.hook_after_backup.as_deref())
+        .with(HookPoint::BackupFailed, args.hook_backup_failed.as_deref())
+        .with_timeout(hook_timeout(&args.timeout)?))
+}
+
+/// The restore procedure's hooks.
+pub fn restore_hooks(args: &RestoreHookArgs) -> Result<HookConfig> {
+    Ok(HookConfig::none()
+        .with(
+            HookPoint::BeforeRestore,
+            args.hook_before_restore.as_deref(),
+        )
+        .with(HookPoint::AfterRestore, args.hook_after_restore.as_deref())
+        .with(
+            HookPoint::RestoreFailed,
+            args.hook_restore_failed.as_deref(),
+        )
+        .with_timeout(hook_timeout(&args.timeout)?))
+}
+
+fn hook_timeout(args: &HookTimeoutArgs) -> Result<Duration> {
+    match args.hook_timeout_seconds {
+        0 => Err(Error::Config(
+            "HOOK_TIMEOUT_SECONDS must be at least 1 (a hook always has a time limit)".into(),
+        )),
+        seconds => Ok(Duration::from_secs(seconds)),
     }
 }
 
@@ -343,6 +382,8 @@ pub struct RestoreConfig {
     pub s3: Option<ValidS3Settings>,
     /// `RESTORE_REQUIRE_ENCRYPTED`: only `.enc` files are restored.
     pub require_encrypted: bool,
+    /// `HOOK_BEFORE_RESTORE`, `HOOK_AFTER_RESTORE`, `HOOK_RESTORE_FAILED`.
+    pub hooks: HookConfig,
 }
 
 impl RestoreConfig {
@@ -397,6 +438,8 @@ impl RestoreConfig {
             // Safety backups stay local: they are a way back from this
             // restore, not part of the offsite series.
             remote: None,
+            // Part of the restore, whose hooks run around it.
+            hooks: HookConfig::none(),
             paths: safety_paths,
             retention: Policy {
                 days: 0,
@@ -430,6 +473,7 @@ impl RestoreConfig {
             docker_host: args.docker_host.clone().filter(|h| !h.is_empty()),
             s3,
             require_encrypted: args.require_encrypted,
+            hooks: restore_hooks(&args.hooks)?,
         })
     }
 
@@ -761,6 +805,57 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(message.starts_with("AWS_ENDPOINT_URL"), "{message}");
+    }
+
+    #[test]
+    fn each_mode_takes_only_the_hooks_it_runs() {
+        let backup = DaemonConfig::from_args(&daemon_args(&[
+            "--hook-before-backup",
+            "echo 'a' 'b'",
+            "--hook-after-backup",
+            "\"curl -fsS http://x\"",
+        ]))
+        .unwrap()
+        .backup
+        .hooks;
+        assert_eq!(
+            backup.command(HookPoint::BeforeBackup),
+            Some("echo 'a' 'b'")
+        );
+        assert_eq!(
+            backup.command(HookPoint::AfterBackup),
+            Some("curl -fsS http://x")
+        );
+        assert_eq!(backup.command(HookPoint::BackupFailed), None);
+        assert_eq!(backup.timeout, Duration::from_secs(300));
+        let err = DaemonConfig::from_args(&daemon_args(&["--hook-timeout-seconds", "0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("HOOK_TIMEOUT_SECONDS must be at least 1"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let watch = dir.path().join("incoming");
+        let restore = RestoreConfig::from_args(&restore_args(&[
+            "--watch-dir",
+            watch.to_str().unwrap(),
+            "--hook-after-restore",
+            "psql -f /fixup.sql",
+            "--hook-timeout-seconds",
+            "7",
+        ]))
+        .unwrap();
+        assert_eq!(
+            restore.hooks.command(HookPoint::AfterRestore),
+            Some("psql -f /fixup.sql")
+        );
+        assert_eq!(restore.hooks.timeout, Duration::from_secs(7));
+        assert!(
+            restore.backup.hooks.is_empty(),
+            "the safety backup runs no hooks"
+        );
     }
 
     #[test]

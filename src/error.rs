@@ -55,6 +55,11 @@ pub enum Error {
     #[error("internal: restore stamp '{0}' is not of the form YYYYMMDDTHHMMSS.ffffffZ")]
     BadStamp(String),
 
+    /// A `before` hook failed, so the run did not go on. `hook` is its
+    /// variable; `message` names it too (the output in it is masked).
+    #[error("{message}")]
+    Hook { hook: &'static str, message: String },
+
     #[error("cancelled by shutdown")]
     Cancelled,
 

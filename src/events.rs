@@ -201,6 +201,7 @@ impl From<&Error> for Failure {
             Error::Database { .. } | Error::PgRestore { .. } => FailureKind::Database,
             Error::Verify { .. } => FailureKind::Verify,
             Error::Storage { .. } => FailureKind::Storage,
+            Error::Hook { .. } => FailureKind::Hook,
             Error::Cancelled => FailureKind::Cancelled,
             Error::Busy => FailureKind::Busy,
             Error::BadStamp(_) | Error::Other(_) => FailureKind::Other,

@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod files;
 pub mod health;
+pub mod hooks;
 pub mod http;
 pub mod inspect;
 pub mod logging;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::archive::write_atomically;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::events::{BackupFailed, BackupFinished, Event, Observer, OffsitePass};
+use crate::events::{BackupFailed, BackupFinished, Event, HookFailed, Observer, OffsitePass};
 use crate::store::local;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -52,6 +52,10 @@ pub struct Status {
     /// ([`update`]), so it survives the runs that follow.
     #[serde(default)]
     pub last_notification_error: Option<String>,
+    /// Why a hook of the last run failed where that does not fail the run
+    /// (`HOOK_AFTER_BACKUP`, `HOOK_BACKUP_FAILED`); `null` otherwise.
+    #[serde(default)]
+    pub last_hook_error: Option<String>,
     #[serde(default)]
     pub version: String,
     /// Keys written by other versions survive a rewrite.
@@ -206,6 +210,8 @@ impl StatusFile {
         status.database = Some(database.to_string());
         status.version = crate::VERSION.to_string();
         status.start_error = None;
+        // This run's hooks have not run yet.
+        status.last_hook_error = None;
         match result {
             Ok(done) => {
                 status.last_backup = Some(timestamp(done.finished_at));
@@ -248,6 +254,12 @@ impl StatusFile {
             status.last_upload_error = pass.error.clone();
         })
     }
+
+    fn record_hook(&self, failed: &HookFailed) -> Result<()> {
+        update(&self.path, |status| {
+            status.last_hook_error = Some(failed.error.clone());
+        })
+    }
 }
 
 impl Observer for StatusFile {
@@ -257,6 +269,12 @@ impl Observer for StatusFile {
             Event::BackupFailed(failed) => Some((failed.database, failed.started_at, Err(failed))),
             Event::OffsitePass(pass) => {
                 if let Err(e) = self.record_offsite(pass) {
+                    tracing::warn!(target: LOG_TARGET, error = %e, "could not update the status file");
+                }
+                None
+            }
+            Event::HookFailed(failed) => {
+                if let Err(e) = self.record_hook(failed) {
                     tracing::warn!(target: LOG_TARGET, error = %e, "could not update the status file");
                 }
                 None

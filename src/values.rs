@@ -30,6 +30,23 @@ pub fn clean_value(raw: &str) -> std::result::Result<String, String> {
     Ok(clean(raw))
 }
 
+/// A shell command (`HOOK_*`): trimmed, and unquoted only when one pair of
+/// quotes wraps all of it (`"curl -fsS URL"` from an env file), never when
+/// the command quotes its own words (`echo 'a' 'b'`).
+pub fn shell_command(raw: &str) -> std::result::Result<String, String> {
+    let trimmed = raw.trim_matches(|c: char| c.is_whitespace() || c == '\r');
+    let wrapped = match trimmed.as_bytes() {
+        [first @ (b'"' | b'\''), inner @ .., last] if first == last => !inner.contains(first),
+        _ => false,
+    };
+    let command = if wrapped {
+        &trimmed[1..trimmed.len() - 1]
+    } else {
+        trimmed
+    };
+    Ok(command.trim().to_string())
+}
+
 /// `BACKUP_RETENTION_DAYS`: non-digits are dropped as the old script did
 /// (`2d` → 2); nothing left means the default of 2.
 pub fn retention_days(raw: &str) -> std::result::Result<u32, String> {

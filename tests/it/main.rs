@@ -19,6 +19,7 @@ mod docker_control;
 mod encryption;
 mod fernet_interop;
 mod healthcheck;
+mod hooks;
 mod http_limits;
 mod image_end_to_end;
 mod notify_services;
