@@ -1,7 +1,7 @@
 //! The integration tests' kit: real parts to test against and the checks
 //! an operator would make, one module per subject. Everything is
-//! re-exported here (`use common::*;`) except the two heavy servers, which a
-//! test names: [`docker`] and [`s3`].
+//! re-exported here (`use common::*;`) except the heavy servers, which a
+//! test names: [`docker`], [`s3`] and [`smtp`].
 //!
 //! - [`prereq`]: missing prerequisites: a loud skip, a failure under `CI=true`
 //! - [`host`]: users, free ports, child processes, polling
@@ -19,6 +19,7 @@
 //!   `common::receiver::Receiver`)
 //! - [`docker`]: the busybox test image, test containers, a cuttable engine link
 //! - [`s3`]: an S3-protocol server on loopback
+//! - [`smtp`]: an SMTP server on loopback (aiosmtpd: plain, STARTTLS, TLS; AUTH)
 
 pub mod backups;
 pub mod binary;
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod prereq;
 pub mod receiver;
 pub mod s3;
+pub mod smtp;
 pub mod sqlite;
 pub mod status;
 

@@ -60,34 +60,56 @@ enum Failure {
     },
     #[error("the message could not be built: {0}")]
     Build(#[from] lettre::error::Error),
-    #[error("connecting failed: {0}{hint}", hint = tls_hint(.0))]
+    #[error("connecting failed: {}{hint}", detail(.0), hint = tls_hint(.0))]
     Connect(SmtpError),
-    #[error("connecting with TLS (implicit TLS, port 465 style) failed: {0}{hint}", hint = tls_hint(.0))]
+    #[error(
+        "connecting with TLS (implicit TLS, port 465 style) failed: {}{hint}",
+        detail(.0),
+        hint = tls_hint(.0)
+    )]
     ConnectTls(SmtpError),
     #[error(
         "the server does not offer STARTTLS, and starttls=yes forbids sending in plain text \
          (implicit TLS is port 465; starttls=no only for a relay on a trusted network)"
     )]
     NoStartTls,
-    #[error("the server refused STARTTLS: {0}")]
+    #[error("the server refused STARTTLS: {}", detail(.0))]
     StartTlsRefused(SmtpError),
-    #[error("the TLS handshake after STARTTLS failed: {0}{hint}", hint = tls_hint(.0))]
+    #[error(
+        "the TLS handshake after STARTTLS failed: {}{hint}",
+        detail(.0),
+        hint = tls_hint(.0)
+    )]
     StartTlsHandshake(SmtpError),
     #[error(
         "authentication impossible: the server offers neither AUTH PLAIN nor AUTH LOGIN{hint}",
         hint = if *.encrypted { "" } else { " (many servers offer AUTH only over TLS)" }
     )]
     NoMechanism { encrypted: bool },
-    #[error("authentication rejected for user {user:?}: {err}")]
+    #[error("authentication rejected for user {user:?}: {}", detail(.err))]
     Auth { user: String, err: SmtpError },
-    #[error("the sender <{from}> was refused: {err}")]
+    #[error("the sender <{from}> was refused: {}", detail(.err))]
     Sender { from: String, err: SmtpError },
-    #[error("the recipient <{to}> was refused: {err}")]
+    #[error("the recipient <{to}> was refused: {}", detail(.err))]
     Recipient { to: String, err: SmtpError },
-    #[error("the message was refused: {0}")]
+    #[error("the message was refused: {}", detail(.0))]
     Message(SmtpError),
     #[error("timed out after {} s", .0.as_secs_f64())]
     TimedOut(Duration),
+}
+
+/// What lettre says, without its wrappers: the server's reply for a
+/// refusal ("permanent error (535): 5.7.8 …"), else the innermost cause
+/// ("invalid peer certificate: UnknownIssuer", "Connection refused").
+fn detail(err: &SmtpError) -> String {
+    if err.status().is_some() {
+        return err.to_string();
+    }
+    let mut innermost: &dyn std::error::Error = err;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    innermost.to_string()
 }
 
 /// A hint when TLS itself failed (an untrusted certificate, TLS spoken to a
@@ -226,6 +248,9 @@ async fn send(
         Ok(()) => {
             let _ = conn.quit().await;
         }
+        // A failed handshake leaves lettre's connection without a stream:
+        // nothing to say QUIT on (and lettre asserts nobody tries).
+        Err(Failure::StartTlsHandshake(_)) => {}
         Err(_) => conn.abort().await,
     }
     sent
