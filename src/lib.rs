@@ -29,6 +29,7 @@ pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod shutdown;
+pub mod stale;
 pub mod state;
 pub mod store;
 pub mod values;

@@ -1,0 +1,353 @@
+//! The daemon's dead-man's switch: it notices by itself that no backup has
+//! succeeded within `HEALTH_MAX_AGE_SECONDS` (a hung run, a stopped
+//! schedule, a key it cannot read) and says so once ([`Event::Stale`]),
+//! then [`Event::Recovered`] at the next success.
+//!
+//! [`StaleWatch`] observes the backup run (successes move the deadline,
+//! failures are remembered as the reason) and [`StaleWatch::run`] is a timer
+//! of its own, woken at the exact due time, so a backup that hangs cannot
+//! keep it from firing: the daemon's loop is not involved.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::events::{Event, FailureKind, Observer, Recovered, Stale};
+
+/// Long waits wake up this often to notice wall-clock jumps.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct Watch {
+    last_success: Option<DateTime<Utc>>,
+    /// Where the limit counts from while no backup ever succeeded: the
+    /// daemon's start.
+    since: DateTime<Utc>,
+    stale_since: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+}
+
+impl Watch {
+    fn due(&self, max_age: chrono::Duration) -> Option<DateTime<Utc>> {
+        match self.stale_since {
+            Some(_) => None,
+            None => Some(self.last_success.unwrap_or(self.since) + max_age),
+        }
+    }
+}
+
+pub struct StaleWatch {
+    database: &'static str,
+    max_age: Duration,
+    watch: Mutex<Watch>,
+    clock: Arc<dyn Clock>,
+    /// Who hears `stale` and `recovered` (the notifier, the log).
+    downstream: Arc<dyn Observer>,
+    changed: Notify,
+}
+
+impl std::fmt::Debug for StaleWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaleWatch")
+            .field("max_age", &self.max_age)
+            .field("watch", &self.watch)
+            .finish()
+    }
+}
+
+/// What the status file said at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+impl StaleWatch {
+    pub fn new(
+        database: &'static str,
+        max_age: Duration,
+        known: Known,
+        clock: Arc<dyn Clock>,
+        downstream: Arc<dyn Observer>,
+    ) -> Arc<Self> {
+        let since = clock.now();
+        Arc::new(StaleWatch {
+            database,
+            max_age,
+            watch: Mutex::new(Watch {
+                last_success: known.last_success,
+                since,
+                stale_since: None,
+                last_error: known.last_error,
+            }),
+            clock,
+            downstream,
+            changed: Notify::new(),
+        })
+    }
+
+    fn max_age(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.max_age).unwrap_or(chrono::Duration::MAX)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watch> {
+        self.watch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When `stale` is due; `None` while it has been said already.
+    pub fn due(&self) -> Option<DateTime<Utc>> {
+        self.lock().due(self.max_age())
+    }
+
+    /// Says `stale` if it is due now and was not said yet; true if it did.
+    pub fn check(&self) -> bool {
+        let now = self.clock.now();
+        let stale = {
+            let mut watch = self.lock();
+            match watch.due(self.max_age()) {
+                Some(due) if now >= due => {
+                    watch.stale_since = Some(now);
+                    Some(Stale {
+                        database: self.database,
+                        last_success: watch.last_success,
+                        max_age: self.max_age,
+                        at: now,
+                        last_error: watch.last_error.clone(),
+                    })
+                }
+                _ => None,
+            }
+        };
+        match stale {
+            Some(stale) => {
+                self.downstream.observe(&stale.into());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The timer: sleeps until the due time (by the wall clock, in slices,
+    /// so a clock jump or a suspend is noticed), checks, and waits again
+    /// after each success. Ends on `cancel`.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wait = match self.due() {
+                None => None,
+                Some(due) => {
+                    let now = self.clock.now();
+                    if now >= due {
+                        self.check();
+                        continue;
+                    }
+                    Some(
+                        (due - now)
+                            .to_std()
+                            .unwrap_or(Duration::ZERO)
+                            .min(MAX_SLEEP),
+                    )
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = &mut changed => {}
+                _ = async {
+                    match wait {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
+    }
+}
+
+impl Observer for StaleWatch {
+    fn observe(&self, event: &Event) {
+        match event {
+            Event::BackupFinished(done) => {
+                let recovered = {
+                    let mut watch = self.lock();
+                    watch.last_success = Some(done.finished_at);
+                    watch.last_error = None;
+                    watch.stale_since.take().map(|stale_since| Recovered {
+                        database: self.database,
+                        stale_since,
+                        at: done.finished_at,
+                        file: done.file.clone(),
+                    })
+                };
+                self.changed.notify_waiters();
+                if let Some(recovered) = recovered {
+                    self.downstream.observe(&recovered.into());
+                }
+            }
+            Event::BackupFailed(failed)
+                if !matches!(
+                    failed.error.kind,
+                    FailureKind::Cancelled | FailureKind::Busy
+                ) =>
+            {
+                self.lock().last_error = Some(failed.error.message.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{BackupFailed, BackupFinished, Failure, Recorder};
+    use chrono::TimeZone;
+
+    struct ManualClock(Mutex<DateTime<Utc>>);
+
+    impl ManualClock {
+        fn at(t: DateTime<Utc>) -> Arc<Self> {
+            Arc::new(ManualClock(Mutex::new(t)))
+        }
+        fn advance(&self, seconds: i64) {
+            *self.0.lock().unwrap() += chrono::Duration::seconds(seconds);
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> DateTime<Utc> {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 2, 0, 0, 0).unwrap()
+    }
+
+    fn finished(at: DateTime<Utc>) -> Event {
+        BackupFinished {
+            database: "sqlite",
+            started_at: at,
+            finished_at: at,
+            file: "/backups/x.sqlite3.gz".into(),
+            size: 1,
+            raw_bytes: 1,
+            sha256: String::new(),
+            duration: Duration::ZERO,
+            retention_deleted: vec![],
+        }
+        .into()
+    }
+
+    fn failed(kind: FailureKind, message: &str) -> Event {
+        BackupFailed {
+            database: "sqlite",
+            started_at: t0(),
+            could_not_start: false,
+            duration: Duration::ZERO,
+            error: Failure::new(kind, message),
+        }
+        .into()
+    }
+
+    #[test]
+    fn stale_is_said_once_and_recovered_at_the_next_success() {
+        let clock = ManualClock::at(t0());
+        let heard = Recorder::new();
+        let watch = StaleWatch::new(
+            "sqlite",
+            Duration::from_secs(100),
+            Known {
+                last_success: Some(t0() - chrono::Duration::seconds(40)),
+                last_error: None,
+            },
+            clock.clone(),
+            heard.clone(),
+        );
+        assert_eq!(watch.due(), Some(t0() + chrono::Duration::seconds(60)));
+        clock.advance(59);
+        assert!(!watch.check());
+        watch.observe(&failed(FailureKind::Database, "database is locked"));
+        // A shutdown is not the reason backups are missing.
+        watch.observe(&failed(FailureKind::Cancelled, "cancelled"));
+        clock.advance(1);
+        assert!(watch.check());
+        clock.advance(1000);
+        assert!(!watch.check(), "said once, not again");
+        assert_eq!(watch.due(), None);
+        let Some(Event::Stale(stale)) = heard.events().pop() else {
+            panic!("{:?}", heard.names());
+        };
+        assert_eq!(stale.last_error.as_deref(), Some("database is locked"));
+        assert_eq!(stale.at, t0() + chrono::Duration::seconds(60));
+
+        watch.observe(&finished(clock.now()));
+        assert_eq!(heard.names(), ["stale", "recovered"]);
+        let Some(Event::Recovered(recovered)) = heard.events().pop() else {
+            unreachable!()
+        };
+        assert_eq!(recovered.stale_since, stale.at);
+        // The next success just moves the deadline.
+        watch.observe(&finished(clock.now()));
+        assert_eq!(heard.names(), ["stale", "recovered"]);
+        assert_eq!(
+            watch.due(),
+            Some(clock.now() + chrono::Duration::seconds(100))
+        );
+    }
+
+    #[test]
+    fn without_any_success_the_limit_counts_from_the_start() {
+        let clock = ManualClock::at(t0());
+        let heard = Recorder::new();
+        let watch = StaleWatch::new(
+            "sqlite",
+            Duration::from_secs(10),
+            Known::default(),
+            clock.clone(),
+            heard.clone(),
+        );
+        assert_eq!(watch.due(), Some(t0() + chrono::Duration::seconds(10)));
+        clock.advance(10);
+        assert!(watch.check());
+        let Some(Event::Stale(stale)) = heard.events().pop() else {
+            panic!()
+        };
+        assert_eq!(stale.last_success, None);
+    }
+
+    #[tokio::test]
+    async fn the_timer_fires_at_the_due_time_without_any_event() {
+        let heard = Recorder::new();
+        let watch = StaleWatch::new(
+            "sqlite",
+            Duration::from_millis(150),
+            Known::default(),
+            Arc::new(crate::clock::SystemClock),
+            heard.clone(),
+        );
+        let cancel = CancellationToken::new();
+        let timer = tokio::spawn(watch.clone().run(cancel.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(heard.names().is_empty());
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        while heard.names().is_empty() && std::time::Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(heard.names(), ["stale"]);
+        // A success re-arms the timer, which fires again after the limit.
+        watch.observe(&finished(crate::clock::SystemClock.now()));
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        while heard.names().len() < 3 && std::time::Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(heard.names(), ["stale", "recovered", "stale"]);
+        cancel.cancel();
+        timer.await.unwrap();
+    }
+}
