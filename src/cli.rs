@@ -62,6 +62,9 @@ Hooks (backupd backup and once; run by /bin/sh -c with BACKUPD_* context):
   HOOK_AFTER_BACKUP             after each successful backup
   HOOK_BACKUP_FAILED            after a failed backup (BACKUPD_ERROR)
   HOOK_TIMEOUT_SECONDS          kill a hook and its children [default: 300]
+Notifications (see docker/README.md for the URL forms):
+  NOTIFY_URLS(_FILE)            destinations, comma-separated: https://…, ntfy://,
+                                gotify://, discord://, slack://, telegram://, smtp://
 
 Database URLs: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB
   (also postgresql+psycopg2://, postgresql://, postgres://; libpq query
@@ -230,6 +233,11 @@ const SECRET_FLAGS: &[SecretFlag] = &[
         flag: "--aws-session-token",
         alternative: "AWS_SESSION_TOKEN or AWS_SESSION_TOKEN_FILE",
     },
+    SecretFlag {
+        id: "notify_urls",
+        flag: "--notify-urls",
+        alternative: "NOTIFY_URLS or NOTIFY_URLS_FILE",
+    },
 ];
 
 impl Cli {
@@ -390,6 +398,20 @@ pub struct EncryptionArgs {
     /// File holding BACKUP_ENCRYPTION_KEY (Docker secret).
     #[arg(long, env = "BACKUP_ENCRYPTION_KEY_FILE", value_parser = clean_value)]
     pub encryption_key_file: Option<String>,
+}
+
+/// Where notifications go. The URLs hold tokens and passwords: a secret,
+/// given directly or as a file.
+#[derive(Debug, Clone, Args)]
+pub struct NotifyArgs {
+    /// Notification destinations, comma-separated (webhook https://…, ntfy://, gotify://,
+    /// discord://, slack://, telegram://, smtp://; see docker/README.md).
+    #[arg(long = "notify-urls", env = "NOTIFY_URLS", hide_env_values = true, value_parser = clean_value)]
+    pub notify_urls: Option<String>,
+
+    /// File holding NOTIFY_URLS (Docker secret); commas or one URL per line.
+    #[arg(long = "notify-urls-file", env = "NOTIFY_URLS_FILE", value_parser = clean_value)]
+    pub notify_urls_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

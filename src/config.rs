@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::cli::{
     BackupArgs, BackupHookArgs, DaemonArgs, DatabaseArgs, DirArgs, EncryptionArgs, HealthArgs,
-    HookTimeoutArgs, RestoreArgs, RestoreHookArgs, S3Args,
+    HookTimeoutArgs, NotifyArgs, RestoreArgs, RestoreHookArgs, S3Args,
 };
 use crate::crypto::fernet::KeyRing;
 use crate::crypto::keys::{KEY_FILE_NAME, Keys};
@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 use crate::events::HookPoint;
 use crate::hooks::HookConfig;
 use crate::http::StatusToken;
+use crate::notify::Destination;
+use crate::notify::destination::parse_list;
 use crate::restore::postgres::Strategy;
 use crate::retention::Policy;
 use crate::schedule::{self, CronSchedule, Schedule};
@@ -127,6 +129,27 @@ fn hook_timeout(args: &HookTimeoutArgs) -> Result<Duration> {
             "HOOK_TIMEOUT_SECONDS must be at least 1 (a hook always has a time limit)".into(),
         )),
         seconds => Ok(Duration::from_secs(seconds)),
+    }
+}
+
+/// Where notifications go (`NOTIFY_URLS` or `NOTIFY_URLS_FILE`), every URL
+/// checked at start-up; empty when neither is set.
+#[derive(Debug, Clone, Default)]
+pub struct NotifyConfig {
+    pub destinations: Vec<Destination>,
+}
+
+impl NotifyConfig {
+    pub fn from_args(args: &NotifyArgs) -> Result<Self> {
+        let destinations = match secret(
+            "NOTIFY_URLS",
+            args.notify_urls.as_deref(),
+            args.notify_urls_file.as_deref(),
+        )? {
+            Some(urls) => parse_list(urls.source(), urls.value())?,
+            None => Vec::new(),
+        };
+        Ok(NotifyConfig { destinations })
     }
 }
 
@@ -535,6 +558,46 @@ mod tests {
             crate::cli::Command::Restore(args) => args,
             _ => unreachable!(),
         }
+    }
+
+    fn notify_args(urls: Option<&str>, file: Option<&str>) -> NotifyArgs {
+        NotifyArgs {
+            notify_urls: urls.map(str::to_string),
+            notify_urls_file: file.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn notification_urls_come_from_the_variable_or_its_file() {
+        let none = NotifyConfig::from_args(&notify_args(None, Some(""))).unwrap();
+        assert!(none.destinations.is_empty());
+
+        let direct = NotifyConfig::from_args(&notify_args(
+            Some("https://hooks.example/a,ntfy://ntfy.sh/t"),
+            None,
+        ))
+        .unwrap();
+        let kinds: Vec<&str> = direct.destinations.iter().map(Destination::kind).collect();
+        assert_eq!(kinds, ["webhook", "ntfy"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("notify-urls");
+        std::fs::write(&file, "gotify://g.example/Tok\ndiscord://t@1\n").unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = NotifyConfig::from_args(&notify_args(None, Some(path))).unwrap();
+        assert_eq!(from_file.destinations.len(), 2);
+
+        std::fs::write(&file, "ntfy://alice:hunter2@ntfy.example/").unwrap();
+        let message = NotifyConfig::from_args(&notify_args(None, Some(path)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with(&format!(
+                "NOTIFY_URLS_FILE ({path}), entry 1: ntfy://alice:***@ntfy.example/:"
+            )),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
     }
 
     fn s3_args(extra: &[&str]) -> S3Args {
