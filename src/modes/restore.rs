@@ -16,6 +16,7 @@ use crate::container::docker::DockerControl;
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::events::{LogObserver, Observers};
+use crate::hooks::ShellHooks;
 use crate::offsite;
 use crate::restore::check;
 use crate::restore::containers::ContainerPolicy;
@@ -128,6 +129,7 @@ struct Service {
     state: StateFile,
     clock: SystemClock,
     observers: Observers,
+    hooks: ShellHooks,
 }
 
 impl Service {
@@ -158,7 +160,9 @@ impl Service {
             state_file: cfg.state_file.clone(),
         };
         let state = StateFile(cfg.state_file.clone());
+        let hooks = ShellHooks::new(&cfg.hooks, &cfg.database);
         Ok(Service {
+            hooks,
             cfg,
             docker,
             settings,
@@ -177,6 +181,7 @@ impl Service {
             state: &self.state,
             clock: &self.clock,
             observer: &self.observers,
+            hooks: &self.hooks,
         }
     }
 

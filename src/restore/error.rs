@@ -5,6 +5,7 @@
 
 use crate::error::Error;
 use crate::events::{Failure, FailureKind};
+use crate::hooks::HookError;
 use crate::restore::check::CheckError;
 use crate::restore::input::CHANGED_AFTER_CHECK;
 use crate::restore::state::Phase;
@@ -39,6 +40,10 @@ pub enum RestoreError {
         "container '{0}' (RESTORE_STOP_CONTAINERS) does not exist; nothing was stopped (set RESTORE_ALLOW_MISSING_CONTAINERS=true to go on without it)"
     )]
     MissingContainer(String),
+
+    /// `HOOK_BEFORE_RESTORE` refused (or failed to run); nothing was stopped.
+    #[error("{0}; nothing was stopped or restored")]
+    Hook(#[source] HookError),
 
     /// Without the intent on disk a crash could not be recovered from.
     #[error("cannot record the restore in the state file, so nothing was stopped: {0}")]
@@ -197,6 +202,8 @@ impl From<&RestoreError> for Failure {
             | RestoreError::SafetyBackup(e)
             | RestoreError::Load(e)
             | RestoreError::Evidence(e) => Failure::from(e).kind,
+            RestoreError::Hook(e) if e.is_cancelled() => FailureKind::Cancelled,
+            RestoreError::Hook(_) => FailureKind::Hook,
             RestoreError::Task(_) | RestoreError::NotPrepared => FailureKind::Other,
         };
         Failure::new(kind, error.to_string())

@@ -1,9 +1,11 @@
-//! One restore, in order: check → intent → stop → safety → load → swap →
-//! start → record. Each intent is written before its act, so a crash at any
+//! One restore, in order: check → before-restore hook → intent → stop →
+//! safety → load → swap → after-restore hook → start → (restore-failed
+//! hook) → record. Each intent is written before its act, so a crash at any
 //! point leaves `in_progress` for [recovery](crate::restore::recovery); the
 //! containers are started again whatever happened after the intent. The
 //! procedure runs over seams (the restore target, container control, the
-//! state store, the clock), so every phase's failure is tested with fakes.
+//! state store, the clock, the hooks), so every phase's failure is tested
+//! with fakes.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,8 +20,10 @@ use crate::archive::file_name;
 use crate::clock::Clock;
 use crate::container::{ContainerControl, StopOutcome};
 use crate::events::{
-    Failure, Observer, RestoreFailed, RestoreFinished, RestorePhase, RestoreRefused, RestoreStarted,
+    Failure, HookFailed, HookPoint, Observer, RestoreFailed, RestoreFinished, RestorePhase,
+    RestoreRefused, RestoreStarted,
 };
+use crate::hooks::{HookContext, Hooks};
 use crate::restore::containers::{self, ContainerPolicy, asked_to_stop};
 use crate::restore::error::{Failed, RestoreError, StartFailure, Unfinished};
 use crate::restore::failed::move_to_failed;
@@ -117,6 +121,20 @@ pub struct Procedure<'a, T: RestoreTarget> {
     pub clock: &'a dyn Clock,
     /// Told when a restore starts, changes phase, ends or is refused.
     pub observer: &'a dyn Observer,
+    /// `HOOK_BEFORE_RESTORE`, `HOOK_AFTER_RESTORE`, `HOOK_RESTORE_FAILED`.
+    pub hooks: &'a dyn Hooks,
+}
+
+impl Attempt {
+    /// What a hook is told of this restore so far.
+    fn hook_context(&self, path: &Path) -> HookContext {
+        HookContext {
+            file: Some(path.to_path_buf()),
+            size: self.sha256.is_some().then_some(self.size),
+            sha256: self.sha256.clone(),
+            ..HookContext::default()
+        }
+    }
 }
 
 /// How one restore attempt ended, for its history entry.
@@ -133,6 +151,8 @@ struct Attempt {
     /// Bytes of the file as the check read it.
     size: u64,
     start_failure: Option<StartFailure>,
+    /// An after-restore or restore-failed hook that failed.
+    hook_error: Option<String>,
 }
 
 impl<T: RestoreTarget> Procedure<'_, T> {
@@ -196,6 +216,7 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             container_health: BTreeMap::new(),
             previous_database: None,
             safety_backup: None,
+            hook_error: None,
         });
         save_or_log(self.state, &state);
     }
@@ -237,7 +258,22 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             .into(),
         );
 
-        let attempt = self.attempt(path, &stamp, expected_sha256, cancel).await;
+        let mut attempt = self
+            .attempt(path, &stamp, expected_sha256, started, cancel)
+            .await;
+        // Told what failed, after the containers run again; a shutdown is
+        // not a failure to act on.
+        if let Some(failed) = &attempt.result
+            && !Failure::from(&failed.error).is_cancelled()
+        {
+            let context = HookContext {
+                error: Some(failed.to_string()),
+                duration: Some(started.elapsed()),
+                ..attempt.hook_context(path)
+            };
+            self.run_after_hook(HookPoint::RestoreFailed, &context, &mut attempt, cancel)
+                .await;
+        }
         let elapsed = started.elapsed();
         let duration = elapsed.as_secs_f64();
         self.phase_reached(path, Phase::Recording);
@@ -296,6 +332,7 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             container_health: attempt.container_health,
             previous_database: attempt.previous_database,
             safety_backup: attempt.safety_backup,
+            hook_error: attempt.hook_error,
         });
         if let Some(p) = state.in_progress.as_mut() {
             // Recovery finds this entry by file and start time.
@@ -341,6 +378,7 @@ impl<T: RestoreTarget> Procedure<'_, T> {
         path: &Path,
         stamp: &str,
         expected_sha256: Option<&str>,
+        started: Instant,
         cancel: &CancellationToken,
     ) -> Attempt {
         let mut attempt = Attempt::default();
@@ -360,6 +398,19 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                 return attempt;
             }
         };
+        // The operator's last word before anything changes.
+        if let Err(e) = self
+            .hooks
+            .run(
+                HookPoint::BeforeRestore,
+                &attempt.hook_context(path),
+                cancel,
+            )
+            .await
+        {
+            attempt.result = Some(Failed::new(Phase::Checking, RestoreError::Hook(e)));
+            return attempt;
+        }
 
         // The intent, before anything is stopped. Containers an earlier
         // restore could not start (the engine was away) are carried over,
@@ -408,6 +459,16 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                 cancel,
             )
             .await;
+        // The restored database, before the app sees it: the place for a
+        // fix-up. Its failure is told and recorded; the restore stays.
+        if result.is_ok() {
+            let context = HookContext {
+                duration: Some(started.elapsed()),
+                ..attempt.hook_context(path)
+            };
+            self.run_after_hook(HookPoint::AfterRestore, &context, &mut attempt, cancel)
+                .await;
+        }
         // Start again what was stopped (or asked to stop), also after a
         // failure.
         self.set_phase(path, &mut state, Phase::Starting).await;
@@ -430,6 +491,29 @@ impl<T: RestoreTarget> Procedure<'_, T> {
         }
         attempt.result = result.err();
         attempt
+    }
+
+    /// Runs a hook whose failure changes nothing but the record: told as
+    /// [`HookFailed`], kept for the history entry.
+    async fn run_after_hook(
+        &self,
+        point: HookPoint,
+        context: &HookContext,
+        attempt: &mut Attempt,
+        cancel: &CancellationToken,
+    ) {
+        if let Err(e) = self.hooks.run(point, context, cancel).await {
+            let error = e.to_string();
+            self.observer.observe(
+                &HookFailed {
+                    hook: point,
+                    file: context.file.clone(),
+                    error: error.clone(),
+                }
+                .into(),
+            );
+            attempt.hook_error = Some(error);
+        }
     }
 
     /// The checks before anything is stopped: the name, encryption when
@@ -625,6 +709,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::container::fake::{Call, FakeContainers, Op};
     use crate::events::{Event, Recorder};
+    use crate::hooks::{FakeHooks, HookError};
     use crate::restore::fakes::{FailAt, FakeTarget, FixedClock, MemoryState};
     use crate::restore::kind::Payload;
 
@@ -639,6 +724,7 @@ pub(crate) mod tests {
         pub state: MemoryState,
         pub clock: FixedClock,
         pub events: std::sync::Arc<Recorder>,
+        pub hooks: FakeHooks,
     }
 
     impl Stack {
@@ -669,10 +755,15 @@ pub(crate) mod tests {
                 state,
                 clock: FixedClock::default(),
                 events: Recorder::new(),
+                hooks: FakeHooks::new(),
             }
         }
 
         pub fn procedure(&self) -> Procedure<'_, FakeTarget> {
+            self.procedure_with(&self.hooks)
+        }
+
+        pub fn procedure_with<'s>(&'s self, hooks: &'s dyn Hooks) -> Procedure<'s, FakeTarget> {
             Procedure {
                 settings: &self.settings,
                 target: &self.target,
@@ -680,6 +771,7 @@ pub(crate) mod tests {
                 state: &self.state,
                 clock: &self.clock,
                 observer: &self.events,
+                hooks,
             }
         }
 
@@ -857,6 +949,139 @@ pub(crate) mod tests {
         };
         assert_eq!(done.sha256, "ab".repeat(32));
         assert_eq!(done.strategy, Some(Strategy::Staging));
+    }
+
+    /// Hooks that note what the stack looks like each time one runs.
+    struct Looking<'a> {
+        stack: &'a Stack,
+        seen: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Hooks for Looking<'_> {
+        async fn run(
+            &self,
+            point: HookPoint,
+            context: &HookContext,
+            _cancel: &CancellationToken,
+        ) -> Result<(), HookError> {
+            assert_eq!(context.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+            self.seen.lock().unwrap().push(format!(
+                "{}: live {}, {:?}",
+                point.event(),
+                self.stack.target.live(),
+                self.stack.stops_and_starts()
+            ));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_before_hook_runs_before_any_stop_and_the_after_hook_after_the_swap_before_any_start()
+     {
+        let stack = Stack::new(FakeTarget::default());
+        let looking = Looking {
+            stack: &stack,
+            seen: Default::default(),
+        };
+        let path = stack.drop_file();
+        stack
+            .procedure_with(&looking)
+            .restore(&path, 1.0, Origin::Dropped, None, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            *looking.seen.lock().unwrap(),
+            [
+                "before-restore: live old, []",
+                r#"after-restore: live restored, ["stop web", "stop worker"]"#,
+            ]
+        );
+        assert!(stack.both_running());
+    }
+
+    #[tokio::test]
+    async fn a_refusing_before_hook_touches_nothing_and_the_failed_hook_is_told() {
+        let mut stack = Stack::new(FakeTarget::default());
+        stack.hooks = FakeHooks::new().failing(HookPoint::BeforeRestore);
+        let reason = "HOOK_BEFORE_RESTORE exited with status 3: injected failure; nothing was stopped or restored";
+        fails_before_the_stack(stack, Phase::Checking, reason).await;
+    }
+
+    #[tokio::test]
+    async fn the_restore_failed_hook_is_told_why_and_a_before_hook_failure_is_a_hook_failure() {
+        let mut stack = Stack::new(FakeTarget::default());
+        stack.hooks = FakeHooks::new().failing(HookPoint::BeforeRestore);
+        let (path, result) = stack.restore().await;
+        let Err(Unfinished::Failed { failed, .. }) = result else {
+            panic!("not refused");
+        };
+        assert_eq!(
+            Failure::from(&failed.error).kind,
+            crate::events::FailureKind::Hook
+        );
+        assert_eq!(
+            stack.hooks.points(),
+            [HookPoint::BeforeRestore, HookPoint::RestoreFailed]
+        );
+        let (_, told) = &stack.hooks.calls()[1];
+        assert_eq!(told.error.as_deref(), Some(failed.to_string().as_str()));
+        assert_eq!(told.file.as_deref(), Some(path.as_path()));
+        assert_eq!(stack.newest().hook_error, None);
+    }
+
+    #[tokio::test]
+    async fn a_failing_after_hook_is_told_and_recorded_and_the_restore_stays() {
+        let mut stack = Stack::new(FakeTarget::default());
+        stack.hooks = FakeHooks::new().failing(HookPoint::AfterRestore);
+        let (path, result) = stack.restore().await;
+        result.unwrap();
+        assert_eq!(stack.target.live(), "restored");
+        assert!(stack.both_running());
+        assert!(!path.exists());
+        let entry = stack.newest();
+        assert_eq!(entry.result, "restored");
+        assert_eq!(entry.error, None);
+        let message = "HOOK_AFTER_RESTORE exited with status 3: injected failure";
+        assert_eq!(entry.hook_error.as_deref(), Some(message));
+        let events = stack.events.events();
+        let told = events.iter().find_map(|e| match e {
+            Event::HookFailed(h) => Some(h.clone()),
+            _ => None,
+        });
+        let told = told.expect("no hook-failed event");
+        assert_eq!(told.hook, HookPoint::AfterRestore);
+        assert_eq!(told.error, message);
+        assert_eq!(told.file.as_deref(), Some(path.as_path()));
+        assert!(matches!(events.last(), Some(Event::RestoreFinished(_))));
+        assert_eq!(
+            stack.hooks.points(),
+            [HookPoint::BeforeRestore, HookPoint::AfterRestore]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_restore_failed_hook_never_hides_the_restore_s_error() {
+        let mut stack = Stack::new(FakeTarget::failing(FailAt::Load));
+        stack.hooks = FakeHooks::new().failing(HookPoint::RestoreFailed);
+        let reason = "backup of postgresql://app@db/app failed: psql failed; the live database was not changed";
+        let (_, result) = stack.restore().await;
+        assert!(result.is_err());
+        let entry = stack.newest();
+        assert_eq!(entry.error.as_deref(), Some(reason));
+        assert_eq!(
+            entry.hook_error.as_deref(),
+            Some("HOOK_RESTORE_FAILED exited with status 3: injected failure")
+        );
+        assert_failed_event(&stack, Phase::Loading, reason);
+        assert!(stack.both_running());
+        // Told after the containers run again.
+        let (_, told) = stack.hooks.calls().pop().unwrap();
+        assert_eq!(told.error.as_deref(), Some(reason));
+        assert_eq!(
+            stack.hooks.points(),
+            [HookPoint::BeforeRestore, HookPoint::RestoreFailed]
+        );
     }
 
     #[tokio::test]

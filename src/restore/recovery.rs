@@ -156,6 +156,7 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                     None => interrupted.sqlite.as_ref().and_then(|e| e.previous.clone()),
                 },
                 safety_backup: None,
+                hook_error: None,
                 note,
             });
         }
@@ -347,6 +348,7 @@ mod tests {
                 container_health: Default::default(),
                 previous_database: None,
                 safety_backup: None,
+                hook_error: None,
             });
         stack.procedure().recover_interrupted().await.unwrap();
         assert_eq!(stack.stops_and_starts(), ["start web"]);

@@ -171,6 +171,10 @@ pub struct HistoryEntry {
     pub container_health: std::collections::BTreeMap<String, String>,
     pub previous_database: Option<String>,
     pub safety_backup: Option<String>,
+    /// Why `HOOK_AFTER_RESTORE` or `HOOK_RESTORE_FAILED` failed; neither
+    /// changes the restore's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_error: Option<String>,
 }
 
 impl RestoreState {

@@ -256,3 +256,131 @@ fn a_failing_after_hook_keeps_the_backup_and_is_recorded() {
     );
     assert_eq!(status["last_file"].as_str(), Some(backup.to_str().unwrap()));
 }
+
+/// A password file for the hook's own connection, as an operator would
+/// mount one: the hook brings its credentials, backupd gives none.
+fn hook_passfile(dir: &Path, cluster: &PgCluster) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("hook.pgpass");
+    fs::write(
+        &path,
+        format!(
+            "127.0.0.1:{}:*:{PG_APP_USER}:{PG_APP_PASSWORD}\n",
+            cluster.port
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn an_after_restore_hook_sees_the_restored_database_before_the_app_starts() {
+    let Some(bin) = require_postgres() else {
+        return;
+    };
+    let Some(image) = common::docker::require_test_image() else {
+        return;
+    };
+    let Some(_) = require_programs(&["docker"]) else {
+        return;
+    };
+    let cluster = PgCluster::start_with_app(&bin, None);
+    cluster.psql("postgres", "ALTER ROLE app CREATEDB");
+    cluster.psql_app(
+        "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL); \
+         INSERT INTO notes VALUES (1, 'first'), (2, 'second');",
+    );
+    let work = temp_dir();
+    let backups = work.path().join("backups");
+    let backup = cluster.backupd(&backups).once().backup_path();
+    cluster
+        .psql_app("DELETE FROM notes; INSERT INTO notes VALUES (3, 'written after the backup');");
+
+    let web = common::docker::TestContainer::run_fast_stop(image, &[]);
+    let seen = work.path().join("seen");
+    let passfile = hook_passfile(work.path(), &cluster);
+    // What the hook sees, then its fix-up of the restored database.
+    let hook = format!(
+        "set -e; export PGHOST=\"$BACKUPD_DATABASE_HOST\" PGPORT=\"$BACKUPD_DATABASE_PORT\" \
+         PGDATABASE=\"$BACKUPD_DATABASE_NAME\" PGUSER={user} PGPASSFILE='{passfile}'; \
+         rows=$(psql -X -A -t -c \"SELECT string_agg(body, ',' ORDER BY id) FROM notes\"); \
+         running=$(docker inspect -f '{{{{.State.Running}}}}' {web}); \
+         echo \"rows=$rows running=$running event=$BACKUPD_EVENT\" > '{seen}'; \
+         psql -X -q -c \"UPDATE notes SET body = body || ' (fixed up)'\"",
+        user = PG_APP_USER,
+        passfile = passfile.display(),
+        web = web.name,
+        seen = seen.display(),
+    );
+    let incoming = work.path().join("restore/incoming");
+    fs::create_dir_all(&incoming).unwrap();
+    let run = cluster
+        .backupd(&backups)
+        .env("RESTORE_WATCH_DIR", &incoming)
+        .env("RESTORE_STATE_FILE", work.path().join("restore/state.json"))
+        .env("RESTORE_STOP_CONTAINERS", &web.name)
+        .env("RESTORE_STOP_TIMEOUT", "5")
+        .env("RESTORE_STOP_WAIT_SECONDS", "0")
+        .env("RESTORE_START_WAIT_SECONDS", "0")
+        .env("HOOK_AFTER_RESTORE", hook)
+        .run_bounded(&["restore", "--file", backup.to_str().unwrap()], GIVE_UP);
+    run.assert_code(0);
+    let seen =
+        fs::read_to_string(&seen).unwrap_or_else(|e| panic!("the hook left nothing: {e}\n{run}"));
+    assert_eq!(
+        seen.trim(),
+        "rows=first,second running=false event=after-restore",
+        "{run}"
+    );
+    assert!(web.cli_running(), "the app did not start again:\n{run}");
+    assert_eq!(
+        cluster.psql_app("SELECT string_agg(body, ',' ORDER BY id) FROM notes"),
+        "first (fixed up),second (fixed up)"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(work.path().join("restore/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["history"][0]["result"], "restored", "{state}");
+    assert!(state["history"][0].get("hook_error").is_none(), "{state}");
+    run.assert_not_shown(PG_APP_PASSWORD);
+}
+
+#[test]
+fn a_refusing_before_restore_hook_leaves_the_live_database_and_the_app_alone() {
+    let app = SqliteApp::small(10);
+    let backup = app.backupd().once().backup_path();
+    let before = sqlite_contents(&rusqlite::Connection::open(&app.db).unwrap());
+    let replaced = app.work.path().join("replaced.db");
+    sqlite_small(&replaced, 3);
+    fs::copy(&replaced, &app.db).unwrap();
+    let live = sqlite_contents(&rusqlite::Connection::open(&app.db).unwrap());
+    assert_ne!(before, live);
+    let told = app.work.path().join("told");
+    let incoming = app.work.path().join("restore/incoming");
+    fs::create_dir_all(&incoming).unwrap();
+    let run = app
+        .backupd()
+        .env("RESTORE_SQLITE_PATH", &app.db)
+        .env("RESTORE_WATCH_DIR", &incoming)
+        .env(
+            "RESTORE_STATE_FILE",
+            app.work.path().join("restore/state.json"),
+        )
+        .env(
+            "HOOK_BEFORE_RESTORE",
+            "echo 'the app is mid-migration' >&2; exit 2",
+        )
+        .env(
+            "HOOK_RESTORE_FAILED",
+            format!("printf '%s' \"$BACKUPD_ERROR\" > '{}'", told.display()),
+        )
+        .run_bounded(&["restore", "--file", backup.to_str().unwrap()], GIVE_UP);
+    let reason = "HOOK_BEFORE_RESTORE exited with status 2: the app is mid-migration; nothing was stopped or restored";
+    run.assert_code(1).assert_stderr_mentions(&[reason]);
+    assert_eq!(
+        sqlite_contents(&rusqlite::Connection::open(&app.db).unwrap()),
+        live
+    );
+    assert_eq!(fs::read_to_string(&told).unwrap(), reason);
+}
