@@ -201,14 +201,19 @@ pub async fn run_with_hooks(
         if let Some((point, context)) = after
             && let Err(e) = hooks.run(point, &context, cancel).await
         {
-            emit(
-                HookFailed {
-                    hook: point,
-                    file: context.file,
-                    error: e.to_string(),
-                }
-                .into(),
-            );
+            // Stopped by our own shutdown: nothing to alert on.
+            if e.is_cancelled() {
+                tracing::warn!(target: "backupd::hooks", error = %e, "hook stopped");
+            } else {
+                emit(
+                    HookFailed {
+                        hook: point,
+                        file: context.file,
+                        error: e.to_string(),
+                    }
+                    .into(),
+                );
+            }
         }
         // Also after a failed backup: earlier ones may still be missing
         // from the bucket.

@@ -540,6 +540,7 @@ impl Observer for LogObserver {
                 "the encryption key cannot be read; backups fail until it is fixed"
             ),
             Event::HookFailed(hook) => tracing::error!(
+                target: "backupd::hooks",
                 hook = hook.hook.variable(),
                 error = %hook.error,
                 "hook failed"

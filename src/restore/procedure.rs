@@ -504,6 +504,12 @@ impl<T: RestoreTarget> Procedure<'_, T> {
     ) {
         if let Err(e) = self.hooks.run(point, context, cancel).await {
             let error = e.to_string();
+            // Stopped by our own shutdown: nothing to alert on.
+            if e.is_cancelled() {
+                tracing::warn!(target: "backupd::hooks", error = %error, "hook stopped");
+                attempt.hook_error = Some(error);
+                return;
+            }
             self.observer.observe(
                 &HookFailed {
                     hook: point,

@@ -299,10 +299,11 @@ fn an_after_restore_hook_sees_the_restored_database_before_the_app_starts() {
 
     let web = common::docker::TestContainer::run_fast_stop(image, &[]);
     let seen = work.path().join("seen");
+    let environ = work.path().join("restore-hook.env");
     let passfile = hook_passfile(work.path(), &cluster);
     // What the hook sees, then its fix-up of the restored database.
     let hook = format!(
-        "set -e; export PGHOST=\"$BACKUPD_DATABASE_HOST\" PGPORT=\"$BACKUPD_DATABASE_PORT\" \
+        "set -e; tr '\\0' '\\n' < /proc/$$/environ > '{environ}'; export PGHOST=\"$BACKUPD_DATABASE_HOST\" PGPORT=\"$BACKUPD_DATABASE_PORT\" \
          PGDATABASE=\"$BACKUPD_DATABASE_NAME\" PGUSER={user} PGPASSFILE='{passfile}'; \
          rows=$(psql -X -A -t -c \"SELECT string_agg(body, ',' ORDER BY id) FROM notes\"); \
          running=$(docker inspect -f '{{{{.State.Running}}}}' {web}); \
@@ -312,6 +313,7 @@ fn an_after_restore_hook_sees_the_restored_database_before_the_app_starts() {
         passfile = passfile.display(),
         web = web.name,
         seen = seen.display(),
+        environ = environ.display(),
     );
     let incoming = work.path().join("restore/incoming");
     fs::create_dir_all(&incoming).unwrap();
@@ -344,6 +346,18 @@ fn an_after_restore_hook_sees_the_restored_database_before_the_app_starts() {
     assert_eq!(state["history"][0]["result"], "restored", "{state}");
     assert!(state["history"][0].get("hook_error").is_none(), "{state}");
     run.assert_not_shown(PG_APP_PASSWORD);
+    let env = fs::read_to_string(&environ).unwrap();
+    assert!(!env.contains(&cluster.app_url()), "{env}");
+    assert!(!env.contains(PG_APP_PASSWORD), "{env}");
+    assert!(
+        !env.lines()
+            .any(|l| l.starts_with("DATABASE_URL") || l.starts_with("PGPASS")),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!("BACKUPD_FILE={}", backup.display())),
+        "{env}"
+    );
 }
 
 #[test]
