@@ -4,7 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::receiver::{Behaviour, Receiver};
+use backupd::notify::send::Delivery;
+use backupd::notify::{Deliver, Destination, Notice, Severity};
+use base64::Engine as _;
+use chrono::{TimeZone, Utc};
+
+use crate::common::receiver::{Behaviour, ReceivedRequest, Receiver};
 
 const GUARD: Duration = Duration::from_secs(30);
 
@@ -85,4 +90,420 @@ async fn the_receiver_answers_late_or_never() {
     drop(receiver);
     let ended = tokio::time::timeout(GUARD, pending).await.unwrap().unwrap();
     assert!(ended.is_err());
+}
+
+// The real delivery path: URLs parsed as NOTIFY_URLS is, each notice
+// rendered and sent by `Delivery` (the notifier's Deliver) to the receiver.
+
+const TOKEN: &str = "tok-7Hq2xVb9Lm3Np";
+const PASSWORD: &str = "pw-Zr84KcUe2Q";
+/// Slack's third part is letters and digits only.
+const SLACK_SECRET: &str = "Xy7Hq2xVb9Lm3NpQ4rS5tUvW";
+const TITLE: &str = "backup failed on db-backup (postgresql app)";
+const ERROR: &str = "pg_dump exited with status 1: connection refused";
+
+fn failed_backup() -> Notice {
+    Notice {
+        event: "backup-failed".into(),
+        result: "failure",
+        severity: Severity::Error,
+        title: TITLE.into(),
+        text: format!("The backup of postgresql app failed: {ERROR}"),
+        database_kind: "postgresql",
+        database_name: "app".into(),
+        file: Some("backup-20261202T040000Z.sql.gz".into()),
+        size_bytes: Some(1234),
+        sha256: Some("ab".repeat(32)),
+        duration_seconds: Some(1.5),
+        error: Some(ERROR.into()),
+        host: "db-backup".into(),
+        version: env!("CARGO_PKG_VERSION"),
+        time: Utc.with_ymd_and_hms(2026, 12, 2, 4, 0, 0).unwrap(),
+    }
+}
+
+fn delivery() -> Delivery {
+    Delivery::new(Duration::from_secs(10)).unwrap()
+}
+
+/// Delivers the failed-backup notice to `url` and returns the requests the
+/// receiver got.
+async fn deliver_to(receiver: &Receiver, url: &str, expected: usize) -> Vec<ReceivedRequest> {
+    let destination = Destination::parse(url).unwrap();
+    delivery()
+        .deliver(&destination, &failed_backup())
+        .await
+        .unwrap_or_else(|e| panic!("delivery to {destination} failed: {e}"));
+    let requests = receiver.wait_for_requests(expected, GUARD);
+    assert_eq!(requests.len(), expected, "{requests:#?}");
+    for request in &requests {
+        assert_eq!(
+            request.header("user-agent"),
+            Some(concat!("backupd/", env!("CARGO_PKG_VERSION")))
+        );
+    }
+    requests
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// The generic webhook: our own documented schema (docker/README.md,
+/// "Notification URLs"; README "Notifications").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_gets_the_versioned_json_document() {
+    let receiver = Receiver::start(Behaviour::status(204));
+    let url = receiver
+        .url()
+        .replace("http://", &format!("http://ops:{PASSWORD}@"));
+    let requests = deliver_to(&receiver, &format!("{url}/hooks/{TOKEN}?src=backupd"), 1).await;
+    let request = &requests[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, format!("/hooks/{TOKEN}"));
+    assert_eq!(request.query.as_deref(), Some("src=backupd"));
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    assert_eq!(
+        request.header("authorization"),
+        Some(basic("ops", PASSWORD).as_str())
+    );
+    let body = request.json();
+    assert_eq!(body["schema_version"], 1);
+    assert_eq!(body["event"], "backup-failed");
+    assert_eq!(body["result"], "failure");
+    assert_eq!(body["database"]["kind"], "postgresql");
+    assert_eq!(body["database"]["name"], "app");
+    assert_eq!(body["file"], "backup-20261202T040000Z.sql.gz");
+    assert_eq!(body["size_bytes"], 1234);
+    assert_eq!(body["sha256"], "ab".repeat(32));
+    assert_eq!(body["duration_seconds"], 1.5);
+    assert_eq!(body["error"], ERROR);
+    assert_eq!(body["host"], "db-backup");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(body["time"], "2026-12-02T04:00:00Z");
+}
+
+/// https://docs.ntfy.sh/publish/: POST to /<topic>, the message as the
+/// body; title, priority and tags as the `Title`, `Priority`, `Tags`
+/// headers (https://docs.ntfy.sh/publish/#message-title,
+/// #message-priority, #tags-emojis); access control through
+/// `Authorization: Basic` or `Bearer` (https://docs.ntfy.sh/publish/#authentication).
+#[tokio::test(flavor = "multi_thread")]
+async fn ntfy_gets_a_publish_to_the_topic() {
+    let receiver = Receiver::start(Behaviour::ok().with_body(r#"{"id":"x1"}"#));
+    let host = receiver.host_port();
+    let requests = deliver_to(
+        &receiver,
+        &format!("ntfy://alice:{PASSWORD}@{host}/backups?scheme=http"),
+        1,
+    )
+    .await;
+    let request = &requests[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/backups");
+    assert_eq!(request.header("title"), Some(TITLE));
+    // 1 min … 5 max; "high" is 4 (https://docs.ntfy.sh/publish/#message-priority).
+    assert_eq!(request.header("priority"), Some("high"));
+    assert_eq!(request.header("tags"), Some("warning,backup-failed"));
+    assert_eq!(
+        request.header("authorization"),
+        Some(basic("alice", PASSWORD).as_str())
+    );
+    assert_eq!(
+        request.text(),
+        format!("The backup of postgresql app failed: {ERROR}")
+    );
+
+    // An access token: `ntfy://:TOKEN@host/topic` → Bearer.
+    deliver_to(
+        &receiver,
+        &format!("ntfy://:{TOKEN}@{host}/backups?scheme=http"),
+        2,
+    )
+    .await;
+    let bearer = format!("Bearer {TOKEN}");
+    assert_eq!(
+        receiver.requests()[1].header("authorization"),
+        Some(bearer.as_str())
+    );
+}
+
+/// https://gotify.net/api-docs: `POST /message` with the application token
+/// in `X-Gotify-Key`, a JSON Message (`message` required, `title`,
+/// `priority`); a server under a path prefix keeps it.
+#[tokio::test(flavor = "multi_thread")]
+async fn gotify_gets_a_message_under_its_path_prefix() {
+    let receiver = Receiver::start(Behaviour::ok().with_body(r#"{"id":1}"#));
+    let host = receiver.host_port();
+    let requests = deliver_to(
+        &receiver,
+        &format!("gotify://{host}/gotify/{TOKEN}?disabletls=yes"),
+        1,
+    )
+    .await;
+    let request = &requests[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/gotify/message");
+    assert_eq!(
+        request.query, None,
+        "the token goes in the header, not the URL"
+    );
+    assert_eq!(request.header("x-gotify-key"), Some(TOKEN));
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    let body = request.json();
+    assert_eq!(body["title"], TITLE);
+    assert_eq!(
+        body["message"],
+        format!("The backup of postgresql app failed: {ERROR}")
+    );
+    assert_eq!(body["priority"], 8);
+}
+
+/// https://discord.com/developers/docs/resources/webhook#execute-webhook:
+/// `POST /webhooks/{webhook.id}/{webhook.token}` under the API base
+/// (https://discord.com/api), JSON with `content` and/or `embeds`;
+/// `allowed_mentions` with an empty `parse` resolves no mention.
+#[tokio::test(flavor = "multi_thread")]
+async fn discord_gets_an_execute_webhook() {
+    let receiver = Receiver::start(Behaviour::status(204));
+    let requests = deliver_to(
+        &receiver,
+        &format!(
+            "discord://{TOKEN}@693853386302554172?api={}",
+            receiver.url()
+        ),
+        1,
+    )
+    .await;
+    let request = &requests[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(
+        request.path,
+        format!("/api/webhooks/693853386302554172/{TOKEN}")
+    );
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    let body = request.json();
+    assert_eq!(body["content"], TITLE);
+    let embed = &body["embeds"][0];
+    assert_eq!(
+        embed["description"],
+        format!("The backup of postgresql app failed: {ERROR}")
+    );
+    assert!(embed["color"].is_u64());
+    assert_eq!(embed["timestamp"], "2026-12-02T04:00:00+00:00");
+    assert_eq!(body["allowed_mentions"]["parse"], serde_json::json!([]));
+}
+
+/// https://api.slack.com/messaging/webhooks: `POST` of JSON `{"text": …}`
+/// to the incoming webhook URL `https://hooks.slack.com/services/T…/B…/…`,
+/// `&`, `<`, `>` escaped
+/// (https://api.slack.com/reference/surfaces/formatting#escaping).
+#[tokio::test(flavor = "multi_thread")]
+async fn slack_gets_an_incoming_webhook_message() {
+    let receiver = Receiver::start(Behaviour::ok().with_body("ok"));
+    let mut notice = failed_backup();
+    notice.text = "restore of <app> & friends refused".into();
+    let destination = Destination::parse(&format!(
+        "slack://hook:T0ABC1234-B0DEF5678-{SLACK_SECRET}@webhook?api={}",
+        receiver.url()
+    ))
+    .unwrap();
+    delivery().deliver(&destination, &notice).await.unwrap();
+    let request = &receiver.wait_for_requests(1, GUARD)[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(
+        request.path,
+        format!("/services/T0ABC1234/B0DEF5678/{SLACK_SECRET}")
+    );
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    assert_eq!(
+        request.json()["text"],
+        format!("*{TITLE}*\nrestore of &lt;app&gt; &amp; friends refused")
+    );
+}
+
+/// https://core.telegram.org/bots/api#making-requests: `POST
+/// /bot<token>/METHOD`, JSON; https://core.telegram.org/bots/api#sendmessage:
+/// `chat_id` (Integer or String `@channelusername`), `text` (1-4096
+/// characters), `message_thread_id` for a forum topic. One message per chat.
+#[tokio::test(flavor = "multi_thread")]
+async fn telegram_gets_one_send_message_per_chat() {
+    let receiver = Receiver::start(Behaviour::ok().with_body(r#"{"ok":true}"#));
+    let requests = deliver_to(
+        &receiver,
+        &format!(
+            "telegram://110201543:{TOKEN}@telegram?chats=-1001234567890,@ops_alerts,-1009:42&api={}",
+            receiver.url()
+        ),
+        3,
+    )
+    .await;
+    for request in &requests {
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, format!("/bot110201543:{TOKEN}/sendMessage"));
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        assert_eq!(
+            request.json()["text"],
+            format!("{TITLE}\n\nThe backup of postgresql app failed: {ERROR}")
+        );
+    }
+    let chats: Vec<serde_json::Value> = requests
+        .iter()
+        .map(|r| r.json()["chat_id"].clone())
+        .collect();
+    assert_eq!(
+        chats,
+        [
+            serde_json::json!(-1_001_234_567_890_i64),
+            serde_json::json!("@ops_alerts"),
+            serde_json::json!(-1009)
+        ]
+    );
+    assert_eq!(requests[2].json()["message_thread_id"], 42);
+    assert!(requests[0].json().get("message_thread_id").is_none());
+}
+
+/// Every URL form with its secrets, pointed at `base` (`http://127.0.0.1:PORT`).
+fn every_form(base: &str) -> Vec<(String, Vec<&'static str>)> {
+    let host = base.trim_start_matches("http://");
+    vec![
+        (
+            format!("http://ops:{PASSWORD}@{host}/hooks/{TOKEN}?key={TOKEN}"),
+            vec![PASSWORD, TOKEN],
+        ),
+        (
+            format!("ntfy://alice:{PASSWORD}@{host}/{TOKEN}?scheme=http"),
+            vec![PASSWORD, TOKEN],
+        ),
+        (
+            format!("ntfy://:{TOKEN}@{host}/backups?scheme=http"),
+            vec![TOKEN],
+        ),
+        (
+            format!("gotify://{host}/{TOKEN}?disabletls=yes"),
+            vec![TOKEN],
+        ),
+        (format!("discord://{TOKEN}@42?api={base}"), vec![TOKEN]),
+        (
+            format!("slack://hook:T0ABC1234-B0DEF5678-{SLACK_SECRET}@webhook?api={base}"),
+            vec![SLACK_SECRET],
+        ),
+        (
+            format!("telegram://110201543:{TOKEN}@telegram?chats=1,2&api={base}"),
+            vec![TOKEN],
+        ),
+        (
+            format!(
+                "smtp://alerts:{PASSWORD}@{host}/?from=backupd@example.org&to=ops@example.org&starttls=no"
+            ),
+            vec![PASSWORD],
+        ),
+    ]
+}
+
+fn assert_no_secret(error: &str, secrets: &[&str], url: &str) {
+    for secret in secrets {
+        assert!(!error.contains(secret), "{url}\n→ {error}");
+    }
+}
+
+/// A refusing service: the error names the status and the destination
+/// (masked) and quotes the answer with every secret masked, even where the
+/// service echoes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_token_or_password_appears_in_any_error() {
+    let echo = format!("unauthorized: token {TOKEN} {SLACK_SECRET} / password {PASSWORD} rejected");
+    let receiver = Receiver::start(Behaviour::status(401).with_body(echo));
+    // The SMTP client waits for a greeting the HTTP receiver never sends.
+    let quick = Delivery::new(Duration::from_secs(2)).unwrap();
+    for (url, secrets) in every_form(&receiver.url()) {
+        let destination = Destination::parse(&url).unwrap();
+        let error = quick
+            .clone()
+            .deliver(&destination, &failed_backup())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_no_secret(&error, &secrets, &url);
+        assert_no_secret(&destination.to_string(), &secrets, &url);
+        assert_no_secret(&format!("{destination:?}"), &secrets, &url);
+        if destination.kind() != "smtp" {
+            assert!(error.contains("HTTP 401"), "{url}\n→ {error}");
+            assert!(error.contains(&destination.to_string()), "{url}\n→ {error}");
+            assert!(error.contains("rejected"), "the answer is quoted: {error}");
+        }
+    }
+
+    // Nothing listening: the transport's own error, without the URL.
+    let closed = format!("http://127.0.0.1:{}", crate::common::free_port());
+    for (url, secrets) in every_form(&closed) {
+        let destination = Destination::parse(&url).unwrap();
+        let error = quick
+            .clone()
+            .deliver(&destination, &failed_backup())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_no_secret(&error, &secrets, &url);
+    }
+
+    // A parse error of each form, secrets in place.
+    for (url, secrets) in every_form(&receiver.url()) {
+        let broken = url.replacen("://", "://bad host ", 1);
+        if let Err(error) = backupd::notify::destination::parse_list("NOTIFY_URLS", &broken) {
+            assert_no_secret(&error.to_string(), &secrets, &broken);
+        }
+    }
+}
+
+/// A webhook that redirects is reported, not followed with the notice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_is_an_error_and_is_not_followed() {
+    let elsewhere = Receiver::start(Behaviour::ok());
+    let receiver = Receiver::start(
+        Behaviour::status(308).with_header("Location", &format!("{}/moved", elsewhere.url())),
+    );
+    let destination = Destination::parse(&format!("{}/hooks/{TOKEN}", receiver.url())).unwrap();
+    let error = delivery()
+        .deliver(&destination, &failed_backup())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("HTTP 308 from webhook http://127.0.0.1:"),
+        "{error}"
+    );
+    assert!(error.contains("not followed"), "{error}");
+    assert_eq!(receiver.requests().len(), 1);
+    assert!(elsewhere.requests().is_empty());
+}
+
+/// A hung service costs one attempt's timeout, then a clear error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_service_is_given_up_at_the_timeout() {
+    let receiver = Receiver::start(Behaviour::Hang);
+    let destination = Destination::parse(&format!(
+        "ntfy://{}/backups?scheme=http",
+        receiver.host_port()
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let error = Delivery::new(Duration::from_secs(1))
+        .unwrap()
+        .deliver(&destination, &failed_backup())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(started.elapsed() < GUARD, "{:?}", started.elapsed());
+    assert_eq!(
+        error,
+        format!(
+            "ntfy http://{}/***: no answer in time",
+            receiver.host_port()
+        )
+    );
+    assert_eq!(receiver.requests().len(), 1);
 }
