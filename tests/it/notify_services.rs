@@ -507,3 +507,24 @@ async fn a_hung_service_is_given_up_at_the_timeout() {
     );
     assert_eq!(receiver.requests().len(), 1);
 }
+
+/// Every `NOTIFY_URLS=` example in docker/README.md parses.
+#[test]
+fn the_documented_examples_parse() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker/README.md")).unwrap();
+    let examples: Vec<&str> = readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("NOTIFY_URLS="))
+        .collect();
+    assert!(examples.len() >= 10, "{examples:?}");
+    for example in examples {
+        let parsed = backupd::notify::destination::parse_list("NOTIFY_URLS", example)
+            .unwrap_or_else(|e| panic!("{example}: {e}"));
+        assert!(!parsed.is_empty(), "{example}");
+    }
+    assert_eq!(
+        Destination::parse("ntfy:///backups").unwrap().to_string(),
+        "ntfy https://ntfy.sh/***"
+    );
+}
