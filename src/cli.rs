@@ -196,6 +196,18 @@ pub enum Command {
         #[command(flatten)]
         dir: DirArgs,
     },
+
+    /// Send a test message to every NOTIFY_URLS destination and the
+    /// BACKUP_PING_URL, and print how each went (exit 1 if any failed,
+    /// 2 if none is configured).
+    NotifyTest {
+        #[command(flatten)]
+        notify: NotifyArgs,
+
+        /// Names the database in the message, when set (never its credentials).
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 /// A flag whose value is a secret, and the ways to give it that `ps` cannot show.
@@ -237,6 +249,11 @@ const SECRET_FLAGS: &[SecretFlag] = &[
         id: "notify_urls",
         flag: "--notify-urls",
         alternative: "NOTIFY_URLS or NOTIFY_URLS_FILE",
+    },
+    SecretFlag {
+        id: "backup_ping_url",
+        flag: "--backup-ping-url",
+        alternative: "BACKUP_PING_URL or BACKUP_PING_URL_FILE",
     },
 ];
 
@@ -412,6 +429,25 @@ pub struct NotifyArgs {
     /// File holding NOTIFY_URLS (Docker secret); commas or one URL per line.
     #[arg(long = "notify-urls-file", env = "NOTIFY_URLS_FILE", value_parser = clean_value)]
     pub notify_urls_file: Option<String>,
+
+    /// `error` (failures, stale, recovered, a key it cannot read) or `info` (also
+    /// every success, restore started/finished).
+    #[arg(long, env = "NOTIFY_LEVEL", default_value = "error", value_parser = clean_value)]
+    pub notify_level: String,
+
+    /// Seconds per delivery attempt; also what `once` and `restore --file` wait in all
+    /// for their notifications before they exit.
+    #[arg(long, env = "NOTIFY_TIMEOUT_SECONDS", default_value = "10", value_parser = whole_number("NOTIFY_TIMEOUT_SECONDS", 10))]
+    pub notify_timeout_seconds: u64,
+
+    /// Dead-man's switch ping URL (healthchecks.io style): GET URL/start when a backup
+    /// begins, GET URL on success, POST URL/fail with the error on failure.
+    #[arg(long, env = "BACKUP_PING_URL", hide_env_values = true, value_parser = clean_value)]
+    pub backup_ping_url: Option<String>,
+
+    /// File holding BACKUP_PING_URL (Docker secret).
+    #[arg(long, env = "BACKUP_PING_URL_FILE", value_parser = clean_value)]
+    pub backup_ping_url_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -444,6 +480,9 @@ pub struct BackupArgs {
 
     #[command(flatten)]
     pub hooks: BackupHookArgs,
+
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 
     /// Delete backups older than this many days (0 turns retention off; non-digits are ignored).
     #[arg(long, env = "BACKUP_RETENTION_DAYS", default_value = "2", value_parser = retention_days)]
@@ -583,6 +622,9 @@ pub struct RestoreArgs {
 
     #[command(flatten)]
     pub hooks: RestoreHookArgs,
+
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 
     /// Restore this one file and exit (0 restored, 1 failed) instead of watching;
     /// `s3://BUCKET/KEY` downloads it first.

@@ -132,11 +132,18 @@ fn hook_timeout(args: &HookTimeoutArgs) -> Result<Duration> {
     }
 }
 
-/// Where notifications go (`NOTIFY_URLS` or `NOTIFY_URLS_FILE`), every URL
-/// checked at start-up; empty when neither is set.
-#[derive(Debug, Clone, Default)]
+/// Where notifications go (`NOTIFY_URLS` or `NOTIFY_URLS_FILE`, every URL
+/// checked at start-up; empty when neither is set) and how (`NOTIFY_LEVEL`,
+/// `NOTIFY_TIMEOUT_SECONDS`, `BACKUP_PING_URL`).
+#[derive(Debug, Clone)]
 pub struct NotifyConfig {
     pub destinations: Vec<Destination>,
+    /// `NOTIFY_LEVEL`.
+    pub level: crate::notify::Severity,
+    /// `NOTIFY_TIMEOUT_SECONDS`: per attempt, and `once`'s wait in all.
+    pub timeout: Duration,
+    /// `BACKUP_PING_URL`(`_FILE`).
+    pub ping: Option<crate::notify::ping::PingUrl>,
 }
 
 impl NotifyConfig {
@@ -149,7 +156,34 @@ impl NotifyConfig {
             Some(urls) => parse_list(urls.source(), urls.value())?,
             None => Vec::new(),
         };
-        Ok(NotifyConfig { destinations })
+        let level = crate::notify::Severity::parse_level(&args.notify_level).map_err(Error::Config)?;
+        if args.notify_timeout_seconds == 0 {
+            return Err(Error::Config(
+                "NOTIFY_TIMEOUT_SECONDS must be at least 1".into(),
+            ));
+        }
+        let ping = match secret(
+            "BACKUP_PING_URL",
+            args.backup_ping_url.as_deref(),
+            args.backup_ping_url_file.as_deref(),
+        )? {
+            Some(url) => Some(
+                crate::notify::ping::PingUrl::parse(url.value(), url.source())
+                    .map_err(Error::Config)?,
+            ),
+            None => None,
+        };
+        Ok(NotifyConfig {
+            destinations,
+            level,
+            timeout: Duration::from_secs(args.notify_timeout_seconds),
+            ping,
+        })
+    }
+
+    /// Nothing to send to.
+    pub fn is_empty(&self) -> bool {
+        self.destinations.is_empty() && self.ping.is_none()
     }
 }
 
@@ -564,6 +598,10 @@ mod tests {
         NotifyArgs {
             notify_urls: urls.map(str::to_string),
             notify_urls_file: file.map(str::to_string),
+            notify_level: "error".into(),
+            notify_timeout_seconds: 10,
+            backup_ping_url: None,
+            backup_ping_url_file: None,
         }
     }
 

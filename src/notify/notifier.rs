@@ -366,7 +366,7 @@ impl std::fmt::Debug for Notifier {
 
 /// How a destination shows itself in logs and in the status file: masked.
 pub fn describe(destination: &Destination) -> String {
-    destination.kind().to_string()
+    destination.to_string()
 }
 
 /// One destination's worker: delivers its queue in order.
