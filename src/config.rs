@@ -156,7 +156,8 @@ impl NotifyConfig {
             Some(urls) => parse_list(urls.source(), urls.value())?,
             None => Vec::new(),
         };
-        let level = crate::notify::Severity::parse_level(&args.notify_level).map_err(Error::Config)?;
+        let level =
+            crate::notify::Severity::parse_level(&args.notify_level).map_err(Error::Config)?;
         if args.notify_timeout_seconds == 0 {
             return Err(Error::Config(
                 "NOTIFY_TIMEOUT_SECONDS must be at least 1".into(),

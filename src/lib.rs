@@ -70,5 +70,8 @@ pub async fn run(cli: cli::Cli) -> Result<()> {
         }
         cli::Command::Keygen => modes::keygen::run(),
         cli::Command::Status { dir } => modes::status::run(dir),
+        cli::Command::NotifyTest { notify, database } => {
+            modes::notify_test::run(notify, database).await
+        }
     }
 }

@@ -11,17 +11,25 @@ use tokio_util::sync::CancellationToken;
 use crate::backup::{self, Run, WhenBusy};
 use crate::cli::DaemonArgs;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BackupConfig, DaemonConfig};
+use crate::config::{BackupConfig, DaemonConfig, NotifyConfig};
+use crate::crypto::keys::KEY_FILE_NAME;
 use crate::db::{Database, postgres};
 use crate::error::{Error, Result};
-use crate::events::{BackupFailed, Observer, Observers};
+use crate::events::{BackupFailed, KeyUnreadable, LogObserver, Observer, Observers};
+use crate::health::parse_timestamp;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::notify::message::NoticeContext;
+use crate::notify::notifier::{self, StatusFileRecord};
 use crate::schedule::Schedule;
+use crate::stale::{Known, StaleWatch};
 use crate::state::Status;
 
 /// Long sleeps wake up this often to notice wall-clock jumps.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// How long a stopping daemon waits for queued notifications.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
 pub async fn run(args: &DaemonArgs) -> Result<()> {
     let DaemonConfig {
@@ -35,12 +43,14 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         db_startup_timeout,
         shutdown_grace,
     } = DaemonConfig::from_args(args)?;
+    let notify = NotifyConfig::from_args(&args.backup.notify)?;
     let clock = SystemClock;
     let cancel = crate::shutdown::on_signal();
 
     let metrics = Arc::new(Metrics::new());
-    if let Ok(Some(status)) = Status::read(&cfg.paths.status_file) {
-        metrics.load_status(&status);
+    let known = Status::read(&cfg.paths.status_file).ok().flatten();
+    if let Some(status) = &known {
+        metrics.load_status(status);
     }
     let unrecorded_start_error = Arc::new(Mutex::new(None));
     let state = AppState {
@@ -52,8 +62,44 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         clock: Arc::new(clock),
     };
     let server = http::start(addr, state, cancel.clone()).await?;
-    let observers = Observers::new().with(metrics.clone());
+    let notifier = notifier::start_from_config(
+        &notify,
+        NoticeContext::new(&cfg.database),
+        Some(Arc::clone(&metrics)),
+        Some(Arc::new(StatusFileRecord(cfg.paths.status_file.clone()))),
+    )?;
+    let mut observers = Observers::new().with(metrics.clone());
+    // Who hears what the daemon itself notices (stale, recovered, the key).
+    let mut alerts = Observers::new();
+    if let Some(notifier) = &notifier {
+        notifier.offsite_was_failing(
+            known
+                .as_ref()
+                .is_some_and(|s| s.last_upload_error.is_some()),
+        );
+        observers.push(notifier.clone());
+        alerts.push(notifier.clone());
+    }
+    alerts.push(Arc::new(LogObserver));
+    let stale_timer = (health_max_age_seconds > 0).then(|| {
+        let watch = StaleWatch::new(
+            cfg.database.kind(),
+            Duration::from_secs(health_max_age_seconds),
+            Known {
+                last_success: known
+                    .as_ref()
+                    .and_then(|s| s.last_backup.as_deref())
+                    .and_then(parse_timestamp),
+                last_error: known.as_ref().and_then(|s| s.last_error.clone()),
+            },
+            Arc::new(clock),
+            Arc::new(alerts),
+        );
+        observers.push(watch.clone());
+        tokio::spawn(watch.run(cancel.clone()))
+    });
 
+    let encryption = cfg.keys.for_encryption();
     let now = clock.now();
     let upcoming: Vec<String> = schedule
         .upcoming(now, 3)
@@ -66,7 +112,7 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         schedule = %schedule,
         // An unreadable key file is not "off": every backup fails until it
         // is fixed (the reason was logged just before).
-        encryption = match cfg.keys.for_encryption() {
+        encryption = match &encryption {
             Ok(Some(_)) => "fernet",
             Ok(None) => "off",
             Err(_) => "key unavailable: backups fail until it is fixed",
@@ -79,6 +125,16 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         crate::VERSION,
         upcoming.join(", ")
     );
+    // The key file's own error was logged when it was read; people hear it here.
+    if let (Err(e), Some(notifier)) = (&encryption, &notifier) {
+        notifier.observe(
+            &KeyUnreadable {
+                path: cfg.paths.backup_dir.join(KEY_FILE_NAME),
+                error: e.to_string(),
+            }
+            .into(),
+        );
+    }
 
     if let Database::Postgres(target) = &cfg.database {
         wait_for_postgres(target, db_startup_timeout, &cancel).await;
@@ -142,6 +198,16 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
 
     tracing::info!("backupd stopped");
     cancel.cancel();
+    if let Some(timer) = stale_timer {
+        let _ = timer.await;
+    }
+    // A failure just before the stop is still worth a message; the
+    // container's stop timeout bounds how long that may take.
+    if let Some(notifier) = &notifier
+        && !notifier.flush(SHUTDOWN_FLUSH.min(notify.timeout)).await
+    {
+        tracing::warn!("stopped before every notification was delivered");
+    }
     let _ = server.await;
     Ok(())
 }

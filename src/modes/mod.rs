@@ -4,6 +4,7 @@ pub mod daemon;
 pub mod healthcheck;
 pub mod keygen;
 pub mod list;
+pub mod notify_test;
 pub mod once;
 pub mod restore;
 pub mod status;

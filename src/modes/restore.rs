@@ -5,18 +5,21 @@
 //! `restore::recovery`.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RestoreArgs;
 use crate::clock::{Clock, SystemClock};
-use crate::config::RestoreConfig;
+use crate::config::{NotifyConfig, RestoreConfig};
 use crate::container::ContainerControl;
 use crate::container::docker::DockerControl;
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::events::{LogObserver, Observers};
 use crate::hooks::ShellHooks;
+use crate::notify::message::NoticeContext;
+use crate::notify::notifier::{self, FailureRecord, Notifier};
 use crate::offsite;
 use crate::restore::check;
 use crate::restore::containers::ContainerPolicy;
@@ -24,7 +27,7 @@ use crate::restore::error::{REQUIRE_ENCRYPTED_REASON, Unfinished};
 use crate::restore::kind;
 use crate::restore::postgres as pg_restore;
 use crate::restore::procedure::{Origin, Procedure, Settings};
-use crate::restore::state::StateFile;
+use crate::restore::state::{RestoreState, StateFile};
 use crate::restore::target::LiveDatabase;
 use crate::store::Kind;
 use crate::store::local::DirLock;
@@ -47,8 +50,25 @@ fn container_policy(cfg: &RestoreConfig) -> ContainerPolicy {
 
 pub async fn run(args: &RestoreArgs) -> Result<()> {
     let cfg = RestoreConfig::from_args(args)?;
+    let notify = NotifyConfig::from_args(&args.notify)?;
     let cancel = crate::shutdown::on_signal();
-    let service = Service::new(cfg).await?;
+    let service = Service::new(cfg, &notify).await?;
+    let result = serve(args, &service, &cancel).await;
+    // A one-shot restore waits (bounded) for its messages before it exits.
+    if let Some(notifier) = &service.notifier
+        && !notifier.flush(notify.timeout).await
+    {
+        tracing::warn!(
+            timeout_seconds = notify.timeout.as_secs(),
+            "exiting before every notification was delivered (NOTIFY_TIMEOUT_SECONDS)"
+        );
+    }
+    service.notification_errors.write_pending();
+    result
+}
+
+async fn serve(args: &RestoreArgs, service: &Service, cancel: &CancellationToken) -> Result<()> {
+    let cancel = cancel.clone();
     service.warn_if_superuser().await;
     // A dry run changes nothing, not even an interrupted restore's leftovers.
     if !args.dry_run {
@@ -111,6 +131,7 @@ pub async fn run(args: &RestoreArgs) -> Result<()> {
         for handled in service.handle_batch(batch, &cancel).await {
             watcher.forget(&handled);
         }
+        service.notification_errors.write_pending();
         if cancel.is_cancelled() {
             break;
         }
@@ -130,10 +151,84 @@ struct Service {
     clock: SystemClock,
     observers: Observers,
     hooks: ShellHooks,
+    notifier: Option<Arc<Notifier>>,
+    notification_errors: Arc<NotificationErrors>,
+}
+
+/// `last_notification_error` of the restore service, in its own state
+/// file (its operators read that file; the backup status file belongs to
+/// the backup side). The procedure rewrites that file at every step, so it
+/// is only written while the restore lock is free (no restore in this or
+/// another process); otherwise it waits for the service's next safe point
+/// (after each batch, and at exit).
+struct NotificationErrors {
+    state_file: PathBuf,
+    lock_file: PathBuf,
+    pending: Mutex<Option<String>>,
+}
+
+impl NotificationErrors {
+    fn write_pending(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(line) = pending.as_ref() else {
+            return;
+        };
+        match DirLock::try_acquire_file(&self.lock_file) {
+            Ok(Some(_free)) => {
+                let written = RestoreState::read(&self.state_file).and_then(|mut state| {
+                    state.other.insert(
+                        "last_notification_error".into(),
+                        serde_json::Value::String(line.clone()),
+                    );
+                    state.write(&self.state_file)
+                });
+                match written {
+                    Ok(()) => *pending = None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot write last_notification_error into the restore state file")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write last_notification_error into the restore state file")
+            }
+        }
+    }
+}
+
+impl FailureRecord for NotificationErrors {
+    fn record(&self, line: &str) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(line.to_string());
+        self.write_pending();
+    }
+}
+
+/// Beside the state file, never BACKUP_DIR's lock: the safety backup
+/// takes that one while this is held.
+fn restore_lock_file(state_file: &Path) -> PathBuf {
+    let mut lock = state_file.to_path_buf().into_os_string();
+    lock.push(".lock");
+    PathBuf::from(lock)
 }
 
 impl Service {
-    async fn new(cfg: RestoreConfig) -> Result<Self> {
+    async fn new(cfg: RestoreConfig, notify: &NotifyConfig) -> Result<Self> {
+        let notification_errors = Arc::new(NotificationErrors {
+            state_file: cfg.state_file.clone(),
+            lock_file: restore_lock_file(&cfg.state_file),
+            pending: Mutex::new(None),
+        });
+        let notifier = notifier::start_from_config(
+            notify,
+            NoticeContext::new(&cfg.database),
+            None,
+            Some(notification_errors.clone() as Arc<dyn FailureRecord>),
+        )?;
+        let mut observers = Observers::new().with(Arc::new(LogObserver));
+        if let Some(notifier) = &notifier {
+            observers.push(notifier.clone());
+        }
         let policy = container_policy(&cfg);
         let docker = if policy.uses_containers() {
             let docker = DockerControl::connect(cfg.docker_host.as_deref()).await?;
@@ -169,7 +264,9 @@ impl Service {
             target,
             state,
             clock: SystemClock,
-            observers: Observers::new().with(std::sync::Arc::new(LogObserver)),
+            observers,
+            notifier,
+            notification_errors,
         })
     }
 
@@ -271,11 +368,7 @@ impl Service {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         crate::files::create_dir_all(dir).map_err(|e| Error::io("create the folder", dir, e))?;
-        // Beside the state file, never BACKUP_DIR's lock: the safety backup
-        // takes that one while this is held.
-        let mut lock = self.cfg.state_file.clone().into_os_string();
-        lock.push(".lock");
-        let lock = PathBuf::from(lock);
+        let lock = restore_lock_file(&self.cfg.state_file);
         tokio::task::spawn_blocking(move || {
             DirLock::acquire_file(&lock, || {
                 tracing::info!(

@@ -72,6 +72,15 @@ impl NoticeContext {
         }
     }
 
+    /// This host with no database (`backupd notify-test` without one configured).
+    pub fn without_database() -> Self {
+        NoticeContext {
+            host: host_name(),
+            database_kind: "none",
+            database_name: String::new(),
+        }
+    }
+
     /// "db-backup (postgresql app)"
     fn who(&self) -> String {
         format!(

@@ -17,7 +17,7 @@
 //! service (its operators read that file, and the backup status file
 //! belongs to the backup side).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,26 +80,6 @@ impl FailureRecord for StatusFileRecord {
         });
         if let Err(e) = written {
             tracing::warn!(error = %e, "cannot write last_notification_error into the status file");
-        }
-    }
-}
-
-/// `last_notification_error` in the restore state file (the restore service).
-#[derive(Debug, Clone)]
-pub struct RestoreStateRecord(pub PathBuf);
-
-impl FailureRecord for RestoreStateRecord {
-    fn record(&self, line: &str) {
-        let path: &Path = &self.0;
-        let written = crate::restore::state::RestoreState::read(path).and_then(|mut state| {
-            state.other.insert(
-                "last_notification_error".into(),
-                serde_json::Value::String(line.to_string()),
-            );
-            state.write(path)
-        });
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot write last_notification_error into the restore state file");
         }
     }
 }
@@ -362,6 +342,49 @@ impl std::fmt::Debug for Notifier {
             .field("ping", &self.ping.as_ref().map(|(url, _)| url.to_string()))
             .finish()
     }
+}
+
+/// The real senders: HTTP and SMTP for the destinations, HTTP for the ping.
+pub fn real_senders(timeout: Duration) -> crate::Result<(Arc<dyn Deliver>, Arc<dyn Ping>)> {
+    let ping = super::ping::HttpPing::new(timeout).map_err(|e| crate::Error::Other(e.0))?;
+    let deliver = super::send::Delivery::new(timeout).map_err(|e| crate::Error::Other(e.0))?;
+    Ok((Arc::new(deliver), Arc::new(ping)))
+}
+
+/// The notifier of `cfg`, started; `None` when nothing is configured.
+pub fn start_from_config(
+    cfg: &crate::config::NotifyConfig,
+    ctx: NoticeContext,
+    metrics: Option<Arc<Metrics>>,
+    record: Option<Arc<dyn FailureRecord>>,
+) -> crate::Result<Option<Arc<Notifier>>> {
+    if cfg.is_empty() {
+        return Ok(None);
+    }
+    let (deliver, pinger) = real_senders(cfg.timeout)?;
+    let notifier = Notifier::start(Setup {
+        ctx,
+        destinations: cfg.destinations.clone(),
+        ping: cfg.ping.clone(),
+        policy: Policy {
+            level: cfg.level,
+            timeout: cfg.timeout,
+            ..Policy::default()
+        },
+        deliver,
+        pinger,
+        metrics,
+        record,
+        clock: Arc::new(crate::clock::SystemClock),
+    });
+    let shown: Vec<&str> = notifier.workers.iter().map(|w| w.shown.as_str()).collect();
+    tracing::info!(
+        destinations = %shown.join(", "),
+        ping = %cfg.ping.as_ref().map_or_else(|| "off".to_string(), ToString::to_string),
+        level = cfg.level.as_str(),
+        "notifications on"
+    );
+    Ok(Some(notifier))
 }
 
 /// How a destination shows itself in logs and in the status file: masked.

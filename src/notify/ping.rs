@@ -56,7 +56,7 @@ pub enum PingMethod {
 /// One ping to send. Its Debug is masked (the URL is the secret).
 #[derive(Clone, PartialEq, Eq)]
 pub struct PingRequest {
-    /// `start`, `success` or `fail`.
+    /// `start`, `success`, `fail` or `test`.
     pub signal: &'static str,
     pub method: PingMethod,
     pub url: Url,
@@ -159,6 +159,23 @@ impl PingUrl {
             PingMethod::Post,
             with_suffix(&self.url, "fail"),
             Some(body),
+        )
+    }
+
+    /// What `backupd notify-test` sends: healthchecks.io's `/log`, which
+    /// records the message without changing the check's state; an Uptime
+    /// Kuma push URL has no such signal and gets `status=up`.
+    pub fn test(&self) -> PingRequest {
+        const MESSAGE: &str = "backupd notify-test";
+        if self.is_uptime_kuma() {
+            let url = with_query(&self.url, &[("status", "up"), ("msg", MESSAGE)]);
+            return self.build("test", PingMethod::Get, url, None);
+        }
+        self.build(
+            "test",
+            PingMethod::Post,
+            with_suffix(&self.url, "log"),
+            Some(MESSAGE.into()),
         )
     }
 
@@ -339,6 +356,10 @@ mod tests {
         assert_eq!(
             url.success().url.as_str(),
             "https://hc-ping.com/ping/KEY/db-backup/?create=1"
+        );
+        assert_eq!(
+            url.test().url.as_str(),
+            "https://hc-ping.com/ping/KEY/db-backup/log?create=1"
         );
         let bare = ping("http://127.0.0.1:8000");
         assert_eq!(bare.fail("x").url.as_str(), "http://127.0.0.1:8000/fail");

@@ -63,6 +63,16 @@ impl DirLock {
         }
     }
 
+    /// [`DirLock::try_acquire`] on another lock file (created if missing).
+    pub fn try_acquire_file(path: &Path) -> Result<Option<Self>> {
+        let file = Self::open_file(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(DirLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", path, e)),
+        }
+    }
+
     fn open(dir: &Path) -> Result<File> {
         Self::open_file(&dir.join(LOCK_FILE))
     }
