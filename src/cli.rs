@@ -65,6 +65,10 @@ Hooks (backupd backup and once; run by /bin/sh -c with BACKUPD_* context):
 Notifications (see docker/README.md for the URL forms):
   NOTIFY_URLS(_FILE)            destinations, comma-separated: https://…, ntfy://,
                                 gotify://, discord://, slack://, telegram://, smtp://
+  NOTIFY_LEVEL                  error or info (also successes) [default: error]
+  NOTIFY_TIMEOUT_SECONDS        per attempt; once's wait in all [default: 10]
+  BACKUP_PING_URL(_FILE)        dead-man's switch: URL/start, URL, URL/fail
+  (restore, notify-test: the same NOTIFY_* variables; backupd notify-test checks them)
 
 Database URLs: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB
   (also postgresql+psycopg2://, postgresql://, postgres://; libpq query

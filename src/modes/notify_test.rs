@@ -31,7 +31,7 @@ pub async fn run(notify: &NotifyArgs, database: &DatabaseArgs) -> Result<()> {
     for (index, destination) in cfg.destinations.iter().cloned().enumerate() {
         let (deliver, notice) = (Arc::clone(&deliver), Arc::clone(&notice));
         tasks.spawn(async move {
-            let shown = format!("{} {}", destination.kind(), describe(&destination));
+            let shown = describe(&destination);
             let result =
                 tokio::time::timeout(timeout, deliver.deliver(&destination, &notice)).await;
             (index, shown, flatten(result, timeout))

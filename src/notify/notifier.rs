@@ -213,7 +213,7 @@ impl Notifier {
             })
             .collect();
         let ping = ping.map(|url| {
-            let worker = spawn(Target::Ping, PING_KIND, url.to_string());
+            let worker = spawn(Target::Ping, PING_KIND, format!("{PING_KIND} {url}"));
             (url, worker)
         });
         Arc::new(Notifier {
@@ -387,7 +387,8 @@ pub fn start_from_config(
     Ok(Some(notifier))
 }
 
-/// How a destination shows itself in logs and in the status file: masked.
+/// How a destination shows itself in logs and in the status file: its
+/// kind and its URL, masked (`ntfy https://ntfy.sh/***`).
 pub fn describe(destination: &Destination) -> String {
     destination.to_string()
 }
@@ -443,7 +444,7 @@ async fn work(
                 );
                 if let Some(record) = &shared.record {
                     let line = format!(
-                        "{} {kind} {shown}: {e}",
+                        "{} {shown}: {e}",
                         crate::state::timestamp(shared.clock.now())
                     );
                     record.record(&line);
@@ -740,7 +741,7 @@ pub(crate) mod tests {
         let lines = rig.lines.0.lock().unwrap().clone();
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(
-            lines[0].contains("ntfy ntfy: HTTP 500 from ntfy"),
+            lines[0].ends_with("Z ntfy https://ntfy.sh/***: HTTP 500 from ntfy"),
             "{}",
             lines[0]
         );
