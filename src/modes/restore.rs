@@ -51,6 +51,11 @@ fn container_policy(cfg: &RestoreConfig) -> ContainerPolicy {
 pub async fn run(args: &RestoreArgs) -> Result<()> {
     let cfg = RestoreConfig::from_args(args)?;
     let notify = NotifyConfig::from_args(&args.notify)?;
+    // The ping is the backup's dead-man's switch; restores do not touch it.
+    let notify = NotifyConfig {
+        ping: None,
+        ..notify
+    };
     let cancel = crate::shutdown::on_signal();
     let service = Service::new(cfg, &notify).await?;
     let result = serve(args, &service, &cancel).await;

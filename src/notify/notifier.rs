@@ -108,6 +108,8 @@ struct Worker {
     kind: &'static str,
     shown: String,
     queue: mpsc::Sender<Job>,
+    /// Its jobs queued or being delivered.
+    pending: Arc<AtomicUsize>,
 }
 
 /// State shared by the observer and its workers.
@@ -194,16 +196,22 @@ impl Notifier {
                 metrics.expect_notifications(kind);
             }
             let (queue, jobs) = mpsc::channel(policy.queue.max(1));
+            let pending = Arc::new(AtomicUsize::new(0));
             tokio::spawn(work(
                 target,
                 shown.clone(),
                 jobs,
-                Arc::clone(&deliver),
-                Arc::clone(&pinger),
+                (Arc::clone(&deliver), Arc::clone(&pinger)),
                 policy.clone(),
                 Arc::clone(&shared),
+                Arc::clone(&pending),
             ));
-            Worker { kind, shown, queue }
+            Worker {
+                kind,
+                shown,
+                queue,
+                pending,
+            }
         };
         let workers = destinations
             .into_iter()
@@ -254,7 +262,24 @@ impl Notifier {
                 idle.await;
             }
         };
-        tokio::time::timeout(deadline, wait).await.is_ok()
+        if tokio::time::timeout(deadline, wait).await.is_ok() {
+            return true;
+        }
+        // The process is about to exit with these undelivered: say so where
+        // a failed delivery would have been recorded.
+        let workers = self.workers.iter().chain(self.ping.iter().map(|(_, w)| w));
+        for worker in workers.filter(|w| w.pending.load(Ordering::Acquire) > 0) {
+            tracing::warn!(destination = %worker.shown, "notification not delivered before the exit");
+            if let Some(record) = &self.shared.record {
+                record.record(&format!(
+                    "{} {}: still not delivered when backupd exited (NOTIFY_TIMEOUT_SECONDS={})",
+                    crate::state::timestamp(self.shared.clock.now()),
+                    worker.shown,
+                    deadline.as_secs()
+                ));
+            }
+        }
+        false
     }
 
     /// The notice for `event` after the level and the streaks, if any.
@@ -297,7 +322,9 @@ impl Notifier {
 
     fn enqueue(&self, worker: &Worker, job: Job) {
         self.shared.pending.fetch_add(1, Ordering::AcqRel);
+        worker.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = worker.queue.try_send(job) {
+            worker.pending.fetch_sub(1, Ordering::AcqRel);
             let job = match e {
                 mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => {
                     job
@@ -398,10 +425,10 @@ async fn work(
     target: Target,
     shown: String,
     mut jobs: mpsc::Receiver<Job>,
-    deliver: Arc<dyn Deliver>,
-    pinger: Arc<dyn Ping>,
+    (deliver, pinger): (Arc<dyn Deliver>, Arc<dyn Ping>),
     policy: Policy,
     shared: Arc<Shared>,
+    pending: Arc<AtomicUsize>,
 ) {
     let kind = match &target {
         Target::Destination(d) => d.kind(),
@@ -451,6 +478,7 @@ async fn work(
                 }
             }
         }
+        pending.fetch_sub(1, Ordering::AcqRel);
         shared.done();
     }
 }
@@ -818,6 +846,13 @@ pub(crate) mod tests {
         let dropped = count(&rig.metrics, "webhook", "dropped");
         assert!((7..=8).contains(&dropped), "{dropped}");
         assert!(!rig.notifier.flush(Duration::from_millis(50)).await);
+        let lines = rig.lines.0.lock().unwrap().clone();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("still not delivered when backupd exited")),
+            "{lines:?}"
+        );
         assert!(rig.notifier.flush(SETTLE).await);
         assert_eq!(count(&rig.metrics, "webhook", "failed") + dropped, 10);
     }

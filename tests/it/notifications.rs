@@ -242,6 +242,16 @@ fn once_waits_for_a_hanging_destination_no_longer_than_notify_timeout_seconds() 
         "{}",
         done.stderr
     );
+    // What was still under way at the exit is written down, masked.
+    let status = read_status(&app.status_file());
+    let error = status["last_notification_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("still not delivered"), "{status}");
+    assert!(
+        !error.contains("/ping/uuid") && !error.contains("/hook"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -350,4 +360,76 @@ fn a_failed_backup_reaches_a_webhook_an_smtp_server_and_ntfy_once_each() {
     assert!(pushed[0].text().contains("app.db"), "{}", pushed[0]);
     let subject = mails[0].header("Subject").unwrap_or_default();
     assert!(subject.contains("backup failed"), "{subject}");
+}
+
+/// A one-shot restore tells of its start, its end or its failure (and where
+/// the file went), and keeps an undelivered notice in its own state file.
+#[test]
+fn a_restore_is_told_and_an_undelivered_notice_lands_in_the_restore_state_file() {
+    let work = temp_dir();
+    let db = work.path().join("app/app.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    sqlite_small(&db, 5);
+    let source = work.path().join("made/source.db");
+    std::fs::create_dir_all(source.parent().unwrap()).unwrap();
+    sqlite_small(&source, 9);
+    let good = Backupd::for_database(sqlite_url(&source), &work.path().join("made"))
+        .once()
+        .backup_path();
+    let state_file = work.path().join("restore/state/restore-state.json");
+    let receiver = Receiver::start(Behaviour::ok());
+    let restore = |urls: String| {
+        Backupd::for_database(sqlite_url(&db), &work.path().join("backups"))
+            .env("RESTORE_WATCH_DIR", work.path().join("restore/incoming"))
+            .env("RESTORE_STATE_FILE", &state_file)
+            .env("RESTORE_SQLITE_PATH", &db)
+            .env("RESTORE_SAFETY_BACKUP", "false")
+            .env("NOTIFY_URLS", urls)
+            .env("NOTIFY_LEVEL", "info")
+            .env("NOTIFY_TIMEOUT_SECONDS", "1")
+    };
+    let hook = format!("{}/hook", receiver.url());
+    restore(hook.clone())
+        .run_bounded(&["restore", "--file", good.to_str().unwrap()], GUARD)
+        .assert_code(0);
+    assert_eq!(events(&receiver), ["restore-started", "restore-finished"]);
+
+    let garbage = work.path().join("given/app.db.gz");
+    std::fs::create_dir_all(garbage.parent().unwrap()).unwrap();
+    std::fs::write(&garbage, b"not a gzip stream").unwrap();
+    restore(hook)
+        .run_bounded(&["restore", "--file", garbage.to_str().unwrap()], GUARD)
+        .assert_code(1);
+    let failed = receiver
+        .requests()
+        .into_iter()
+        .map(|r| r.json())
+        .find(|j| j["event"] == "restore-failed")
+        .unwrap_or_else(|| panic!("{:?}", events(&receiver)));
+    assert_eq!(failed["severity"], "error");
+    assert!(failed["error"].is_string(), "{failed}");
+    assert!(
+        failed["text"]
+            .as_str()
+            .unwrap()
+            .contains("left where it is"),
+        "{failed}"
+    );
+    assert!(garbage.exists(), "a --file stays where it is");
+
+    let hanging = Receiver::start(Behaviour::Hang);
+    restore(format!("{}/s3cret-hook", hanging.url()))
+        .run_bounded(&["restore", "--file", good.to_str().unwrap()], GUARD)
+        .assert_code(0);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    let error = state["last_notification_error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no last_notification_error: {state}"));
+    assert!(error.contains("webhook http://127.0.0.1"), "{error}");
+    assert!(!error.contains("s3cret"), "{error}");
+    assert!(
+        state["history"].as_array().is_some_and(|h| h.len() == 3),
+        "{state}"
+    );
 }
