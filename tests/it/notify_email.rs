@@ -282,3 +282,61 @@ fn a_wrong_password_over_starttls_is_named_the_same_way() {
     assert!(!err.contains(wrong), "{err}");
     assert!(server.messages().is_empty(), "{:#?}", server.messages());
 }
+
+/// `backupd notify-test` with `NOTIFY_URLS=smtp://…`: the operator's check,
+/// trusting the server's CA the operator's way (`SSL_CERT_FILE`).
+#[test]
+fn notify_test_delivers_over_starttls_trusting_ssl_cert_file() {
+    let Some(server) = SmtpServer::start(SmtpTls::StartTls, Some((USER, PASSWORD))) else {
+        return;
+    };
+    let url = format!(
+        "smtp://{USER}:{PASSWORD}@localhost:{}/?from={FROM}&to={}",
+        server.port(),
+        TO.join(",")
+    );
+    let run = common::Backupd::new()
+        .env("NOTIFY_URLS", &url)
+        .env("SSL_CERT_FILE", server.ca_file())
+        .run(&["notify-test"]);
+    run.assert_code(0).assert_not_shown(PASSWORD);
+    assert!(run.stdout.contains("ok  smtp"), "{run}");
+    let messages = server.messages();
+    assert_eq!(messages.len(), 1, "{messages:#?}\n{run}");
+    let mail = &messages[0];
+    assert!(mail.tls && mail.login.as_deref() == Some(USER), "{mail:#?}");
+    assert_eq!(mail.rcpt_tos, TO);
+    let subject = mail.header("Subject").unwrap_or_default();
+    assert!(
+        subject.starts_with("test message from backupd"),
+        "{subject}"
+    );
+    assert!(mail.body().contains("\nevent: test\n"), "{}", mail.body());
+    assert!(!mail.data.contains(PASSWORD), "{}", mail.data);
+}
+
+/// The same without the CA: the check fails (exit 1), naming the server
+/// masked and the certificate, never the password.
+#[test]
+fn notify_test_without_the_ca_fails_clearly() {
+    let Some(server) = SmtpServer::start(SmtpTls::StartTls, Some((USER, PASSWORD))) else {
+        return;
+    };
+    let url = format!(
+        "smtp://{USER}:{PASSWORD}@localhost:{}/?from={FROM}&to={}",
+        server.port(),
+        TO[0]
+    );
+    let run = common::Backupd::new()
+        .env("NOTIFY_URLS", &url)
+        .run(&["notify-test"]);
+    run.assert_code(1).assert_not_shown(PASSWORD);
+    assert!(run.stdout.contains("FAILED smtp"), "{run}");
+    assert!(
+        run.stdout
+            .contains(&format!("smtp://{USER}:***@localhost:{}", server.port())),
+        "{run}"
+    );
+    assert!(run.stdout.contains("certificate"), "{run}");
+    assert!(server.messages().is_empty(), "{:#?}", server.messages());
+}
