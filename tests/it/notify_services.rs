@@ -528,3 +528,80 @@ fn the_documented_examples_parse() {
         "ntfy https://ntfy.sh/***"
     );
 }
+
+/// The built binary: `backupd notify-test` reads every form from
+/// `NOTIFY_URLS_FILE` (one per line), sends each service its test message
+/// the service's way, and prints one masked line per destination.
+#[test]
+fn notify_test_reaches_every_service_from_the_urls_file() {
+    let receiver = Receiver::start(Behaviour::ok());
+    let base = receiver.url();
+    let host = receiver.host_port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notify-urls");
+    let urls = [
+        format!("http://ops:{PASSWORD}@{host}/hooks/{TOKEN}"),
+        format!("ntfy://:{TOKEN}@{host}/backups?scheme=http"),
+        format!("gotify://{host}/{TOKEN}?disabletls=yes"),
+        format!("discord://{TOKEN}@42?api={base}"),
+        format!("slack://hook:T0ABC1234-B0DEF5678-{SLACK_SECRET}@webhook?api={base}"),
+        format!("telegram://110201543:{TOKEN}@telegram?chats=-1001,@ops&api={base}"),
+    ];
+    std::fs::write(&file, urls.join("\n")).unwrap();
+
+    let done = crate::common::Backupd::new()
+        .env("NOTIFY_URLS_FILE", &file)
+        .run_bounded(&["notify-test"], GUARD);
+    done.assert_code(0)
+        .assert_not_shown(TOKEN)
+        .assert_not_shown(PASSWORD)
+        .assert_not_shown(SLACK_SECRET);
+    let lines: Vec<&str> = done.stdout.lines().collect();
+    let kinds = ["webhook", "ntfy", "gotify", "discord", "slack", "telegram"];
+    assert_eq!(lines.len(), kinds.len(), "{done}");
+    for (line, kind) in lines.iter().zip(kinds) {
+        assert!(line.starts_with(&format!("ok  {kind} ")), "{done}");
+    }
+
+    let requests = receiver.wait_for_requests(7, GUARD);
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    for expected in [
+        format!("/hooks/{TOKEN}"),
+        "/backups".to_string(),
+        "/message".to_string(),
+        format!("/api/webhooks/42/{TOKEN}"),
+        format!("/services/T0ABC1234/B0DEF5678/{SLACK_SECRET}"),
+        format!("/bot110201543:{TOKEN}/sendMessage"),
+    ] {
+        assert!(
+            paths.contains(&expected.as_str()),
+            "{expected} not in {paths:?}"
+        );
+    }
+    let by_path = |path: &str| requests.iter().find(|r| r.path == path).unwrap();
+    assert_eq!(by_path(&format!("/hooks/{TOKEN}")).json()["event"], "test");
+    assert_eq!(by_path("/message").header("x-gotify-key"), Some(TOKEN));
+    let telegram: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path.ends_with("/sendMessage"))
+        .map(|r| r.json()["chat_id"].clone())
+        .collect();
+    assert_eq!(telegram.len(), 2);
+
+    // A refusal: exit 1, the failing line masked.
+    // (Answers echoing a destination's own secrets: no_token_or_password_appears_in_any_error.)
+    receiver.set_behaviour(Behaviour::status(403).with_body("denied"));
+    let done = crate::common::Backupd::new()
+        .env("NOTIFY_URLS_FILE", &file)
+        .run_bounded(&["notify-test"], GUARD);
+    done.assert_code(1)
+        .assert_not_shown(TOKEN)
+        .assert_not_shown(PASSWORD)
+        .assert_not_shown(SLACK_SECRET);
+    assert!(
+        done.stdout
+            .lines()
+            .all(|l| l.starts_with("FAILED ") && l.contains("HTTP 403")),
+        "{done}"
+    );
+}
