@@ -605,3 +605,23 @@ fn notify_test_reaches_every_service_from_the_urls_file() {
         "{done}"
     );
 }
+
+/// A refusal with a huge answer: quoted short, on one line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_answer_is_quoted_short() {
+    let receiver =
+        Receiver::start(Behaviour::status(500).with_body(format!("oops\n{}", "x".repeat(1 << 20))));
+    let destination = Destination::parse(&format!("{}/hook", receiver.url())).unwrap();
+    let error = delivery()
+        .deliver(&destination, &failed_backup())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("HTTP 500 from webhook http://127.0.0.1:"),
+        "{error}"
+    );
+    assert!(error.contains(": oops x"), "{error}");
+    assert!(!error.contains('\n'), "{error}");
+    assert!(error.len() < 400, "{} bytes: {error}", error.len());
+}

@@ -377,6 +377,21 @@ fn quoted_answer(destination: &Destination, answer: &str) -> String {
     clip_chars(line.trim(), MAX_ANSWER_QUOTED)
 }
 
+/// The first few kB of an answer's body, at most: enough to quote, and a
+/// misbehaving service cannot make us read (or hold) more.
+async fn answer_start(mut response: reqwest::Response) -> String {
+    const ENOUGH: usize = 4096;
+    let mut start = Vec::new();
+    while start.len() < ENOUGH {
+        match response.chunk().await {
+            Ok(Some(chunk)) => start.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    start.truncate(ENOUGH);
+    String::from_utf8_lossy(&start).into_owned()
+}
+
 /// Sends one request; a non-2xx answer (a redirect too: never followed) is
 /// an error naming the status and the destination, masked.
 pub async fn send(
@@ -407,8 +422,7 @@ pub async fn send(
     } else {
         ""
     };
-    let answer = response.text().await.unwrap_or_default();
-    let answer = quoted_answer(destination, &answer);
+    let answer = quoted_answer(destination, &answer_start(response).await);
     Err(DeliveryError(if answer.is_empty() {
         format!("HTTP {} from {destination}{hint}", status.as_u16())
     } else {
