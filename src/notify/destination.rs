@@ -147,6 +147,21 @@ impl Destination {
         }
     }
 
+    /// This destination, split into one per Telegram chat (any other: itself).
+    pub fn one_per_chat(self) -> Vec<Destination> {
+        match self {
+            Destination::Telegram { api, token, chats } if chats.len() > 1 => chats
+                .into_iter()
+                .map(|chat| Destination::Telegram {
+                    api: api.clone(),
+                    token: token.clone(),
+                    chats: vec![chat],
+                })
+                .collect(),
+            other => vec![other],
+        }
+    }
+
     /// Parses one URL (already trimmed). The error names the URL masked.
     pub fn parse(raw: &str) -> Result<Destination, InvalidDestination> {
         let invalid = |reason: String| InvalidDestination {
@@ -187,7 +202,9 @@ impl Destination {
 /// `NOTIFY_URLS_FILE (path)`), in order.
 ///
 /// Entries are separated by commas or line breaks; empty entries are
-/// ignored. Some URLs hold commas themselves (`chats=1,2`, `to=a@x,b@y`):
+/// ignored. A Telegram URL naming several chats becomes one destination
+/// per chat, so each is retried (and counted) on its own: a retry after one
+/// chat failed does not repeat the message in the chats that got it. Some URLs hold commas themselves (`chats=1,2`, `to=a@x,b@y`):
 /// a piece that does not begin with `scheme://` belongs to the entry before it.
 pub fn parse_list(source: &str, raw: &str) -> Result<Vec<Destination>> {
     let mut entries: Vec<String> = Vec::new();
@@ -204,14 +221,13 @@ pub fn parse_list(source: &str, raw: &str) -> Result<Vec<Destination>> {
             _ => entries.push(piece.to_string()),
         }
     }
-    entries
-        .iter()
-        .enumerate()
-        .map(|(index, entry)| {
-            Destination::parse(entry)
-                .map_err(|e| Error::Config(format!("{source}, entry {}: {e}", index + 1)))
-        })
-        .collect()
+    let mut destinations = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let destination = Destination::parse(entry)
+            .map_err(|e| Error::Config(format!("{source}, entry {}: {e}", index + 1)))?;
+        destinations.extend(destination.one_per_chat());
+    }
+    Ok(destinations)
 }
 
 /// `scheme://` at the start: letters, digits, `+`, `-`, `.` after a letter.
@@ -1031,12 +1047,16 @@ mod tests {
         )
         .unwrap();
         let kinds: Vec<&str> = list.iter().map(Destination::kind).collect();
-        assert_eq!(kinds, ["webhook", "telegram", "smtp", "ntfy"]);
-        let Destination::Telegram { chats, .. } = &list[1] else {
-            panic!()
-        };
-        assert_eq!(chats, &["1", "2"]);
-        let Destination::Smtp(smtp) = &list[2] else {
+        assert_eq!(kinds, ["webhook", "telegram", "telegram", "smtp", "ntfy"]);
+        let chats: Vec<&[String]> = list[1..3]
+            .iter()
+            .map(|d| match d {
+                Destination::Telegram { chats, .. } => chats.as_slice(),
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(chats, [["1"], ["2"]], "one destination per chat");
+        let Destination::Smtp(smtp) = &list[3] else {
             panic!()
         };
         assert_eq!(smtp.to, ["b@y", "c@z"]);

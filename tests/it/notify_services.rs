@@ -557,7 +557,10 @@ fn notify_test_reaches_every_service_from_the_urls_file() {
         .assert_not_shown(PASSWORD)
         .assert_not_shown(SLACK_SECRET);
     let lines: Vec<&str> = done.stdout.lines().collect();
-    let kinds = ["webhook", "ntfy", "gotify", "discord", "slack", "telegram"];
+    // The Telegram URL names two chats: a destination each.
+    let kinds = [
+        "webhook", "ntfy", "gotify", "discord", "slack", "telegram", "telegram",
+    ];
     assert_eq!(lines.len(), kinds.len(), "{done}");
     for (line, kind) in lines.iter().zip(kinds) {
         assert!(line.starts_with(&format!("ok  {kind} ")), "{done}");
