@@ -271,7 +271,10 @@ fn offsite_pass(report: &SyncReport) -> OffsitePass {
 pub fn clean_up_at_start(cfg: &BackupConfig) {
     let dir = &cfg.paths.backup_dir;
     let result = local::ensure_dir(dir).and_then(|()| match DirLock::try_acquire(dir)? {
-        Some(_lock) => local::remove_leftovers(dir).map(drop),
+        Some(_lock) => {
+            let _writes = crate::state::hold_writes();
+            local::remove_leftovers(dir).map(drop)
+        }
         None => Ok(()),
     });
     if let Err(e) = result {
@@ -310,7 +313,11 @@ async fn lock_dir(
 /// failure here means the run could not start.
 fn prepare_backup(cfg: &BackupConfig, clock: &dyn Clock) -> Result<BackupFile> {
     let dir = cfg.paths.backup_dir.clone();
-    local::remove_leftovers(&dir)?;
+    {
+        // Not while a status-file write outside this run has its temporary file here.
+        let _writes = crate::state::hold_writes();
+        local::remove_leftovers(&dir)?;
+    }
 
     let kind = match cfg.database {
         Database::Postgres(_) => Kind::PgDump,
@@ -354,7 +361,10 @@ pub async fn safety_backup(
     .map_err(|e| Error::Other(format!("the lock task failed: {e}")))??;
     // The restore service may be the only writer of this folder: a killed
     // safety backup's partial file goes here, not at some later backup.
-    local::remove_leftovers(&dir)?;
+    {
+        let _writes = crate::state::hold_writes();
+        local::remove_leftovers(&dir)?;
+    }
     let kind = match cfg.database {
         Database::Postgres(_) => Kind::PgDump,
         Database::Sqlite(_) => Kind::Sqlite,

@@ -64,6 +64,9 @@ impl std::fmt::Debug for StaleWatch {
 pub struct Known {
     pub last_success: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// `stale` was said already (by an earlier run of the daemon) and no
+    /// success followed: not said again.
+    pub stale_since: Option<DateTime<Utc>>,
 }
 
 impl StaleWatch {
@@ -81,7 +84,10 @@ impl StaleWatch {
             watch: Mutex::new(Watch {
                 last_success: known.last_success,
                 since,
-                stale_since: None,
+                // A success after the recorded stale (`once` from cron) ended it.
+                stale_since: known
+                    .stale_since
+                    .filter(|stale| known.last_success.is_none_or(|ok| ok < *stale)),
                 last_error: known.last_error,
             }),
             clock,
@@ -202,6 +208,24 @@ impl Observer for StaleWatch {
     }
 }
 
+/// Keeps `stale_since` in the status file: set at `stale`, cleared at
+/// `recovered`, so a restarted daemon neither repeats the one nor misses the other.
+#[derive(Debug, Clone)]
+pub struct StaleRecord(pub std::path::PathBuf);
+
+impl Observer for StaleRecord {
+    fn observe(&self, event: &Event) {
+        let stale_since = match event {
+            Event::Stale(stale) => Some(crate::state::timestamp(stale.at)),
+            Event::Recovered(_) => None,
+            _ => return,
+        };
+        if let Err(e) = crate::state::update(&self.0, |status| status.stale_since = stale_since) {
+            tracing::warn!(error = %e, "cannot write stale_since into the status file");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,7 +288,7 @@ mod tests {
             Duration::from_secs(100),
             Known {
                 last_success: Some(t0() - chrono::Duration::seconds(40)),
-                last_error: None,
+                ..Known::default()
             },
             clock.clone(),
             heard.clone(),
@@ -299,6 +323,69 @@ mod tests {
             watch.due(),
             Some(clock.now() + chrono::Duration::seconds(100))
         );
+    }
+
+    #[test]
+    fn a_restart_while_stale_does_not_say_it_again_but_recovers() {
+        let clock = ManualClock::at(t0());
+        let heard = Recorder::new();
+        let known = Known {
+            last_success: Some(t0() - chrono::Duration::seconds(500)),
+            last_error: None,
+            stale_since: Some(t0() - chrono::Duration::seconds(400)),
+        };
+        let watch = StaleWatch::new(
+            "sqlite",
+            Duration::from_secs(100),
+            known.clone(),
+            clock.clone(),
+            heard.clone(),
+        );
+        assert!(!watch.check());
+        watch.observe(&finished(clock.now()));
+        assert_eq!(heard.names(), ["recovered"]);
+        // A success after the recorded stale means it was over already.
+        let later = StaleWatch::new(
+            "sqlite",
+            Duration::from_secs(1000),
+            Known {
+                last_success: Some(t0() - chrono::Duration::seconds(10)),
+                ..known
+            },
+            clock.clone(),
+            heard.clone(),
+        );
+        assert_eq!(later.due(), Some(t0() + chrono::Duration::seconds(990)));
+    }
+
+    #[test]
+    fn the_status_file_remembers_stale_until_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup-status.json");
+        let record = StaleRecord(path.clone());
+        record.observe(
+            &Stale {
+                database: "sqlite",
+                last_success: None,
+                max_age: Duration::from_secs(1),
+                at: t0(),
+                last_error: None,
+            }
+            .into(),
+        );
+        let status = crate::state::Status::read(&path).unwrap().unwrap();
+        assert_eq!(status.stale_since.as_deref(), Some("2026-12-02T00:00:00Z"));
+        record.observe(
+            &Recovered {
+                database: "sqlite",
+                stale_since: t0(),
+                at: t0(),
+                file: "/backups/x".into(),
+            }
+            .into(),
+        );
+        let status = crate::state::Status::read(&path).unwrap().unwrap();
+        assert_eq!(status.stale_since, None);
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct Status {
     /// ([`update`]), so it survives the runs that follow.
     #[serde(default)]
     pub last_notification_error: Option<String>,
+    /// When the daemon said `stale` (no success within
+    /// `HEALTH_MAX_AGE_SECONDS`), until the next success: a restarted daemon
+    /// does not say it again. Absent when not stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_since: Option<String>,
     /// Why a hook of the last run failed where that does not fail the run
     /// (`HOOK_AFTER_BACKUP`, `HOOK_BACKUP_FAILED`); `null` otherwise.
     #[serde(default)]
@@ -155,6 +160,17 @@ impl Status {
 /// once` beside the daemon) is not covered; its runs hold `BACKUP_DIR`'s
 /// lock, the notifier's single key is rewritten at its next failure.
 static STATUS_WRITE: Mutex<()> = Mutex::new(());
+
+/// Holds the process's status-file lock: the clean-up of leftovers in
+/// `BACKUP_DIR` takes it, since it removes `.backupd-tmp-*` files and the
+/// status file's next version is one of those until its rename (the
+/// notifier and the stale watch write outside the backup run, which is the
+/// only other thing holding `BACKUP_DIR`'s lock).
+pub fn hold_writes() -> std::sync::MutexGuard<'static, ()> {
+    STATUS_WRITE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Reads the status file, lets `change` edit it, and writes it back, under
 /// the process's status-file lock.

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::notify::message::NoticeContext;
 use crate::notify::notifier::{self, StatusFileRecord};
 use crate::schedule::Schedule;
-use crate::stale::{Known, StaleWatch};
+use crate::stale::{Known, StaleRecord, StaleWatch};
 use crate::state::Status;
 
 /// Long sleeps wake up this often to notice wall-clock jumps.
@@ -81,6 +81,7 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         alerts.push(notifier.clone());
     }
     alerts.push(Arc::new(LogObserver));
+    alerts.push(Arc::new(StaleRecord(cfg.paths.status_file.clone())));
     let stale_timer = (health_max_age_seconds > 0).then(|| {
         let watch = StaleWatch::new(
             cfg.database.kind(),
@@ -91,6 +92,10 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
                     .and_then(|s| s.last_backup.as_deref())
                     .and_then(parse_timestamp),
                 last_error: known.as_ref().and_then(|s| s.last_error.clone()),
+                stale_since: known
+                    .as_ref()
+                    .and_then(|s| s.stale_since.as_deref())
+                    .and_then(parse_timestamp),
             },
             Arc::new(clock),
             Arc::new(alerts),

@@ -96,6 +96,21 @@ fn the_dead_mans_switch_says_stale_once_and_recovered_once() {
         events(&receiver)
     );
 
+    // A restart while stale does not say it again: the status file remembers.
+    let first = daemon.stop_cleanly();
+    let status = read_status(&app.status_file());
+    assert!(status["stale_since"].is_string(), "{status}\n{first}");
+    let mut daemon = app
+        .backupd()
+        .env("NOTIFY_URLS", format!("{}/hook", receiver.url()))
+        .env("HEALTH_MAX_AGE_SECONDS", "3")
+        .env("BACKUP_INTERVAL_SECONDS", "1")
+        .env("BACKUP_RETRY_SECONDS", "0")
+        .daemon();
+    daemon.wait_until_serving();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(count(&receiver, "stale"), 1, "{:?}", events(&receiver));
+
     unhide(&app.db);
     let recovered = wait_for_event(&receiver, "recovered", &daemon).json();
     assert!(
@@ -111,6 +126,7 @@ fn the_dead_mans_switch_says_stale_once_and_recovered_once() {
     assert_eq!(count(&receiver, "recovered"), 1, "{:?}", events(&receiver));
     assert_eq!(count(&receiver, "backup-finished"), 0);
     daemon.stop_cleanly();
+    assert!(read_status(&app.status_file()).get("stale_since").is_none());
 }
 
 #[test]
