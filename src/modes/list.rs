@@ -56,7 +56,7 @@ pub async fn run(
             "{:<width$}  {:<9}  {:>10}  {:>8}  {verified}",
             backup.file_name,
             backup.origin.describe(),
-            human_size(backup.size),
+            crate::values::human_size(backup.size),
             human_age(now.signed_duration_since(backup.time)),
         );
     }
@@ -94,7 +94,7 @@ async fn print_remote(store: &dyn RemoteStore, clock: &dyn Clock) -> Result<()> 
         println!(
             "{:<width$}  {:>10}  {:>8}  {}",
             backup.object.name,
-            human_size(backup.object.size),
+            crate::values::human_size(backup.object.size),
             human_age(now.signed_duration_since(backup.name.time)),
             if backup.has_sidecar {
                 "stored (.sha256)"
@@ -105,21 +105,6 @@ async fn print_remote(store: &dyn RemoteStore, clock: &dyn Clock) -> Result<()> 
     }
     eprintln!("{} backup(s) in {}", backups.len(), store.describe());
     Ok(())
-}
-
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 fn human_age(age: chrono::Duration) -> String {

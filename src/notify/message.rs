@@ -142,21 +142,6 @@ fn seconds(duration: std::time::Duration) -> f64 {
     (duration.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 fn stamp(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -260,7 +245,7 @@ impl Notice {
         notice.text = format!(
             "Backup {} ({}) written in {:.1} s.\nsha256 {}",
             done.file.display(),
-            human_size(done.size),
+            crate::values::human_size(done.size),
             done.duration.as_secs_f64(),
             done.sha256
         );
@@ -333,7 +318,7 @@ impl Notice {
         notice.text = format!(
             "Restored {} ({}) in {:.1} s.",
             done.file.display(),
-            human_size(done.size),
+            crate::values::human_size(done.size),
             done.duration.as_secs_f64()
         );
         notice
