@@ -66,7 +66,8 @@ Notifications (see docker/README.md for the URL forms):
   NOTIFY_URLS(_FILE)            destinations, comma-separated: https://…, ntfy://,
                                 gotify://, discord://, slack://, telegram://, smtp://
   NOTIFY_LEVEL                  error or info (also successes) [default: error]
-  NOTIFY_TIMEOUT_SECONDS        per attempt; once's wait in all [default: 10]
+  NOTIFY_TIMEOUT_SECONDS        per attempt; the wait in all of once, restore --file
+                                and a stopping restore service [default: 10]
   BACKUP_PING_URL(_FILE)        dead-man's switch: URL/start, URL, URL/fail
   (restore, notify-test: the same NOTIFY_* variables; backupd notify-test checks them)
 
@@ -440,7 +441,7 @@ pub struct NotifyArgs {
     pub notify_level: String,
 
     /// Seconds per delivery attempt; also what `once` and `restore --file` wait in all
-    /// for their notifications before they exit.
+    /// for their notifications before they exit, and a stopping restore service too.
     #[arg(long, env = "NOTIFY_TIMEOUT_SECONDS", default_value = "10", value_parser = whole_number("NOTIFY_TIMEOUT_SECONDS", 10))]
     pub notify_timeout_seconds: u64,
 

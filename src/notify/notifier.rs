@@ -271,11 +271,13 @@ impl Notifier {
         for worker in workers.filter(|w| w.pending.load(Ordering::Acquire) > 0) {
             tracing::warn!(destination = %worker.shown, "notification not delivered before the exit");
             if let Some(record) = &self.shared.record {
+                // The wait is the caller's (the daemon's is a fixed 2 s, `once`'s
+                // NOTIFY_TIMEOUT_SECONDS): name its length, not a variable.
                 record.record(&format!(
-                    "{} {}: still not delivered when backupd exited (NOTIFY_TIMEOUT_SECONDS={})",
+                    "{} {}: still not delivered {} after backupd began to exit",
                     crate::state::timestamp(self.shared.clock.now()),
                     worker.shown,
-                    deadline.as_secs()
+                    wait_length(deadline)
                 ));
             }
         }
@@ -418,6 +420,15 @@ pub fn start_from_config(
 /// kind and its URL, masked (`ntfy https://ntfy.sh/***`).
 pub fn describe(destination: &Destination) -> String {
     destination.to_string()
+}
+
+/// "2 s", "50 ms": a wait as an operator reads it.
+fn wait_length(wait: Duration) -> String {
+    if wait.subsec_millis() == 0 {
+        format!("{} s", wait.as_secs())
+    } else {
+        format!("{} ms", wait.as_millis())
+    }
 }
 
 /// One destination's worker: delivers its queue in order.
@@ -850,7 +861,7 @@ pub(crate) mod tests {
         assert!(
             lines
                 .iter()
-                .any(|l| l.contains("still not delivered when backupd exited")),
+                .any(|l| l.contains("still not delivered 50 ms after backupd began to exit")),
             "{lines:?}"
         );
         assert!(rig.notifier.flush(SETTLE).await);
