@@ -272,7 +272,7 @@ pub fn clean_up_at_start(cfg: &BackupConfig) {
     let dir = &cfg.paths.backup_dir;
     let result = local::ensure_dir(dir).and_then(|()| match DirLock::try_acquire(dir)? {
         Some(_lock) => {
-            let _writes = crate::state::hold_writes();
+            let _writes = crate::state::hold_writes(&cfg.paths.status_file);
             local::remove_leftovers(dir).map(drop)
         }
         None => Ok(()),
@@ -315,7 +315,7 @@ fn prepare_backup(cfg: &BackupConfig, clock: &dyn Clock) -> Result<BackupFile> {
     let dir = cfg.paths.backup_dir.clone();
     {
         // Not while a status-file write outside this run has its temporary file here.
-        let _writes = crate::state::hold_writes();
+        let _writes = crate::state::hold_writes(&cfg.paths.status_file);
         local::remove_leftovers(&dir)?;
     }
 
@@ -362,7 +362,7 @@ pub async fn safety_backup(
     // The restore service may be the only writer of this folder: a killed
     // safety backup's partial file goes here, not at some later backup.
     {
-        let _writes = crate::state::hold_writes();
+        let _writes = crate::state::hold_writes(&cfg.paths.status_file);
         local::remove_leftovers(&dir)?;
     }
     let kind = match cfg.database {

@@ -156,28 +156,58 @@ impl Status {
 /// Every read-modify-write of a status file in this process holds this:
 /// the backup run's [`StatusFile`] and the notifier (from its own task)
 /// both rewrite the file, and without it one would write back a copy read
-/// before the other's write, losing that write. Another process (`backupd
-/// once` beside the daemon) is not covered; its runs hold `BACKUP_DIR`'s
-/// lock, the notifier's single key is rewritten at its next failure.
+/// before the other's write, losing that write. Between processes
+/// (`backupd once` beside the daemon) the same holds through an `flock` on
+/// [`lock_path`]; see [`hold_writes`].
 static STATUS_WRITE: Mutex<()> = Mutex::new(());
 
-/// Holds the process's status-file lock: the clean-up of leftovers in
-/// `BACKUP_DIR` takes it, since it removes `.backupd-tmp-*` files and the
-/// status file's next version is one of those until its rename (the
-/// notifier and the stale watch write outside the backup run, which is the
-/// only other thing holding `BACKUP_DIR`'s lock).
-pub fn hold_writes() -> std::sync::MutexGuard<'static, ()> {
-    STATUS_WRITE
+/// The lock file beside a status file: `.backup-status.json.lock`.
+pub fn lock_path(status_file: &Path) -> PathBuf {
+    let name = status_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "backup-status.json".to_string());
+    status_file.with_file_name(format!(".{name}.lock"))
+}
+
+/// Both status-file locks, released when dropped.
+pub struct WritesHeld {
+    _between_processes: Option<local::DirLock>,
+    _in_process: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Holds the status file's locks: this process's mutex, then a short
+/// `flock` on [`lock_path`] that another process (`once` beside the
+/// daemon, whose notifier writes outside any backup run) takes as well.
+/// Every write of the status file holds them, and so does the clean-up of
+/// leftovers in `BACKUP_DIR`: it removes `.backupd-tmp-*` files, and the
+/// status file's next version is one of those until its rename.
+///
+/// The `flock` is not `BACKUP_DIR`'s backup lock, which a run holds for its
+/// whole length. When the lock file cannot be opened (the folder is not
+/// writable: then neither is the status file), only the mutex is held.
+pub fn hold_writes(status_file: &Path) -> WritesHeld {
+    let in_process = STATUS_WRITE
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lock = lock_path(status_file);
+    let between_processes = match local::DirLock::acquire_file(&lock, || {}) {
+        Ok(held) => Some(held),
+        Err(e) => {
+            tracing::debug!(error = %e, "writing the status file without the lock between processes");
+            None
+        }
+    };
+    WritesHeld {
+        _between_processes: between_processes,
+        _in_process: in_process,
+    }
 }
 
 /// Reads the status file, lets `change` edit it, and writes it back, under
-/// the process's status-file lock.
+/// the status file's locks ([`hold_writes`]).
 pub fn update(path: &Path, change: impl FnOnce(&mut Status)) -> Result<()> {
-    let _held = STATUS_WRITE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _held = hold_writes(path);
     let mut status = Status::read_or_default(path);
     change(&mut status);
     status.write(path)
@@ -218,9 +248,12 @@ impl StatusFile {
         result: std::result::Result<&BackupFinished, &BackupFailed>,
     ) -> Result<()> {
         let path = &self.path;
-        let _held = STATUS_WRITE
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The folder first: the lock file goes beside the status file.
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::files::create_dir_all(parent)
+                .map_err(|e| Error::io("create the directory of", path, e))?;
+        }
+        let _held = hold_writes(path);
         let mut status = Status::read_or_default(path);
         status.last_attempt = Some(timestamp(attempt));
         status.database = Some(database.to_string());
@@ -249,10 +282,6 @@ impl StatusFile {
         // the app's admin page lists (and offers to download) exactly these.
         if let Ok(files) = local::list_all(&self.backup_dir, SystemClock.now()) {
             status.backups = files.into_iter().map(|f| f.file_name).collect();
-        }
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            crate::files::create_dir_all(parent)
-                .map_err(|e| Error::io("create the directory of", path, e))?;
         }
         status.write(path)
     }
@@ -383,6 +412,77 @@ mod tests {
         let status = Status::read(&path).unwrap().unwrap();
         for n in 0..8 {
             assert_eq!(status.other[&format!("writer{n}")], 4, "{status:?}");
+        }
+    }
+
+    /// The status file and the writer's name of a [`an_updating_child`] run.
+    const CHILD_FILE: &str = "BACKUPD_TEST_STATUS_FILE";
+    const CHILD_NAME: &str = "BACKUPD_TEST_WRITER";
+    const CHILD_ROUNDS: u64 = 150;
+
+    #[test]
+    fn updates_from_two_processes_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup-status.json");
+        let children: Vec<_> = ["first", "second"]
+            .into_iter()
+            .map(|name| {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--exact",
+                        "state::tests::an_updating_child",
+                        "--ignored",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env(CHILD_FILE, &path)
+                    .env(CHILD_NAME, name)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                "the child did not run: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let status = Status::read(&path).unwrap().unwrap();
+        for name in ["first", "second"] {
+            assert_eq!(status.other[name], CHILD_ROUNDS, "{status:?}");
+        }
+        assert!(lock_path(&path).is_file());
+    }
+
+    /// A child of [`updates_from_two_processes_lose_nothing`]: counts its
+    /// own key up, one `update` at a time.
+    #[test]
+    #[ignore = "run by updates_from_two_processes_lose_nothing"]
+    fn an_updating_child() {
+        let path = PathBuf::from(std::env::var_os(CHILD_FILE).expect("run as a child"));
+        let name = std::env::var(CHILD_NAME).unwrap();
+        for _ in 0..CHILD_ROUNDS {
+            update(&path, |status| {
+                let seen = status
+                    .other
+                    .get(&name)
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+                status
+                    .other
+                    .insert(name.clone(), serde_json::json!(seen + 1));
+            })
+            .unwrap();
         }
     }
 

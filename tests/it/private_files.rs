@@ -609,7 +609,9 @@ fn kill_9_at_random_moments_leaves_a_complete_backup_or_nothing_after_the_next_r
         let names = dir_names(dir);
         for name in &names {
             let path = dir.join(name);
-            let known = name == "backup-status.json" || name == ".backupd.lock";
+            let known = name == "backup-status.json"
+                || name == ".backup-status.json.lock"
+                || name == ".backupd.lock";
             if parse_backup_name(name).is_some() {
                 assert!(
                     sidecar_path(&path).is_file(),
