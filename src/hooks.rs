@@ -172,6 +172,12 @@ pub trait Hooks: Send + Sync {
         context: &HookContext,
         cancel: &CancellationToken,
     ) -> Result<(), HookError>;
+
+    /// A hook is configured at `point` (the restore records a phase for the
+    /// after-restore hook only when there is one to run).
+    fn is_configured(&self, _point: HookPoint) -> bool {
+        true
+    }
 }
 
 /// What a hook may know of the database: no credentials.
@@ -408,6 +414,10 @@ impl ShellHooks {
 
 #[async_trait]
 impl Hooks for ShellHooks {
+    fn is_configured(&self, point: HookPoint) -> bool {
+        self.config.command(point).is_some()
+    }
+
     async fn run(
         &self,
         point: HookPoint,
@@ -556,6 +566,8 @@ pub fn mask_userinfo(text: &str) -> String {
 pub struct FakeHooks {
     calls: Mutex<Vec<(HookPoint, HookContext)>>,
     failing: Mutex<Vec<HookPoint>>,
+    /// Points whose hook is stopped by a shutdown ([`HookError::Cancelled`]).
+    cancelled: Mutex<Vec<HookPoint>>,
     /// Called at each run, before it returns: what the world looks like
     /// when the hook runs (a test captures the containers' state here).
     #[allow(clippy::type_complexity)]
@@ -580,6 +592,14 @@ impl FakeHooks {
     pub fn failing(self, point: HookPoint) -> Self {
         if let Ok(mut failing) = self.failing.lock() {
             failing.push(point);
+        }
+        self
+    }
+
+    /// `point`'s hook is stopped by backupd's shutdown before it finishes.
+    pub fn cancelled_at(self, point: HookPoint) -> Self {
+        if let Ok(mut cancelled) = self.cancelled.lock() {
+            cancelled.push(point);
         }
         self
     }
@@ -611,6 +631,9 @@ impl Hooks for FakeHooks {
         }
         if let Some(look) = &self.on_run {
             look(point);
+        }
+        if self.cancelled.lock().is_ok_and(|c| c.contains(&point)) {
+            return Err(HookError::Cancelled { hook: point });
         }
         let fails = self.failing.lock().is_ok_and(|f| f.contains(&point));
         if fails {

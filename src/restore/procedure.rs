@@ -460,8 +460,12 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             )
             .await;
         // The restored database, before the app sees it: the place for a
-        // fix-up. Its failure is told and recorded; the restore stays.
-        if result.is_ok() {
+        // fix-up. Its failure is told and recorded; the restore stays. The
+        // phase goes first, so recovery after a crash during the hook can
+        // tell that the fix-up may not have happened.
+        if result.is_ok() && self.hooks.is_configured(HookPoint::AfterRestore) {
+            self.set_phase(path, &mut state, Phase::AfterRestoreHook)
+                .await;
             let context = HookContext {
                 duration: Some(started.elapsed()),
                 ..attempt.hook_context(path)
@@ -503,12 +507,21 @@ impl<T: RestoreTarget> Procedure<'_, T> {
         cancel: &CancellationToken,
     ) {
         if let Err(e) = self.hooks.run(point, context, cancel).await {
-            let error = e.to_string();
-            // Stopped by our own shutdown: nothing to alert on.
+            let mut error = e.to_string();
             if e.is_cancelled() {
-                tracing::warn!(target: "backupd::hooks", error = %error, "hook stopped");
-                attempt.hook_error = Some(error);
-                return;
+                // The containers start next: on a database the fix-up may
+                // not have finished with, which someone must hear of.
+                if point == HookPoint::AfterRestore {
+                    error = format!(
+                        "{} was stopped by shutdown before it finished; the fix-up may be incomplete",
+                        point.variable()
+                    );
+                } else {
+                    // The restore had failed already; that is told.
+                    tracing::warn!(target: "backupd::hooks", error = %error, "hook stopped");
+                    attempt.hook_error = Some(error);
+                    return;
+                }
             }
             self.observer.observe(
                 &HookFailed {
@@ -943,6 +956,7 @@ pub(crate) mod tests {
                 Phase::SafetyBackup,
                 Phase::Loading,
                 Phase::Swapping,
+                Phase::AfterRestoreHook,
                 Phase::Starting,
                 Phase::Recording
             ]
@@ -1064,6 +1078,99 @@ pub(crate) mod tests {
             stack.hooks.points(),
             [HookPoint::BeforeRestore, HookPoint::AfterRestore]
         );
+    }
+
+    /// Hooks whose after-restore hook is stopped by a shutdown, noting the
+    /// phase the state file holds while it runs.
+    struct StoppedAfterRestore<'a> {
+        stack: &'a Stack,
+        phase_while_running: std::sync::Mutex<Option<Phase>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Hooks for StoppedAfterRestore<'_> {
+        async fn run(
+            &self,
+            point: HookPoint,
+            _context: &HookContext,
+            _cancel: &CancellationToken,
+        ) -> Result<(), HookError> {
+            if point != HookPoint::AfterRestore {
+                return Ok(());
+            }
+            *self.phase_while_running.lock().unwrap() =
+                self.stack.state.get().in_progress.map(|p| p.phase);
+            Err(HookError::Cancelled { hook: point })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_after_hook_stopped_by_shutdown_is_told_as_failed_and_its_phase_was_on_disk() {
+        let stack = Stack::new(FakeTarget::default());
+        let hooks = StoppedAfterRestore {
+            stack: &stack,
+            phase_while_running: Default::default(),
+        };
+        let path = stack.drop_file();
+        stack
+            .procedure_with(&hooks)
+            .restore(&path, 1.0, Origin::Dropped, None, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            *hooks.phase_while_running.lock().unwrap(),
+            Some(Phase::AfterRestoreHook)
+        );
+        let message = "HOOK_AFTER_RESTORE was stopped by shutdown before it finished; the fix-up may be incomplete";
+        let entry = stack.newest();
+        assert_eq!(entry.result, "restored");
+        assert_eq!(entry.hook_error.as_deref(), Some(message));
+        let told: Vec<_> = stack
+            .events
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::HookFailed(h) => Some(h),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(told[0].hook, HookPoint::AfterRestore);
+        assert_eq!(told[0].error, message);
+        assert!(stack.both_running());
+        assert!(stack.state.get().in_progress.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_fake_s_cancelled_after_hook_is_told_too() {
+        let mut stack = Stack::new(FakeTarget::default());
+        stack.hooks = FakeHooks::new().cancelled_at(HookPoint::AfterRestore);
+        let (_, result) = stack.restore().await;
+        result.unwrap();
+        assert!(stack.events.names().contains(&"hook-failed"));
+        assert!(
+            stack
+                .newest()
+                .hook_error
+                .unwrap()
+                .contains("stopped by shutdown before it finished")
+        );
+    }
+
+    #[tokio::test]
+    async fn no_after_restore_hook_means_no_hook_phase() {
+        let stack = Stack::new(FakeTarget::default());
+        let none = crate::hooks::ShellHooks::new(
+            &crate::hooks::HookConfig::none(),
+            &crate::db::Database::parse("postgresql://app@db/app", "DATABASE_URL").unwrap(),
+        );
+        let path = stack.drop_file();
+        stack
+            .procedure_with(&none)
+            .restore(&path, 1.0, Origin::Dropped, None, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(!phases_told(&stack).contains(&Phase::AfterRestoreHook));
     }
 
     #[tokio::test]

@@ -1,18 +1,21 @@
 //! After a crash: an `in_progress` entry means the last run died mid-way
 //! (or could not start the containers). Recovery puts the database back in
 //! one piece (or finds the restore had finished), starts the configured
-//! containers the intent names, and records what really happened.
+//! containers the intent names, and records what really happened. An
+//! after-restore hook that was running is told as unfinished, never run
+//! again.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::archive::file_name;
 use crate::error::Result;
+use crate::events::{HookFailed, HookPoint};
 use crate::restore::Recovered;
 use crate::restore::containers::{self, asked_to_stop};
 use crate::restore::failed::move_to_failed;
 use crate::restore::procedure::Procedure;
-use crate::restore::state::{HistoryEntry, LastProcessed, read_or_fresh, save_or_log};
+use crate::restore::state::{HistoryEntry, LastProcessed, Phase, read_or_fresh, save_or_log};
 use crate::restore::target::RestoreTarget;
 use crate::state::timestamp;
 
@@ -73,6 +76,17 @@ impl<T: RestoreTarget> Procedure<'_, T> {
         if let Err(e) = &started {
             notes.push(e.to_string());
         }
+
+        // Not run again: a fix-up need not be safe to run twice (a
+        // migration, a re-keying), and whether it got as far as it did is
+        // only known to the operator, who decides. Told and recorded, so the
+        // app starting without it is not missed.
+        let hook_unfinished = (interrupted.phase == Phase::AfterRestoreHook).then(|| {
+            format!(
+                "{} did not finish: backupd stopped while it ran; it was not run again, so the fix-up may be incomplete",
+                HookPoint::AfterRestore.variable()
+            )
+        });
 
         if interrupted.start_pending {
             // The restore's own entry is in the history already.
@@ -156,7 +170,7 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                     None => interrupted.sqlite.as_ref().and_then(|e| e.previous.clone()),
                 },
                 safety_backup: None,
-                hook_error: None,
+                hook_error: hook_unfinished.clone(),
                 note,
             });
         }
@@ -171,6 +185,16 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             state.in_progress = Some(pending);
         }
         save_or_log(self.state, &state);
+        if let Some(error) = hook_unfinished {
+            self.observer.observe(
+                &HookFailed {
+                    hook: HookPoint::AfterRestore,
+                    file: Some(file),
+                    error,
+                }
+                .into(),
+            );
+        }
         database.map(|_| ())
     }
 }
@@ -178,6 +202,7 @@ impl<T: RestoreTarget> Procedure<'_, T> {
 #[cfg(test)]
 mod tests {
     use crate::container::fake::FakeContainers;
+    use crate::events::{Event, HookPoint};
     use crate::restore::fakes::{FakeTarget, LIVE_OID, MemoryState, STAGING_OID};
     use crate::restore::postgres::SwapRecord;
     use crate::restore::procedure::tests::Stack;
@@ -281,6 +306,58 @@ mod tests {
         assert!(state.last_processed.is_some());
         let file = stack.settings.watch_dir.join("app-20261201T000000Z.sql.gz");
         assert!(!file.exists(), "a restored dropped file is deleted");
+    }
+
+    #[tokio::test]
+    async fn a_crash_during_the_after_restore_hook_is_told_and_the_hook_not_run_again() {
+        let target = FakeTarget::default();
+        *target.live_oid_now.lock().unwrap() = Some(STAGING_OID);
+        let stack = after_a_crash(target, |s| InProgress {
+            swap: Some(swap_record()),
+            ..interrupted(s, Phase::AfterRestoreHook)
+        });
+        stack.procedure().recover_interrupted().await.unwrap();
+        assert_eq!(stack.stops_and_starts(), ["start web"]);
+        assert!(
+            stack.hooks.points().is_empty(),
+            "{:?}",
+            stack.hooks.points()
+        );
+        let state = stack.state.get();
+        let entry = &state.history[0];
+        assert_eq!(entry.result, "restored");
+        let message = "HOOK_AFTER_RESTORE did not finish: backupd stopped while it ran; it was not run again, so the fix-up may be incomplete";
+        assert_eq!(entry.hook_error.as_deref(), Some(message));
+        let told: Vec<_> = stack
+            .events
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::HookFailed(h) => Some(h),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(told[0].hook, HookPoint::AfterRestore);
+        assert_eq!(told[0].error, message);
+        assert_eq!(
+            told[0].file.as_deref(),
+            Some(
+                stack
+                    .settings
+                    .watch_dir
+                    .join("app-20261201T000000Z.sql.gz")
+                    .as_path()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crash_in_another_phase_tells_of_no_hook() {
+        let stack = after_a_crash(FakeTarget::default(), |s| interrupted(s, Phase::Loading));
+        stack.procedure().recover_interrupted().await.unwrap();
+        assert_eq!(stack.state.get().history[0].hook_error, None);
+        assert!(!stack.events.names().contains(&"hook-failed"));
     }
 
     #[tokio::test]

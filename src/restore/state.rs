@@ -82,10 +82,11 @@ pub struct InProgress {
 
 /// Where a restore is, in the order of the procedure; serialised as the
 /// words earlier versions wrote (`checking`, `stopping`, `safety-backup`,
-/// `loading`, `swapping`, `starting`), an unknown word kept as it is.
-/// `in_progress` holds `stopping` to `starting` (nothing needs recovering
-/// before the intent is written); the history names the phase a restore
-/// failed in, `checking` to `recording`.
+/// `loading`, `swapping`, `after-restore-hook`, `starting`), an unknown word
+/// kept as it is (so an older version reads a newer file). `in_progress`
+/// holds `stopping` to `starting` (nothing needs recovering before the
+/// intent is written); the history names the phase a restore failed in,
+/// `checking` to `recording`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum Phase {
@@ -96,6 +97,10 @@ pub enum Phase {
     SafetyBackup,
     Loading,
     Swapping,
+    /// `HOOK_AFTER_RESTORE` is running on the restored database: written
+    /// before it starts, so recovery after a crash can tell that the
+    /// fix-up may not have happened.
+    AfterRestoreHook,
     Starting,
     /// Writing the history entry.
     Recording,
@@ -111,6 +116,7 @@ impl Phase {
             Phase::SafetyBackup => "safety-backup",
             Phase::Loading => "loading",
             Phase::Swapping => "swapping",
+            Phase::AfterRestoreHook => "after-restore-hook",
             Phase::Starting => "starting",
             Phase::Recording => "recording",
             Phase::Other(word) => word,
@@ -127,6 +133,7 @@ impl From<String> for Phase {
             "safety-backup" => Phase::SafetyBackup,
             "loading" => Phase::Loading,
             "swapping" => Phase::Swapping,
+            "after-restore-hook" => Phase::AfterRestoreHook,
             "starting" => Phase::Starting,
             "recording" => Phase::Recording,
             _ => Phase::Other(word),
@@ -171,8 +178,9 @@ pub struct HistoryEntry {
     pub container_health: std::collections::BTreeMap<String, String>,
     pub previous_database: Option<String>,
     pub safety_backup: Option<String>,
-    /// Why `HOOK_AFTER_RESTORE` or `HOOK_RESTORE_FAILED` failed; neither
-    /// changes the restore's result.
+    /// Why `HOOK_AFTER_RESTORE` or `HOOK_RESTORE_FAILED` failed, or that
+    /// the after-restore hook did not finish (stopped by a shutdown, or
+    /// backupd died while it ran); neither changes the restore's result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook_error: Option<String>,
 }
@@ -274,6 +282,7 @@ mod tests {
             Phase::SafetyBackup,
             Phase::Loading,
             Phase::Swapping,
+            Phase::AfterRestoreHook,
             Phase::Starting,
             Phase::Recording,
         ] {
