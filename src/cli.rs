@@ -510,15 +510,15 @@ pub struct BackupArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BackupHookArgs {
     /// Run before each backup (after the folder lock); a failure fails the run.
-    #[arg(long, env = "HOOK_BEFORE_BACKUP", value_parser = shell_command)]
+    #[arg(long, env = "HOOK_BEFORE_BACKUP", hide_env_values = true, value_parser = shell_command)]
     pub hook_before_backup: Option<String>,
 
     /// Run after each successful backup; a failure is logged and reported, the backup stays.
-    #[arg(long, env = "HOOK_AFTER_BACKUP", value_parser = shell_command)]
+    #[arg(long, env = "HOOK_AFTER_BACKUP", hide_env_values = true, value_parser = shell_command)]
     pub hook_after_backup: Option<String>,
 
     /// Run after a failed backup, with BACKUPD_ERROR.
-    #[arg(long, env = "HOOK_BACKUP_FAILED", value_parser = shell_command)]
+    #[arg(long, env = "HOOK_BACKUP_FAILED", hide_env_values = true, value_parser = shell_command)]
     pub hook_backup_failed: Option<String>,
 
     #[command(flatten)]
@@ -529,15 +529,15 @@ pub struct BackupHookArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RestoreHookArgs {
     /// Run after the file was checked, before anything is stopped; a failure refuses the restore.
-    #[arg(long, env = "HOOK_BEFORE_RESTORE", value_parser = shell_command)]
+    #[arg(long, env = "HOOK_BEFORE_RESTORE", hide_env_values = true, value_parser = shell_command)]
     pub hook_before_restore: Option<String>,
 
     /// Run after the swap, before the containers start (a fix-up of the restored database).
-    #[arg(long, env = "HOOK_AFTER_RESTORE", value_parser = shell_command)]
+    #[arg(long, env = "HOOK_AFTER_RESTORE", hide_env_values = true, value_parser = shell_command)]
     pub hook_after_restore: Option<String>,
 
     /// Run after a failed restore, with BACKUPD_ERROR.
-    #[arg(long, env = "HOOK_RESTORE_FAILED", value_parser = shell_command)]
+    #[arg(long, env = "HOOK_RESTORE_FAILED", hide_env_values = true, value_parser = shell_command)]
     pub hook_restore_failed: Option<String>,
 
     #[command(flatten)]

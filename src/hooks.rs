@@ -47,11 +47,23 @@ const QUOTED_CHARS: usize = 300;
 /// killed: only a process that left the group can hold the pipes longer.
 const DRAIN: Duration = Duration::from_secs(2);
 
-/// The configured hook commands, by point, and their time limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The configured hook commands, by point, and their time limit. Its Debug
+/// names the points set, never the commands: a command may carry a
+/// credential (`curl -u ops:pw …`, a ping URL's UUID).
+#[derive(Clone, PartialEq, Eq)]
 pub struct HookConfig {
     commands: Vec<(HookPoint, String)>,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for HookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set: Vec<&str> = self.commands.iter().map(|(p, _)| p.variable()).collect();
+        f.debug_struct("HookConfig")
+            .field("set", &set)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Default for HookConfig {
@@ -531,31 +543,37 @@ fn one_line(text: &str) -> String {
 /// Masks the user information of every URL in `text`: `scheme://user:pass@`
 /// becomes `scheme://user:***@`, and `scheme://token@` (a Discord or
 /// Telegram style token) becomes `scheme://***@`.
+///
+/// The user info ends at the last `@` before the first `/` after `://`
+/// (the URL's text ends at a space or a quote): a password written
+/// unencoded may hold `?`, `#` or `@`, which a URL parser would take for
+/// the end of the authority. When in doubt more is masked, never less; only
+/// an unencoded `/` in a password cannot be told from a path.
 pub fn mask_userinfo(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
-        let authority_end = tail
-            .find(|c: char| c.is_whitespace() || "/?#\"'<>".contains(c))
+        let url_end = tail
+            .find(|c: char| c.is_whitespace() || "\"'<>".contains(c))
             .unwrap_or(tail.len());
-        let authority = &tail[..authority_end];
-        match authority.rfind('@') {
+        let url = &tail[..url_end];
+        let path_start = url.find('/').unwrap_or(url.len());
+        rest = match url[..path_start].rfind('@') {
             Some(userinfo_end) => {
-                let userinfo = &authority[..userinfo_end];
-                match userinfo.split_once(':') {
+                match url[..userinfo_end].split_once(':') {
                     Some((user, _)) => {
                         out.push_str(user);
                         out.push_str(":***");
                     }
                     None => out.push_str("***"),
                 }
-                out.push_str(&authority[userinfo_end..]);
+                // From the '@' on: the host, the path, and any URL inside.
+                &tail[userinfo_end..]
             }
-            None => out.push_str(authority),
-        }
-        rest = &tail[authority_end..];
+            None => tail,
+        };
     }
     out.push_str(rest);
     out
@@ -863,6 +881,61 @@ mod tests {
         );
         assert_eq!(mask_userinfo("no url here: a@b"), "no url here: a@b");
         assert_eq!(mask_userinfo("http://host/path@x"), "http://host/path@x");
+    }
+
+    #[test]
+    fn a_password_holding_a_question_mark_hash_or_at_is_masked_whole() {
+        for (line, masked) in [
+            (
+                "see https://bob:pa?ss@h.example/x",
+                "see https://bob:***@h.example/x",
+            ),
+            (
+                "see https://bob:pa#ss@h.example/x",
+                "see https://bob:***@h.example/x",
+            ),
+            (
+                "see https://bob:p@ss@h.example/x?to=a@b",
+                "see https://bob:***@h.example/x?to=a@b",
+            ),
+            ("ntfy://t?o#k@en@host", "ntfy://***@host"),
+            (
+                "go to https://h.example/?next=https://u:p?w@other/x now",
+                "go to https://h.example/?next=https://u:***@other/x now",
+            ),
+        ] {
+            assert_eq!(mask_userinfo(line), masked, "{line}");
+        }
+        for secret in ["pa?ss", "pa#ss", "p@ss", "p?w", "ss"] {
+            assert!(
+                !mask_userinfo(&format!("x https://bob:{secret}@h/y")).contains(secret),
+                "{secret}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_config_s_debug_names_the_hooks_set_never_their_commands() {
+        let config = HookConfig::none()
+            .with(
+                HookPoint::BeforeBackup,
+                Some("curl -fsS -u ops:pw-9f2 https://h/x"),
+            )
+            .with(HookPoint::AfterRestore, Some("psql -c 'fix'"));
+        let shown = format!("{config:?}");
+        assert_eq!(
+            shown,
+            r#"HookConfig { set: ["HOOK_BEFORE_BACKUP", "HOOK_AFTER_RESTORE"], timeout: 300s }"#
+        );
+        assert!(
+            !shown.contains("pw-9f2") && !shown.contains("psql"),
+            "{shown}"
+        );
+        let hooks = ShellHooks::new(
+            &config,
+            &Database::parse("sqlite:////tmp/app.db", "DATABASE_URL").unwrap(),
+        );
+        assert!(!format!("{hooks:?}").contains("pw-9f2"));
     }
 
     #[test]

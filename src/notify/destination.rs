@@ -247,10 +247,7 @@ pub fn mask_raw(raw: &str) -> String {
     let Some((scheme, rest)) = raw.split_once("://") else {
         return "(not a URL: not shown)".to_string();
     };
-    // The user info ends at the last '@' before the query: a password may
-    // hold an unencoded '/', a query an e-mail address.
-    let before_query = rest.split('?').next().unwrap_or(rest);
-    let (userinfo, after) = match before_query.rfind('@') {
+    let (userinfo, after) = match userinfo_end(rest) {
         Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
         None => (None, rest),
     };
@@ -269,6 +266,39 @@ pub fn mask_raw(raw: &str) -> String {
         masked.push_str(tail);
     }
     masked
+}
+
+/// Where the user info of `rest` (a URL after its `://`) ends: at the last
+/// '@' before the query. A password may hold an unencoded '/', '@' or '?',
+/// a query an e-mail address, so the query begins only at a '?' that
+/// follows a host: after an '@' and a `host[:port]` (a path may follow),
+/// or with no '@' after it (then nothing after it is user info). When in
+/// doubt more is masked, never less.
+fn userinfo_end(rest: &str) -> Option<usize> {
+    let query = rest
+        .match_indices('?')
+        .map(|(at, _)| at)
+        .find(|&at| match rest[..at].rfind('@') {
+            Some(user_end) => looks_like_host(&rest[user_end + 1..at]),
+            None => !rest[at..].contains('@'),
+        })
+        .unwrap_or(rest.len());
+    rest[..query].rfind('@')
+}
+
+/// `host[:port]`, a path possibly after it: what follows a URL's user info.
+fn looks_like_host(text: &str) -> bool {
+    let authority = text.split('/').next().unwrap_or(text);
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    !host.is_empty()
+        && (bracketed
+            || host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '~' | '%')))
 }
 
 /// The query parameters, names lower-cased, values percent-decoded (a `+`
@@ -1116,5 +1146,37 @@ mod tests {
         );
         assert_eq!(mask_raw("https://h/"), "https://h/");
         assert_eq!(mask_raw("no scheme"), "(not a URL: not shown)");
+        assert_eq!(
+            mask_raw("smtp://u:p@mail:25?from=a@x&to=b@y"),
+            "smtp://u:***@mail:25/***"
+        );
+        assert_eq!(mask_raw("https://h:8080?x=1"), "https://h:8080/***");
+    }
+
+    #[test]
+    fn a_password_holding_a_question_mark_is_masked_whole() {
+        for (raw, masked) in [
+            (
+                "ntfy://alice:se?cret@ntfy.example/t",
+                "ntfy://alice:***@ntfy.example/***",
+            ),
+            (
+                "ntfy://alice:12?cret@ntfy.example/t",
+                "ntfy://alice:***@ntfy.example/***",
+            ),
+            ("gotify://h.example/p?a#s@s/x", "gotify://***@s/***"),
+            (
+                "smtp://u:p?a@ss@mail:25/?from=a@x&to=b@y",
+                "smtp://u:***@mail:25/***",
+            ),
+            ("slack://hook:T1/B2?X3@webhook", "slack://hook:***@webhook"),
+        ] {
+            assert_eq!(mask_raw(raw), masked, "{raw}");
+        }
+        let error = parse_list("NOTIFY_URLS", "ntfy://alice:se?cret@ntfy.example/t")
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("se?") && !error.contains("cret"), "{error}");
+        assert!(error.contains("ntfy://alice:***@ntfy.example"), "{error}");
     }
 }

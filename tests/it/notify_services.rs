@@ -457,6 +457,24 @@ async fn no_token_or_password_appears_in_any_error() {
             assert_no_secret(&error.to_string(), &secrets, &broken);
         }
     }
+
+    // A password written unencoded with '?', '#' or '@' in it: the URL does
+    // not parse, and the error shows none of it.
+    for (url, secret) in [
+        ("ntfy://alice:se?cret@ntfy.example/t", ["se?cret", "cret"]),
+        (
+            "smtp://u:pa?ss@mail.example:587/?from=a@x.example&to=b@y.example",
+            ["pa?ss", "?ss"],
+        ),
+        ("https://bob:pa#ss@h.example/x", ["pa#ss", "#ss"]),
+        ("ntfys://bob:p@ss!w?rd@h.example/t", ["ss!w", "w?rd"]),
+    ] {
+        let shown = match backupd::notify::destination::parse_list("NOTIFY_URLS", url) {
+            Err(error) => error.to_string(),
+            Ok(destinations) => format!("{destinations:?}"),
+        };
+        assert_no_secret(&shown, &secret, url);
+    }
 }
 
 /// A webhook that redirects is reported, not followed with the notice.
