@@ -4,11 +4,14 @@
 //! restore procedure are tested with [`FakeHooks`].
 //!
 //! A hook is a child like any other: built by [`crate::process::command`],
-//! so it starts from an empty environment plus the allow-list and never
-//! sees backupd's secrets (the database URL, the Fernet key, AWS keys,
-//! notification URLs). What it is told comes in `BACKUPD_*` variables,
-//! none of them a credential; a hook that connects to the database brings
-//! its own (a `PGPASSFILE` it mounts, say).
+//! so it starts from an empty environment plus the allow-list and its
+//! environment holds none of backupd's secrets (the database URL, the
+//! Fernet key, AWS keys, notification URLs); backupd's own
+//! `/proc/PID/environ` is closed to it
+//! ([`crate::process::keep_own_proc_private`]). It does run with backupd's
+//! uid and file access (the backups, `.encryption_key`). What it is told
+//! comes in `BACKUPD_*` variables, none of them a credential; a hook that
+//! connects to the database brings its own (a `PGPASSFILE` it mounts, say).
 //!
 //! Each hook runs in its own process group, so the timeout
 //! (`HOOK_TIMEOUT_SECONDS`) kills the shell and everything it started, and

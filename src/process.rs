@@ -36,6 +36,23 @@ use std::process::Stdio;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{ChildStderr, Command};
 
+/// Closes backupd's own `/proc/PID` files (`environ`, `mem`, `fd`, …) to
+/// every other process of its uid: a hook runs as that uid and could
+/// otherwise read the database URL and the keys from `/proc/$PPID/environ`.
+/// `PR_SET_DUMPABLE=0` makes those files root's (and turns off core dumps,
+/// which would hold the same secrets). backupd still reads its own
+/// `/proc/self/fd` and `/proc/self/status`; a child is dumpable again once
+/// it executes its program, so its own `/proc` stays its own.
+pub fn keep_own_proc_private() -> io::Result<()> {
+    // SAFETY: a plain system call with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Variables copied from our environment into every child's, when set.
 pub const INHERITED_VARIABLES: &[&str] = &["PATH", "HOME", "LANG", "TZ", "TMPDIR"];
 

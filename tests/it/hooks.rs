@@ -3,7 +3,9 @@
 //! is killed at `HOOK_TIMEOUT_SECONDS` with every process it started; a
 //! failing before-backup hook aborts the run naming it, a failing
 //! after-backup hook keeps the backup; an after-restore hook sees the
-//! restored database while the app's container is still stopped.
+//! restored database while the app's container is still stopped; a hook
+//! of backupd's uid cannot read backupd's `/proc/PID/environ`; the hook
+//! commands show neither in `--help` nor in the debug log.
 
 use crate::common;
 
@@ -397,4 +399,99 @@ fn a_refusing_before_restore_hook_leaves_the_live_database_and_the_app_alone() {
         live
     );
     assert_eq!(fs::read_to_string(&told).unwrap(), reason);
+}
+
+#[test]
+fn hook_commands_show_neither_in_help_nor_in_the_debug_log() {
+    let credential = "hook-pw-5d1c";
+    let command = format!("true curl -fsS -u ops:{credential} https://h.invalid/ping");
+    for (args, variable) in [
+        (["once", "--help"], "HOOK_BEFORE_BACKUP"),
+        (["backup", "--help"], "HOOK_AFTER_BACKUP"),
+        (["restore", "--help"], "HOOK_AFTER_RESTORE"),
+    ] {
+        let help = Backupd::new().env(variable, &command).run(&args);
+        help.assert_code(0);
+        assert!(help.stdout.contains(variable), "{help}");
+        assert!(
+            !help.stdout.contains(credential) && !help.stderr.contains(credential),
+            "{args:?} shows {variable}'s command:\n{help}"
+        );
+    }
+
+    let app = SqliteApp::small(10);
+    let run = app
+        .backupd()
+        .env("LOG_LEVEL", "debug")
+        .env("HOOK_BEFORE_BACKUP", &command)
+        .run_bounded(&["once"], GIVE_UP);
+    run.assert_code(0);
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        all.contains(r#"set: ["HOOK_BEFORE_BACKUP"]"#),
+        "the debug log names the hooks set:\n{run}"
+    );
+    assert!(
+        !all.contains(credential),
+        "the command is in the log:\n{run}"
+    );
+}
+
+/// A hook runs with backupd's uid, but backupd's own `/proc/PID/environ`
+/// is closed to it (`PR_SET_DUMPABLE=0`); its own stays readable. Root
+/// reads any process's, so backupd runs as nobody here.
+#[test]
+fn a_hook_of_the_same_uid_cannot_read_backupd_s_environment() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let Some(()) = require(
+        "root (to run backupd as uid 65534)",
+        is_root().then_some(()),
+    ) else {
+        return;
+    };
+    let Some(_) = require_program("setpriv") else {
+        return;
+    };
+    const NOBODY: u32 = 65534;
+    let app = SqliteApp::small(10);
+    fs::set_permissions(app.work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&app.db, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::create_dir_all(&app.dir).unwrap();
+    chown(&app.dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let spy = app.work.path().join("spy");
+    fs::create_dir(&spy).unwrap();
+    chown(&spy, Some(NOBODY), Some(NOBODY)).unwrap();
+    let secret = "status-token-proc-spy-41a7";
+    let hook = format!(
+        "cd '{spy}'; cat /proc/$PPID/comm > parent.comm; \
+         if tr '\\0' '\\n' < /proc/$PPID/environ > parent.env; \
+         then echo readable > verdict; else echo refused > verdict; fi; \
+         tr '\\0' '\\n' < /proc/$$/environ > own.env",
+        spy = spy.display()
+    );
+    let run = app
+        .backupd()
+        .run_as_uid(NOBODY)
+        .current_dir("/")
+        .env("STATUS_TOKEN", secret)
+        .env("HOOK_BEFORE_BACKUP", &hook)
+        .run_bounded(&["once"], GIVE_UP);
+    run.assert_code(0);
+    let read = |name: &str| {
+        fs::read_to_string(spy.join(name)).unwrap_or_else(|e| panic!("{name}: {e}\n{run}"))
+    };
+    assert_eq!(read("parent.comm").trim(), "backupd", "{run}");
+    // The redirection fails before the output file is made.
+    let leaked = fs::read_to_string(spy.join("parent.env")).unwrap_or_default();
+    assert_eq!(
+        read("verdict").trim(),
+        "refused",
+        "the hook read /proc/$PPID/environ:\n{leaked}"
+    );
+    assert!(!leaked.contains(secret));
+    assert!(
+        run.stderr.contains("/environ: Permission denied"),
+        "the refusal is in the hook's output:\n{run}"
+    );
+    assert!(read("own.env").contains("BACKUPD_EVENT=before-backup"));
 }
