@@ -6,8 +6,9 @@ use crate::backup;
 use crate::cli::BackupArgs;
 use crate::clock::SystemClock;
 use crate::config::{BackupConfig, NotifyConfig};
+use crate::crypto::keys::KEY_FILE_NAME;
 use crate::error::Result;
-use crate::events::Observers;
+use crate::events::{KeyUnreadable, Observer, Observers};
 use crate::notify::message::NoticeContext;
 use crate::notify::notifier::{self, StatusFileRecord};
 use crate::state::Status;
@@ -32,6 +33,17 @@ pub async fn run(args: &BackupArgs) -> Result<()> {
             .flatten()
             .is_some_and(|s| s.last_upload_error.is_some());
         notifier.offsite_was_failing(failing);
+        // As the daemon at its start: the run fails on the key too, but
+        // this names the file and the fix (the run reads it again).
+        if let Err(e) = cfg.keys.for_encryption() {
+            notifier.observe(
+                &KeyUnreadable {
+                    path: cfg.paths.backup_dir.join(KEY_FILE_NAME),
+                    error: e.to_string(),
+                }
+                .into(),
+            );
+        }
         observers.push(notifier.clone());
     }
     let run = backup::run(

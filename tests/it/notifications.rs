@@ -195,6 +195,58 @@ fn a_hanging_and_a_failing_destination_delay_no_backup_and_are_counted() {
     result.assert_not_shown("topsecret");
 }
 
+/// `BACKUP_DIR/.encryption_key` as a folder: unreadable even for root (EISDIR).
+#[test]
+fn an_unreadable_key_file_is_told_once_by_the_daemon_and_by_once() {
+    let app = SqliteApp::small(5);
+    std::fs::create_dir_all(app.dir.join(".encryption_key")).unwrap();
+    let receiver = Receiver::start(Behaviour::ok());
+    let hook = format!("{}/hook", receiver.url());
+
+    let mut daemon = app
+        .backupd()
+        .env("NOTIFY_URLS", &hook)
+        .env("BACKUP_ON_START", "false")
+        .daemon();
+    let told = wait_for_event(&receiver, "key-unreadable", &daemon).json();
+    assert_eq!(told["result"], "failure", "{told}");
+    assert_eq!(told["severity"], "error", "{told}");
+    assert!(
+        told["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(".encryption_key")),
+        "the notice names the key file: {told}"
+    );
+    daemon.wait_until_serving();
+    std::thread::sleep(Duration::from_secs(2));
+    let log = daemon.stop_cleanly();
+    assert_eq!(
+        count(&receiver, "key-unreadable"),
+        1,
+        "{:?}\n{log}",
+        events(&receiver)
+    );
+
+    let run = app
+        .backupd()
+        .env("NOTIFY_URLS", &hook)
+        .run_bounded(&["once"], GUARD);
+    run.assert_code(1);
+    receiver.wait_for_requests(3, GUARD);
+    assert_eq!(
+        count(&receiver, "key-unreadable"),
+        2,
+        "{:?}\n{run}",
+        events(&receiver)
+    );
+    assert_eq!(
+        count(&receiver, "backup-failed"),
+        1,
+        "{:?}\n{run}",
+        events(&receiver)
+    );
+}
+
 fn read_status_if_present(path: &Path) -> Option<serde_json::Value> {
     path.exists().then(|| read_status(path))
 }
