@@ -24,8 +24,9 @@ use async_trait::async_trait;
 pub use destination::Destination;
 pub use message::{Notice, Severity};
 
-/// Why one delivery attempt failed, in one masked line ("HTTP 500 from
-/// ntfy https://ntfy.example/***", "timed out after 10 s").
+/// Why one delivery attempt failed, in one masked line ("HTTP 500: …",
+/// "no answer in time"). It does not name the destination: whoever reports
+/// it puts the destination before it ("ntfy https://ntfy.sh/***: HTTP 500").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct DeliveryError(pub String);

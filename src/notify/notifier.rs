@@ -461,7 +461,7 @@ async fn work(
             match tokio::time::timeout(timeout, sending).await {
                 Ok(result) => result,
                 Err(_) => Err(DeliveryError(format!(
-                    "no answer from {shown} within {:.0} s (NOTIFY_TIMEOUT_SECONDS)",
+                    "no answer within {:.0} s (NOTIFY_TIMEOUT_SECONDS)",
                     timeout.as_secs_f64()
                 ))),
             }

@@ -262,8 +262,7 @@ impl Ping for HttpPing {
         };
         let response = builder.send().await.map_err(|e| {
             DeliveryError(format!(
-                "cannot reach ping {} ({}): {}",
-                request.masked,
+                "not reached ({}): {}",
                 request.signal,
                 crate::error::error_chain(&e.without_url())
             ))
@@ -273,9 +272,8 @@ impl Ping for HttpPing {
             Ok(())
         } else {
             Err(DeliveryError(format!(
-                "HTTP {} from ping {} ({})",
+                "HTTP {} ({})",
                 status.as_u16(),
-                request.masked,
                 request.signal
             )))
         }

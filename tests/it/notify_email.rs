@@ -216,13 +216,7 @@ async fn starttls_required_never_falls_back_to_plain_text() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(
-        err.starts_with(&format!(
-            "e-mail via smtp://{USER}:***@127.0.0.1:{}: ",
-            server.port()
-        )),
-        "{err}"
-    );
+    assert!(!err.contains("smtp://"), "{err}");
     assert!(err.contains("does not offer STARTTLS"), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
     assert!(server.messages().is_empty(), "{:#?}", server.messages());
@@ -257,13 +251,7 @@ async fn a_wrong_password_is_an_authentication_error_without_the_password() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(
-        err.starts_with(&format!(
-            "e-mail via smtp://{USER}:***@127.0.0.1:{}: authentication rejected",
-            server.port()
-        )),
-        "{err}"
-    );
+    assert!(err.starts_with("authentication rejected"), "{err}");
     assert!(err.contains("535"), "{err}");
     assert!(!err.contains(wrong), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
@@ -333,8 +321,10 @@ fn notify_test_without_the_ca_fails_clearly() {
     run.assert_code(1).assert_not_shown(PASSWORD);
     assert!(run.stdout.contains("FAILED smtp"), "{run}");
     assert!(
-        run.stdout
-            .contains(&format!("smtp://{USER}:***@localhost:{}", server.port())),
+        run.stdout.contains(&format!(
+            "FAILED smtp {USER}:***@localhost:{} (",
+            server.port()
+        )),
         "{run}"
     );
     assert!(run.stdout.contains("certificate"), "{run}");

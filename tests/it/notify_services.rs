@@ -432,7 +432,11 @@ async fn no_token_or_password_appears_in_any_error() {
         assert_no_secret(&format!("{destination:?}"), &secrets, &url);
         if destination.kind() != "smtp" {
             assert!(error.contains("HTTP 401"), "{url}\n→ {error}");
-            assert!(error.contains(&destination.to_string()), "{url}\n→ {error}");
+            // The reporter names the destination, the error does not again.
+            assert!(
+                !error.contains(&destination.to_string()),
+                "{url}\n→ {error}"
+            );
             assert!(error.contains("rejected"), "the answer is quoted: {error}");
         }
     }
@@ -490,10 +494,7 @@ async fn a_redirect_is_an_error_and_is_not_followed() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(
-        error.starts_with("HTTP 308 from webhook http://127.0.0.1:"),
-        "{error}"
-    );
+    assert!(error.starts_with("HTTP 308 (a redirect"), "{error}");
     assert!(error.contains("not followed"), "{error}");
     assert_eq!(receiver.requests().len(), 1);
     assert!(elsewhere.requests().is_empty());
@@ -516,13 +517,7 @@ async fn a_hung_service_is_given_up_at_the_timeout() {
         .unwrap_err()
         .to_string();
     assert!(started.elapsed() < GUARD, "{:?}", started.elapsed());
-    assert_eq!(
-        error,
-        format!(
-            "ntfy http://{}/***: no answer in time",
-            receiver.host_port()
-        )
-    );
+    assert_eq!(error, "no answer in time");
     assert_eq!(receiver.requests().len(), 1);
 }
 
@@ -638,10 +633,7 @@ async fn a_long_answer_is_quoted_short() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(
-        error.starts_with("HTTP 500 from webhook http://127.0.0.1:"),
-        "{error}"
-    );
+    assert!(error.starts_with("HTTP 500: "), "{error}");
     assert!(error.contains(": oops x"), "{error}");
     assert!(!error.contains('\n'), "{error}");
     assert!(error.len() < 400, "{} bytes: {error}", error.len());

@@ -128,17 +128,9 @@ fn tls_hint(err: &SmtpError) -> &'static str {
     ""
 }
 
-/// `smtp://user:***@host:port`: the server as an error names it.
-fn masked_server(destination: &SmtpDestination) -> String {
-    let user = match &destination.auth {
-        Some((user, _)) => format!("{user}:***@"),
-        None => String::new(),
-    };
-    format!("smtp://{user}{}:{}", destination.host, destination.port)
-}
-
 fn delivery_error(destination: &SmtpDestination, failure: &Failure) -> DeliveryError {
-    let line = format!("e-mail via {}: {failure}", masked_server(destination));
+    // Without the server: whoever reports the error names the destination.
+    let line = failure.to_string();
     // A server may echo what it was sent; the password never leaves masked.
     let line = match &destination.auth {
         Some((_, password)) if !password.expose().is_empty() => {
@@ -499,10 +491,6 @@ mod tests {
         dest.to.push("not an address".into());
         let err = delivery_error(&dest, &build_message(&dest, &notice()).unwrap_err()).0;
         assert!(err.contains("the to address \"not an address\""), "{err}");
-        assert!(
-            err.starts_with("e-mail via smtp://alerts:***@mail.example:587: "),
-            "{err}"
-        );
     }
 
     #[test]
@@ -518,20 +506,8 @@ mod tests {
         assert!(err.contains("x***x"), "{err}");
     }
 
-    #[test]
-    fn the_server_is_named_masked() {
-        assert_eq!(
-            masked_server(&destination()),
-            "smtp://alerts:***@mail.example:587"
-        );
-        let mut relay = destination();
-        relay.auth = None;
-        relay.port = 25;
-        assert_eq!(masked_server(&relay), "smtp://mail.example:25");
-    }
-
     #[tokio::test]
-    async fn a_refused_connection_is_one_masked_line_naming_the_server() {
+    async fn a_refused_connection_is_one_masked_line() {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
@@ -543,12 +519,7 @@ mod tests {
             .await
             .unwrap_err()
             .0;
-        assert!(
-            err.starts_with(&format!(
-                "e-mail via smtp://alerts:***@127.0.0.1:{port}: connecting failed: "
-            )),
-            "{err}"
-        );
+        assert!(err.starts_with("connecting failed: "), "{err}");
         assert!(!err.contains(PASSWORD), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
@@ -571,7 +542,6 @@ mod tests {
             .unwrap_err()
             .0;
         held.abort();
-        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
         assert!(
             err.contains("timed out") || err.contains("timeout"),
             "{err}"
