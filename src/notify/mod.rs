@@ -28,8 +28,36 @@ pub use message::{Notice, Severity};
 /// "no answer in time"). It does not name the destination: whoever reports
 /// it puts the destination before it ("ntfy https://ntfy.sh/***: HTTP 500").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DeliveryError(pub String);
+#[error("{message}")]
+pub struct DeliveryError {
+    message: String,
+    retry: bool,
+}
+
+impl DeliveryError {
+    /// A failure another attempt may mend (no answer, HTTP 500, a refusal).
+    pub fn new(message: impl Into<String>) -> Self {
+        DeliveryError {
+            message: message.into(),
+            retry: true,
+        }
+    }
+
+    /// A failure after which another attempt would repeat what already
+    /// arrived: an e-mail accepted for some recipients and refused for the
+    /// others. Counted failed and recorded, never retried.
+    pub fn not_retried(message: impl Into<String>) -> Self {
+        DeliveryError {
+            message: message.into(),
+            retry: false,
+        }
+    }
+
+    /// Whether the notifier tries again after its pause.
+    pub fn retry(&self) -> bool {
+        self.retry
+    }
+}
 
 /// Sends one notice to one destination, once (no retries: the notifier
 /// retries). The seam between the notifier and the network.

@@ -375,8 +375,10 @@ impl std::fmt::Debug for Notifier {
 
 /// The real senders: HTTP and SMTP for the destinations, HTTP for the ping.
 pub fn real_senders(timeout: Duration) -> crate::Result<(Arc<dyn Deliver>, Arc<dyn Ping>)> {
-    let ping = super::ping::HttpPing::new(timeout).map_err(|e| crate::Error::Other(e.0))?;
-    let deliver = super::send::Delivery::new(timeout).map_err(|e| crate::Error::Other(e.0))?;
+    let ping =
+        super::ping::HttpPing::new(timeout).map_err(|e| crate::Error::Other(e.to_string()))?;
+    let deliver =
+        super::send::Delivery::new(timeout).map_err(|e| crate::Error::Other(e.to_string()))?;
     Ok((Arc::new(deliver), Arc::new(ping)))
 }
 
@@ -460,7 +462,7 @@ async fn work(
             };
             match tokio::time::timeout(timeout, sending).await {
                 Ok(result) => result,
-                Err(_) => Err(DeliveryError(format!(
+                Err(_) => Err(DeliveryError::new(format!(
                     "no answer within {:.0} s (NOTIFY_TIMEOUT_SECONDS)",
                     timeout.as_secs_f64()
                 ))),
@@ -494,7 +496,8 @@ async fn work(
     }
 }
 
-/// Tries `attempt` once and again after each pause of `backoff`; the
+/// Tries `attempt` once and again after each pause of `backoff` (not after
+/// an error that says it is [not retried](DeliveryError::not_retried)); the
 /// number of attempts made, with the last error when none succeeded.
 async fn with_retries<F, Fut>(
     backoff: &[Duration],
@@ -510,6 +513,7 @@ where
         made += 1;
         match attempt().await {
             Ok(()) => return Ok(made),
+            Err(e) if !e.retry() => return Err((made, e)),
             Err(e) => match pauses.next() {
                 Some(pause) => {
                     tracing::debug!(error = %e, retry_in_ms = pause.as_millis() as u64, "notification attempt failed");
@@ -603,7 +607,7 @@ pub(crate) mod tests {
             match answer {
                 Answer::Ok => Ok(()),
                 Answer::Fail | Answer::FailTimes(_) => {
-                    Err(DeliveryError(format!("HTTP 500 from {kind}")))
+                    Err(DeliveryError::new(format!("HTTP 500 from {kind}")))
                 }
                 Answer::Hang => std::future::pending().await,
             }
@@ -947,10 +951,19 @@ pub(crate) mod tests {
         let tries = &AtomicUsize::new(0);
         let result = with_retries(&backoff, move || async move {
             tries.fetch_add(1, Ordering::SeqCst);
-            Err(DeliveryError("no".into()))
+            Err(DeliveryError::new("no"))
         })
         .await;
         assert_eq!(result.unwrap_err().0, 3);
+        // A partly delivered notice is not sent again.
+        let tries = &AtomicUsize::new(0);
+        let result = with_retries(&backoff, move || async move {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err(DeliveryError::not_retried("1 of 2 recipients refused"))
+        })
+        .await;
+        assert_eq!(result.unwrap_err().0, 1);
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
         assert!(started.elapsed() >= Duration::from_millis(60));
         assert_eq!(
             with_retries(&backoff, || async { Ok(()) }).await.unwrap(),

@@ -240,7 +240,7 @@ impl HttpPing {
             .user_agent(concat!("backupd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| {
-                DeliveryError(format!(
+                DeliveryError::new(format!(
                     "cannot set up the HTTP client for the ping: {}",
                     e.without_url()
                 ))
@@ -261,7 +261,7 @@ impl Ping for HttpPing {
                 .body(request.body.clone().unwrap_or_default()),
         };
         let response = builder.send().await.map_err(|e| {
-            DeliveryError(format!(
+            DeliveryError::new(format!(
                 "not reached ({}): {}",
                 request.signal,
                 crate::error::error_chain(&e.without_url())
@@ -271,7 +271,7 @@ impl Ping for HttpPing {
         if status.is_success() {
             Ok(())
         } else {
-            Err(DeliveryError(format!(
+            Err(DeliveryError::new(format!(
                 "HTTP {} ({})",
                 status.as_u16(),
                 request.signal

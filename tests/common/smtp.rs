@@ -76,6 +76,16 @@ impl SmtpServer {
     /// LOGIN accept that user and password only. `None` (after a loud skip)
     /// when `python3` with `aiosmtpd` and `cryptography` is missing.
     pub fn start(tls: SmtpTls, auth: Option<(&str, &str)>) -> Option<SmtpServer> {
+        Self::start_refusing(tls, auth, &[])
+    }
+
+    /// [`SmtpServer::start`] that answers RCPT for each of `refused` with
+    /// `550 5.1.1 no such user` (a typo in `to=`), the others with 250.
+    pub fn start_refusing(
+        tls: SmtpTls,
+        auth: Option<(&str, &str)>,
+        refused: &[&str],
+    ) -> Option<SmtpServer> {
         let usable = Command::new("python3")
             .args(["-c", "import aiosmtpd, cryptography"])
             .output()
@@ -103,6 +113,7 @@ impl SmtpServer {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        cmd.env("SMTP_TEST_REFUSE", refused.join(","));
         if let Some((user, password)) = auth {
             cmd.env("SMTP_TEST_USER", user)
                 .env("SMTP_TEST_PASSWORD", password);
@@ -180,6 +191,7 @@ folder = sys.argv[1]
 mode = os.environ["SMTP_TEST_TLS"]
 user = os.environ.get("SMTP_TEST_USER")
 password = os.environ.get("SMTP_TEST_PASSWORD")
+refused = {a for a in os.environ.get("SMTP_TEST_REFUSE", "").split(",") if a}
 
 
 def make_certificates():
@@ -233,6 +245,12 @@ def make_certificates():
 
 
 class Recorder:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in refused:
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):
         record = {
             "mail_from": envelope.mail_from,

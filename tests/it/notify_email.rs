@@ -181,6 +181,73 @@ async fn plain_relay_receives_the_notice() {
     assert_eq!(mail.login, None);
 }
 
+#[tokio::test]
+async fn a_refused_recipient_keeps_the_notice_from_no_one_else_and_is_not_retried() {
+    let Some(server) = SmtpServer::start_refusing(SmtpTls::None, None, &[TO[1]]) else {
+        return;
+    };
+    let relay = destination("127.0.0.1", &server, SmtpSecurity::Plain, None);
+    let err = deliver(&relay, &failed_backup(), TIMEOUT)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(!err.retry(), "{text}");
+    assert!(text.contains(&format!("sent to <{}>", TO[0])), "{text}");
+    assert!(text.contains(&format!("<{}> was refused", TO[1])), "{text}");
+    assert!(text.contains("550"), "{text}");
+    let messages = server.messages();
+    assert_eq!(messages.len(), 1, "{messages:#?}\n{}", server.log());
+    assert_eq!(messages[0].rcpt_tos, [TO[0]]);
+
+    // Nobody accepted: nothing was sent, so the notifier tries again.
+    let Some(server) = SmtpServer::start_refusing(SmtpTls::None, None, &TO) else {
+        return;
+    };
+    let relay = destination("127.0.0.1", &server, SmtpSecurity::Plain, None);
+    let err = deliver(&relay, &failed_backup(), TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(err.retry(), "{err}");
+    assert!(
+        err.to_string().starts_with("every recipient was refused: "),
+        "{err}"
+    );
+    assert!(server.messages().is_empty(), "{:#?}", server.messages());
+}
+
+/// The notifier's side of the same: one message (no retry sends it to the
+/// accepted recipient again), counted failed, the refusal in the status file.
+#[test]
+fn once_sends_one_message_past_a_refused_recipient_and_records_the_refusal() {
+    let Some(server) = SmtpServer::start_refusing(SmtpTls::None, None, &[TO[1]]) else {
+        return;
+    };
+    let app = common::sqlite::SqliteApp::small(5);
+    let url = format!(
+        "smtp://127.0.0.1:{}/?from={FROM}&to={}&starttls=no",
+        server.port(),
+        TO.join(",")
+    );
+    let run = app
+        .backupd()
+        .env("NOTIFY_URLS", &url)
+        .env("NOTIFY_LEVEL", "info")
+        .run_bounded(&["once"], Duration::from_secs(60));
+    run.assert_code(0);
+    let messages = server.messages();
+    assert_eq!(messages.len(), 1, "{messages:#?}\n{run}");
+    assert_eq!(messages[0].rcpt_tos, [TO[0]]);
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(app.status_file()).unwrap()).unwrap();
+    let error = status["last_notification_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains(&format!("<{}> was refused", TO[1])),
+        "{status}\n{run}"
+    );
+}
+
 #[test]
 fn starttls_with_auth_delivers_encrypted_and_logged_in() {
     let Some(server) = SmtpServer::start(SmtpTls::StartTls, Some((USER, PASSWORD))) else {

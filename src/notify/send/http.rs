@@ -407,9 +407,9 @@ pub async fn send(
     }
     let response = builder.body(request.body).send().await.map_err(|e| {
         if e.is_timeout() {
-            DeliveryError("no answer in time".to_string())
+            DeliveryError::new("no answer in time".to_string())
         } else {
-            DeliveryError(format!(
+            DeliveryError::new(format!(
                 "not reached: {}",
                 crate::error::error_chain(&e.without_url())
             ))
@@ -425,7 +425,7 @@ pub async fn send(
         ""
     };
     let answer = quoted_answer(destination, &answer_start(response).await);
-    Err(DeliveryError(if answer.is_empty() {
+    Err(DeliveryError::new(if answer.is_empty() {
         format!("HTTP {}{hint}", status.as_u16())
     } else {
         format!("HTTP {}{hint}: {answer}", status.as_u16())

@@ -37,7 +37,7 @@ impl Delivery {
             .user_agent(USER_AGENT)
             .build()
             .map_err(|e| {
-                DeliveryError(format!(
+                DeliveryError::new(format!(
                     "cannot set up the HTTP client for notifications: {}",
                     crate::error::error_chain(&e.without_url())
                 ))
@@ -66,15 +66,15 @@ impl Deliver for Delivery {
         for (index, request) in http::render(destination, notice).into_iter().enumerate() {
             if let Err(e) = http::send(&self.client, destination, request).await {
                 failures.push(match chats.get(index) {
-                    Some(chat) if chats.len() > 1 => format!("chat {chat}: {}", e.0),
-                    _ => e.0,
+                    Some(chat) if chats.len() > 1 => format!("chat {chat}: {e}"),
+                    _ => e.to_string(),
                 });
             }
         }
         match failures.len() {
             0 => Ok(()),
-            1 => Err(DeliveryError(failures.remove(0))),
-            n => Err(DeliveryError(format!(
+            1 => Err(DeliveryError::new(failures.remove(0))),
+            n => Err(DeliveryError::new(format!(
                 "{n} requests failed: {}",
                 failures.join("; ")
             ))),

@@ -45,7 +45,14 @@ pub async fn deliver(
         }
         Err(failure) => Err(failure),
     };
-    outcome.map_err(|failure| delivery_error(destination, &failure))
+    outcome.map_err(|failure| {
+        let error = delivery_error(destination, &failure);
+        match failure {
+            // Sent to some: another attempt would send it to them again.
+            Failure::SomeRecipients { .. } => DeliveryError::not_retried(error.to_string()),
+            _ => error,
+        }
+    })
 }
 
 /// What went wrong in one delivery, before it is masked into a
@@ -92,6 +99,18 @@ enum Failure {
     Sender { from: String, err: SmtpError },
     #[error("the recipient <{to}> was refused: {}", detail(.err))]
     Recipient { to: String, err: SmtpError },
+    #[error("every recipient was refused: {}", refusals(.0))]
+    EveryRecipient(Vec<(String, SmtpError)>),
+    /// The message went to the recipients the server accepted.
+    #[error(
+        "sent to {}, but {}; not sent again (the others have it)",
+        addresses(.accepted),
+        refusals(.refused)
+    )]
+    SomeRecipients {
+        accepted: Vec<String>,
+        refused: Vec<(String, SmtpError)>,
+    },
     #[error("the message was refused: {}", detail(.0))]
     Message(SmtpError),
     #[error("timed out after {} s", .0.as_secs_f64())]
@@ -110,6 +129,23 @@ fn detail(err: &SmtpError) -> String {
         innermost = next;
     }
     innermost.to_string()
+}
+
+/// "<a@x> was refused: 550 …; <b@y> was refused: 550 …".
+fn refusals(refused: &[(String, SmtpError)]) -> String {
+    refused
+        .iter()
+        .map(|(to, err)| format!("<{to}> was refused: {}", detail(err)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn addresses(accepted: &[String]) -> String {
+    accepted
+        .iter()
+        .map(|to| format!("<{to}>"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A hint when TLS itself failed (an untrusted certificate, TLS spoken to a
@@ -138,7 +174,7 @@ fn delivery_error(destination: &SmtpDestination, failure: &Failure) -> DeliveryE
         }
         _ => line,
     };
-    DeliveryError(line)
+    DeliveryError::new(line)
 }
 
 fn mailbox(field: &'static str, address: &str) -> Result<Mailbox, Failure> {
@@ -237,7 +273,7 @@ async fn send(
     let sent = session(destination, message, &hello, &mut conn).await;
     match sent {
         // The message is accepted: a failed QUIT changes nothing.
-        Ok(()) => {
+        Ok(()) | Err(Failure::SomeRecipients { .. }) => {
             let _ = conn.quit().await;
         }
         // A failed handshake leaves lettre's connection without a stream:
@@ -310,17 +346,38 @@ async fn session(
             from: destination.from.clone(),
             err,
         })?;
+    // A refused recipient (a typo, a closed mailbox) does not keep the
+    // message from the others; a broken connection ends the session.
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
     for to in envelope.to() {
-        conn.command(Rcpt::new(to.clone(), Vec::new()))
-            .await
-            .map_err(|err| Failure::Recipient {
-                to: to.to_string(),
-                err,
-            })?;
+        match conn.command(Rcpt::new(to.clone(), Vec::new())).await {
+            Ok(_) => accepted.push(to.to_string()),
+            Err(err) if err.status().is_some() => refused.push((to.to_string(), err)),
+            Err(err) => {
+                return Err(Failure::Recipient {
+                    to: to.to_string(),
+                    err,
+                });
+            }
+        }
+    }
+    if accepted.is_empty() {
+        return Err(match refused.len() {
+            1 => {
+                let (to, err) = refused.remove(0);
+                Failure::Recipient { to, err }
+            }
+            _ => Failure::EveryRecipient(refused),
+        });
     }
     conn.command(Data).await.map_err(Failure::Message)?;
     conn.message(&email).await.map_err(Failure::Message)?;
-    Ok(())
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::SomeRecipients { accepted, refused })
+    }
 }
 
 #[cfg(test)]
@@ -489,7 +546,7 @@ mod tests {
     fn a_bad_address_is_named_with_its_field() {
         let mut dest = destination();
         dest.to.push("not an address".into());
-        let err = delivery_error(&dest, &build_message(&dest, &notice()).unwrap_err()).0;
+        let err = delivery_error(&dest, &build_message(&dest, &notice()).unwrap_err()).to_string();
         assert!(err.contains("the to address \"not an address\""), "{err}");
     }
 
@@ -501,7 +558,7 @@ mod tests {
             address: format!("x{PASSWORD}x"),
             reason: "echo".into(),
         };
-        let err = delivery_error(&dest, &echoed).0;
+        let err = delivery_error(&dest, &echoed).to_string();
         assert!(!err.contains(PASSWORD), "{err}");
         assert!(err.contains("x***x"), "{err}");
     }
@@ -518,7 +575,7 @@ mod tests {
         let err = deliver(&dest, &notice(), Duration::from_secs(5))
             .await
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(err.starts_with("connecting failed: "), "{err}");
         assert!(!err.contains(PASSWORD), "{err}");
         assert!(!err.contains('\n'), "{err}");
@@ -540,7 +597,7 @@ mod tests {
         let err = deliver(&dest, &notice(), Duration::from_millis(300))
             .await
             .unwrap_err()
-            .0;
+            .to_string();
         held.abort();
         assert!(
             err.contains("timed out") || err.contains("timeout"),
