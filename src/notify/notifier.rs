@@ -606,9 +606,7 @@ pub(crate) mod tests {
             };
             match answer {
                 Answer::Ok => Ok(()),
-                Answer::Fail | Answer::FailTimes(_) => {
-                    Err(DeliveryError::new(format!("HTTP 500 from {kind}")))
-                }
+                Answer::Fail | Answer::FailTimes(_) => Err(DeliveryError::new("HTTP 500")),
                 Answer::Hang => std::future::pending().await,
             }
         }
@@ -784,7 +782,7 @@ pub(crate) mod tests {
         let lines = rig.lines.0.lock().unwrap().clone();
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(
-            lines[0].ends_with("Z ntfy https://ntfy.sh/***: HTTP 500 from ntfy"),
+            lines[0].ends_with("Z ntfy https://ntfy.sh/***: HTTP 500"),
             "{}",
             lines[0]
         );
