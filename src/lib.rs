@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod http;
 pub mod inspect;
 pub mod logging;
+pub mod manifest;
 pub mod metrics;
 pub mod modes;
 pub mod notify;
