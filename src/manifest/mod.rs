@@ -25,7 +25,9 @@
 //! A partitioned table has no rows of its own: pg_dump writes one COPY block
 //! per leaf partition, so the counts are per leaf (`public.events_2024`, …)
 //! and the partitioned parent does not appear. Compare leaves with leaves
-//! (`SELECT count(*) FROM ONLY leaf`).
+//! (`SELECT count(*) FROM ONLY leaf`). With `--load-via-partition-root`
+//! (backupd does not use it) every leaf's block names the root instead, and
+//! the root's count is their sum.
 //!
 //! Limits:
 //! - Custom-, directory- and tar-format dumps are not counted here (their
