@@ -444,6 +444,17 @@ impl Recorder {
     pub fn names(&self) -> Vec<&'static str> {
         self.events().iter().map(Event::name).collect()
     }
+
+    /// The hook failures told so far, in order.
+    pub fn hook_failures(&self) -> Vec<HookFailed> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::HookFailed(h) => Some(h),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 impl Observer for Recorder {
@@ -550,16 +561,51 @@ impl Observer for LogObserver {
     }
 }
 
+/// Backup events for unit tests elsewhere: a test changes the fields it is
+/// about with struct update syntax (`BackupFailed { error, ..samples::backup_failed() }`).
 #[cfg(test)]
-mod tests {
+pub mod samples {
     use super::*;
 
-    fn started() -> Event {
+    pub fn backup_started() -> Event {
         BackupStarted {
             database: "sqlite",
             at: DateTime::UNIX_EPOCH,
         }
         .into()
+    }
+
+    pub fn backup_failed() -> BackupFailed {
+        BackupFailed {
+            database: "sqlite",
+            started_at: DateTime::UNIX_EPOCH,
+            could_not_start: false,
+            duration: Duration::ZERO,
+            error: Failure::new(FailureKind::Database, "database is locked"),
+        }
+    }
+
+    pub fn backup_finished() -> BackupFinished {
+        BackupFinished {
+            database: "sqlite",
+            started_at: DateTime::UNIX_EPOCH,
+            finished_at: DateTime::UNIX_EPOCH,
+            file: "/backups/x.sqlite3.gz".into(),
+            size: 1,
+            raw_bytes: 1,
+            sha256: "0".repeat(64),
+            duration: Duration::ZERO,
+            retention_deleted: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started() -> Event {
+        samples::backup_started()
     }
 
     #[test]

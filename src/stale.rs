@@ -229,6 +229,7 @@ impl Observer for StaleRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::samples;
     use crate::events::{BackupFailed, BackupFinished, Failure, Recorder};
     use chrono::TimeZone;
 
@@ -255,26 +256,19 @@ mod tests {
 
     fn finished(at: DateTime<Utc>) -> Event {
         BackupFinished {
-            database: "sqlite",
             started_at: at,
             finished_at: at,
-            file: "/backups/x.sqlite3.gz".into(),
-            size: 1,
-            raw_bytes: 1,
             sha256: String::new(),
-            duration: Duration::ZERO,
-            retention_deleted: vec![],
+            ..samples::backup_finished()
         }
         .into()
     }
 
     fn failed(kind: FailureKind, message: &str) -> Event {
         BackupFailed {
-            database: "sqlite",
             started_at: t0(),
-            could_not_start: false,
-            duration: Duration::ZERO,
             error: Failure::new(kind, message),
+            ..samples::backup_failed()
         }
         .into()
     }

@@ -529,9 +529,9 @@ where
 pub(crate) mod tests {
     use super::*;
     use crate::clock::SystemClock;
+    use crate::events::samples;
     use crate::events::{
-        BackupFailed, BackupFinished, BackupStarted, Failure, FailureKind, OffsitePass,
-        RestoreFailed, RestoreStarted,
+        BackupStarted, Failure, FailureKind, OffsitePass, RestoreFailed, RestoreStarted,
     };
     use crate::restore::state::Phase;
     use async_trait::async_trait;
@@ -713,29 +713,11 @@ pub(crate) mod tests {
     }
 
     fn failed() -> Event {
-        BackupFailed {
-            database: "sqlite",
-            started_at: DateTime::UNIX_EPOCH,
-            could_not_start: false,
-            duration: Duration::ZERO,
-            error: Failure::new(FailureKind::Database, "database is locked"),
-        }
-        .into()
+        samples::backup_failed().into()
     }
 
     fn finished() -> Event {
-        BackupFinished {
-            database: "sqlite",
-            started_at: DateTime::UNIX_EPOCH,
-            finished_at: DateTime::UNIX_EPOCH,
-            file: "/backups/x.sqlite3.gz".into(),
-            size: 1,
-            raw_bytes: 1,
-            sha256: "0".repeat(64),
-            duration: Duration::ZERO,
-            retention_deleted: vec![],
-        }
-        .into()
+        samples::backup_finished().into()
     }
 
     fn pass(error: Option<&str>) -> Event {

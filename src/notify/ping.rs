@@ -283,8 +283,8 @@ impl Ping for HttpPing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{BackupFailed, BackupFinished, BackupStarted, Failure};
-    use chrono::DateTime;
+    use crate::events::samples;
+    use crate::events::{BackupFailed, BackupFinished, Failure};
 
     fn ping(raw: &str) -> PingUrl {
         PingUrl::parse(raw, "BACKUP_PING_URL").unwrap()
@@ -292,36 +292,23 @@ mod tests {
 
     fn failed(kind: FailureKind) -> Event {
         BackupFailed {
-            database: "sqlite",
-            started_at: DateTime::UNIX_EPOCH,
-            could_not_start: false,
-            duration: Duration::ZERO,
             error: Failure::new(kind, "database is locked"),
+            ..samples::backup_failed()
         }
         .into()
     }
 
     fn finished() -> Event {
         BackupFinished {
-            database: "sqlite",
-            started_at: DateTime::UNIX_EPOCH,
-            finished_at: DateTime::UNIX_EPOCH,
             file: "/backups/x".into(),
-            size: 1,
-            raw_bytes: 1,
             sha256: String::new(),
-            duration: Duration::ZERO,
-            retention_deleted: vec![],
+            ..samples::backup_finished()
         }
         .into()
     }
 
     fn started() -> Event {
-        BackupStarted {
-            database: "sqlite",
-            at: DateTime::UNIX_EPOCH,
-        }
-        .into()
+        samples::backup_started()
     }
 
     #[test]

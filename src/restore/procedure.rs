@@ -1125,15 +1125,7 @@ pub(crate) mod tests {
         let entry = stack.newest();
         assert_eq!(entry.result, "restored");
         assert_eq!(entry.hook_error.as_deref(), Some(message));
-        let told: Vec<_> = stack
-            .events
-            .events()
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::HookFailed(h) => Some(h),
-                _ => None,
-            })
-            .collect();
+        let told = stack.events.hook_failures();
         assert_eq!(told.len(), 1, "{told:?}");
         assert_eq!(told[0].hook, HookPoint::AfterRestore);
         assert_eq!(told[0].error, message);

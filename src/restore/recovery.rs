@@ -202,7 +202,7 @@ impl<T: RestoreTarget> Procedure<'_, T> {
 #[cfg(test)]
 mod tests {
     use crate::container::fake::FakeContainers;
-    use crate::events::{Event, HookPoint};
+    use crate::events::HookPoint;
     use crate::restore::fakes::{FakeTarget, LIVE_OID, MemoryState, STAGING_OID};
     use crate::restore::postgres::SwapRecord;
     use crate::restore::procedure::tests::Stack;
@@ -328,15 +328,7 @@ mod tests {
         assert_eq!(entry.result, "restored");
         let message = "HOOK_AFTER_RESTORE did not finish: backupd stopped while it ran; it was not run again, so the fix-up may be incomplete";
         assert_eq!(entry.hook_error.as_deref(), Some(message));
-        let told: Vec<_> = stack
-            .events
-            .events()
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::HookFailed(h) => Some(h),
-                _ => None,
-            })
-            .collect();
+        let told = stack.events.hook_failures();
         assert_eq!(told.len(), 1, "{told:?}");
         assert_eq!(told[0].hook, HookPoint::AfterRestore);
         assert_eq!(told[0].error, message);
