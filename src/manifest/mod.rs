@@ -1,5 +1,7 @@
-//! Groundwork for the backup manifest (issue 13): the row count of every
-//! table, taken from the backup itself. Not wired into the backup yet.
+//! The backup manifest (`NAME.manifest.json`, [`record`]): what a backup
+//! holds, with the row count of every table taken from the backup itself;
+//! [`lookup`] finds the manifest of a file to restore, [`compare`] checks a
+//! restored database's counts against it.
 //!
 //! # PostgreSQL: counted from the dump's COPY blocks
 //!
@@ -50,7 +52,10 @@
 //! their contents are in their shadow tables, which are ordinary tables and
 //! counted.
 
+pub mod compare;
 pub mod copy_rows;
+pub mod lookup;
+pub mod record;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,7 +63,13 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use compare::{CountMismatch, TableDifference, compare_counts};
 pub use copy_rows::{CopyCountError, CopyRowCounter};
+pub use lookup::Lookup;
+pub use record::{
+    DatabaseInfo, Digest, FORMAT_VERSION, MANIFEST_SUFFIX, Manifest, ManifestError,
+    is_manifest_name, manifest_path,
+};
 
 /// A failure to count the rows of a SQLite database.
 #[derive(Debug, thiserror::Error)]

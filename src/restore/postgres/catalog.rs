@@ -782,6 +782,43 @@ pub async fn live_tables_with_rows(
     Ok(Some(with_rows))
 }
 
+impl Server {
+    /// The row count of every table of database `name` (relkind `r`, user
+    /// schemas; tables of an extension left out unless they are its
+    /// configuration tables, whose rows pg_dump dumps), named
+    /// `format('%I.%I', schema, table)` as pg_dump names them, so they
+    /// compare with a manifest's. Counted exactly (`count(*) FROM ONLY`),
+    /// in one statement and one snapshot, with `row_security = off` so a
+    /// policy makes the count fail instead of hiding rows. The answer is one
+    /// JSON object: table names may hold line breaks.
+    pub async fn table_counts(
+        &self,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, u64>> {
+        let sql = "SET row_security = off;\n\
+            SELECT coalesce(json_object_agg(format('%I.%I', n.nspname, c.relname), \
+            (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', \
+            n.nspname, c.relname), false, true, '')))[1]::text::bigint), '{}') \
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+            WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' \
+            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+            AND d.objid = c.oid AND d.deptype = 'e' AND NOT EXISTS (SELECT 1 FROM pg_extension x \
+            WHERE x.oid = d.refobjid AND c.oid = ANY (x.extconfig)));\n";
+        let out = run_sql(&self.target, name, sql).await.map_err(|f| {
+            self.fail(format!(
+                "cannot count the rows of the tables in database \"{name}\": {}",
+                f.summary()
+            ))
+        })?;
+        let json = out.lines().last().unwrap_or("{}").trim();
+        serde_json::from_str(json).map_err(|e| {
+            self.fail(format!(
+                "unexpected row counts from database \"{name}\": {e}"
+            ))
+        })
+    }
+}
+
 /// True when database `name` exists on the server of `target`.
 pub async fn database_exists(target: &PgTarget, name: &str) -> Result<bool> {
     Server::connect(target).await?.database_exists(name).await
