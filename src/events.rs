@@ -316,6 +316,8 @@ pub struct RestoreFinished {
     pub duration: Duration,
     /// PostgreSQL only.
     pub strategy: Option<Strategy>,
+    /// First container stop to last start; `None` when nothing was stopped.
+    pub downtime: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -525,6 +527,7 @@ impl Observer for LogObserver {
                 target: RESTORE_TARGET,
                 result = "restored",
                 duration_seconds = format!("{:.2}", done.duration.as_secs_f64()),
+                downtime_seconds = done.downtime.map(|d| format!("{:.3}", d.as_secs_f64())),
                 "restore finished"
             ),
             Event::RestoreFailed(failed) => tracing::error!(

@@ -650,6 +650,7 @@ mod tests {
                 sha256: "cd".repeat(32),
                 duration: Duration::from_secs(3),
                 strategy: None,
+                downtime: None,
             }
             .into(),
             &ctx(),

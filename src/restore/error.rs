@@ -69,6 +69,21 @@ pub enum RestoreError {
     #[error("cannot record the restore in the state file, so nothing was restored: {0}")]
     Evidence(#[source] Error),
 
+    /// The staged copy's row counts differ from the backup's manifest:
+    /// nothing was swapped in (`outcome` says what is true of the live
+    /// database, looked up).
+    #[error("{mismatch} ({manifest}); {outcome}")]
+    RowCounts {
+        mismatch: crate::manifest::CountMismatch,
+        /// The manifest's path.
+        manifest: String,
+        outcome: String,
+    },
+
+    /// The staged copy's rows could not be counted.
+    #[error("cannot count the rows of the restored copy to compare them with the manifest: {0}")]
+    Counting(#[source] Error),
+
     #[error("the restore task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 
@@ -194,13 +209,15 @@ impl From<&RestoreError> for Failure {
             RestoreError::NotABackupName
             | RestoreError::NotEncrypted
             | RestoreError::Check(_)
-            | RestoreError::ChangedAfterDownload { .. } => FailureKind::Verify,
+            | RestoreError::ChangedAfterDownload { .. }
+            | RestoreError::RowCounts { .. } => FailureKind::Verify,
             RestoreError::Containers(_)
             | RestoreError::MissingContainer(_)
             | RestoreError::Stop { .. } => FailureKind::Container,
             RestoreError::Intent(e)
             | RestoreError::SafetyBackup(e)
             | RestoreError::Load(e)
+            | RestoreError::Counting(e)
             | RestoreError::Evidence(e) => Failure::from(e).kind,
             RestoreError::Hook(e) if e.is_cancelled() => FailureKind::Cancelled,
             RestoreError::Hook(_) => FailureKind::Hook,

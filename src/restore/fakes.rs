@@ -18,7 +18,7 @@ use crate::restore::error::RestoreError;
 use crate::restore::kind::FileKind;
 use crate::restore::postgres::{Strategy, SwapRecord};
 use crate::restore::state::{self, InProgress, RestoreState, StateStore};
-use crate::restore::target::{Loaded, RestoreTarget};
+use crate::restore::target::{Counts, Loaded, Order, RestoreTarget, SafetySource};
 
 pub struct FixedClock(pub DateTime<Utc>);
 
@@ -41,6 +41,8 @@ pub enum FailAt {
     SameApplication,
     SafetyBackup,
     Load,
+    /// Counting the staged copy's rows.
+    Count,
     /// After the swap record was written, as a swap that rolled back.
     Swap,
 }
@@ -48,10 +50,19 @@ pub enum FailAt {
 pub const LIVE_OID: u32 = 100;
 pub const STAGING_OID: u32 = 200;
 
-/// A database whose live content is a word: `old` until a load swaps
-/// `restored` in.
+/// A database whose live content is a word: `old` until a swap puts
+/// `restored` in. Its staged copy holds `rows`.
 pub struct FakeTarget {
     pub fail: Option<FailAt>,
+    /// Load while the app runs (PostgreSQL staging) or stop first.
+    pub order: Order,
+    /// The staged copy's row counts.
+    pub rows: Counts,
+    /// The counts are known at check time (as SQLite's prepared copy).
+    pub counts_at_check: bool,
+    /// What was asked of the target, in order (`stage`, `swap`,
+    /// `abandon`, `safety live`, `safety app_pre_restore_x`, `prune`).
+    pub calls: Mutex<Vec<String>>,
     pub exists: bool,
     pub live: Mutex<String>,
     /// What the server says the live name's oid is, for recovery.
@@ -64,6 +75,10 @@ impl Default for FakeTarget {
     fn default() -> Self {
         FakeTarget {
             fail: None,
+            order: Order::LoadWhileRunning,
+            rows: Counts::from([("public.users".to_string(), 3)]),
+            counts_at_check: false,
+            calls: Mutex::new(Vec::new()),
             exists: true,
             live: Mutex::new("old".into()),
             live_oid_now: Mutex::new(Some(LIVE_OID)),
@@ -89,6 +104,21 @@ impl FakeTarget {
         *self.swaps.lock().unwrap()
     }
 
+    pub fn ordered(order: Order) -> Self {
+        FakeTarget {
+            order,
+            ..FakeTarget::default()
+        }
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn call(&self, what: impl Into<String>) {
+        self.calls.lock().unwrap().push(what.into());
+    }
+
     fn fails_at(&self, at: FailAt) -> bool {
         self.fail == Some(at)
     }
@@ -98,16 +128,27 @@ pub struct FakeChecked {
     pub sha256: String,
 }
 
+/// The fake's staging database.
+pub struct FakeStaged;
+
 #[async_trait]
 impl RestoreTarget for FakeTarget {
     type Checked = FakeChecked;
+    type Staged = FakeStaged;
 
     fn describe(&self) -> String {
         "postgresql://app@db/app".into()
     }
 
     fn strategy(&self) -> Option<Strategy> {
-        Some(Strategy::Staging)
+        Some(match self.order {
+            Order::LoadWhileRunning => Strategy::Staging,
+            Order::StopFirst => Strategy::Inplace,
+        })
+    }
+
+    fn order(&self) -> Order {
+        self.order
     }
 
     async fn check(
@@ -141,33 +182,81 @@ impl RestoreTarget for FakeTarget {
         Ok(())
     }
 
+    async fn checked_counts(
+        &self,
+        _: &FakeChecked,
+    ) -> std::result::Result<Option<Counts>, RestoreError> {
+        Ok(self.counts_at_check.then(|| self.rows.clone()))
+    }
+
     async fn exists(&self) -> Result<bool> {
         Ok(self.exists)
     }
 
     async fn safety_backup(
         &self,
+        source: SafetySource<'_>,
         _cancel: &CancellationToken,
         _clock: &dyn Clock,
     ) -> Result<PathBuf> {
+        self.call(match source {
+            SafetySource::Live => "safety live".to_string(),
+            SafetySource::Previous(name) => format!("safety {name}"),
+        });
         if self.fails_at(FailAt::SafetyBackup) {
             return Err(Error::database("postgresql://app@db/app", "pg_dump failed"));
         }
         Ok(PathBuf::from("/backups/pre-restore-app.dump.gz"))
     }
 
-    async fn load(
+    async fn stage(
         &self,
         _checked: FakeChecked,
         _stamp: &str,
-        journal: &dyn StateStore,
         _cancel: &CancellationToken,
-    ) -> std::result::Result<Loaded, RestoreError> {
+    ) -> std::result::Result<FakeStaged, RestoreError> {
+        self.call("stage");
         if self.fails_at(FailAt::Load) {
             return Err(RestoreError::Load(Error::database(
                 "postgresql://app@db/app",
                 "psql failed; the live database was not changed",
             )));
+        }
+        if self.order == Order::StopFirst {
+            *self.live.lock().unwrap() = "restored".into();
+        }
+        Ok(FakeStaged)
+    }
+
+    async fn staged_counts(&self, _: &FakeStaged) -> std::result::Result<Counts, RestoreError> {
+        self.call("count");
+        if self.fails_at(FailAt::Count) {
+            return Err(RestoreError::Counting(Error::Other("no server".into())));
+        }
+        Ok(self.rows.clone())
+    }
+
+    async fn abandon(&self, _: FakeStaged) -> String {
+        self.call("abandon");
+        match self.order {
+            Order::LoadWhileRunning => {
+                "the staging database \"app_restore_x\" was dropped and the live database was not changed".into()
+            }
+            Order::StopFirst => "the live database was ALREADY REPLACED".into(),
+        }
+    }
+
+    async fn swap(
+        &self,
+        _staged: FakeStaged,
+        _stamp: &str,
+        journal: &dyn StateStore,
+        _cancel: &CancellationToken,
+    ) -> std::result::Result<Loaded, RestoreError> {
+        self.call("swap");
+        if self.order == Order::StopFirst {
+            *self.swaps.lock().unwrap() += 1;
+            return Ok(Loaded { previous: None });
         }
         let record = SwapRecord {
             live_oid: Some(LIVE_OID),
@@ -188,6 +277,15 @@ impl RestoreTarget for FakeTarget {
         Ok(Loaded {
             previous: Some(record.previous),
         })
+    }
+
+    async fn prune(&self, keep_newest: bool) -> Vec<String> {
+        self.call(if keep_newest {
+            "prune keeping the newest"
+        } else {
+            "prune"
+        });
+        Vec::new()
     }
 
     /// Decides by the recorded oids, as the PostgreSQL recovery does.

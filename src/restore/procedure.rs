@@ -24,6 +24,7 @@ use crate::events::{
     RestoreRefused, RestoreStarted,
 };
 use crate::hooks::{HookContext, Hooks};
+use crate::manifest::{Lookup, Manifest, compare_counts, lookup};
 use crate::restore::containers::{self, ContainerPolicy, asked_to_stop};
 use crate::restore::error::{Failed, RestoreError, StartFailure, Unfinished};
 use crate::restore::failed::move_to_failed;
@@ -33,7 +34,7 @@ use crate::restore::state::{
     HistoryEntry, InProgress, LastProcessed, Phase, RestoreState, StateStore, read_or_fresh,
     save_or_log,
 };
-use crate::restore::target::RestoreTarget;
+use crate::restore::target::{Counts, Order, RestoreTarget, SafetySource};
 use crate::state::timestamp;
 
 /// What the procedure needs of the restore service's settings.
@@ -153,6 +154,27 @@ struct Attempt {
     start_failure: Option<StartFailure>,
     /// An after-restore or restore-failed hook that failed.
     hook_error: Option<String>,
+    /// The safety backup taken after the swap failed (the restore stands).
+    safety_backup_error: Option<String>,
+    /// What the manifest check found (for the history).
+    manifest: Option<String>,
+    /// The manifest used, to remove or move with a dropped file.
+    manifest_path: Option<PathBuf>,
+    /// When the first stop was requested, and whether anything stopped.
+    first_stop: Option<Instant>,
+    stopped_any: bool,
+    /// First stop to last start.
+    downtime: Option<std::time::Duration>,
+}
+
+/// What staging a checked file needs besides the file.
+struct Staging<'a> {
+    path: &'a Path,
+    stamp: &'a str,
+    /// The manifest to compare the staged copy with; `None` when the
+    /// counts were compared at check time already.
+    manifest: Option<&'a Lookup>,
+    cancel: &'a CancellationToken,
 }
 
 impl<T: RestoreTarget> Procedure<'_, T> {
@@ -216,6 +238,9 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             container_health: BTreeMap::new(),
             previous_database: None,
             safety_backup: None,
+            safety_backup_error: None,
+            manifest: None,
+            downtime_seconds: None,
             hook_error: None,
         });
         save_or_log(self.state, &state);
@@ -302,6 +327,7 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                 sha256: attempt.sha256.clone().unwrap_or_default(),
                 duration: elapsed,
                 strategy: self.target.strategy(),
+                downtime: attempt.downtime,
             }
             .into(),
             Some(failed) => RestoreFailed {
@@ -332,6 +358,11 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             container_health: attempt.container_health,
             previous_database: attempt.previous_database,
             safety_backup: attempt.safety_backup,
+            safety_backup_error: attempt.safety_backup_error,
+            manifest: attempt.manifest,
+            downtime_seconds: attempt
+                .downtime
+                .map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
             hook_error: attempt.hook_error,
         });
         if let Some(p) = state.in_progress.as_mut() {
@@ -348,21 +379,31 @@ impl<T: RestoreTarget> Procedure<'_, T> {
         // Unrecorded, `in_progress` stays: the next start recovers and
         // tells what happened.
         save_or_log(self.state, &state);
+        // The manifest beside a dropped file goes with it (one elsewhere,
+        // in BACKUP_DIR, is the backup's and stays).
+        let companion = attempt
+            .manifest_path
+            .filter(|m| origin == Origin::Dropped && m.parent() == path.parent());
         match &failed_reason {
             None => {
-                if origin == Origin::Dropped
-                    && let Err(e) = std::fs::remove_file(path)
-                {
-                    tracing::warn!(error = %e, "restored, but cannot delete the file");
+                if origin == Origin::Dropped {
+                    for file in std::iter::once(path).chain(companion.as_deref()) {
+                        if let Err(e) = std::fs::remove_file(file) {
+                            tracing::warn!(error = %e, file = %file.display(), "restored, but cannot delete the file");
+                        }
+                    }
                 }
             }
             Some(reason) => {
-                if origin == Origin::Dropped
-                    && path.exists()
-                    && let Err(e) =
-                        move_to_failed(path, &self.settings.failed_dir, reason, self.clock)
-                {
-                    tracing::error!(error = %e, "cannot move the file to the failed folder");
+                if origin == Origin::Dropped {
+                    for file in std::iter::once(path).chain(companion.as_deref()) {
+                        if file.exists()
+                            && let Err(e) =
+                                move_to_failed(file, &self.settings.failed_dir, reason, self.clock)
+                        {
+                            tracing::error!(error = %e, file = %file.display(), "cannot move the file to the failed folder");
+                        }
+                    }
                 }
             }
         }
@@ -391,6 +432,32 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                 return attempt;
             }
         };
+        // The manifest, and the counts of a copy the check already holds
+        // (SQLite), compared before anything is stopped.
+        let manifest = self.find_manifest(path, &mut attempt);
+        let mut counted = false;
+        if let Lookup::Found { manifest, path: at } = &manifest {
+            let counts = match self.target.checked_counts(&checked).await {
+                Ok(counts) => counts,
+                Err(error) => {
+                    attempt.result = Some(Failed::new(Phase::Checking, error));
+                    return attempt;
+                }
+            };
+            if let Some(counts) = counts {
+                counted = true;
+                if let Err(error) = self.compare(
+                    manifest,
+                    at,
+                    &counts,
+                    &mut attempt,
+                    "the prepared copy was not used; nothing was stopped and the live database was not changed".into(),
+                ) {
+                    attempt.result = Some(Failed::new(Phase::Checking, error));
+                    return attempt;
+                }
+            }
+        }
         let receipts = match containers::plan(self.containers, &self.settings.containers).await {
             Ok(receipts) => receipts,
             Err(error) => {
@@ -412,10 +479,11 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             return attempt;
         }
 
-        // The intent, before anything is stopped. Containers an earlier
-        // restore could not start (the engine was away) are carried over,
-        // so this one starts them too.
+        // The intent, before anything is loaded or stopped. Containers an
+        // earlier restore could not start (the engine was away) are carried
+        // over, so this one starts them too.
         self.phase_reached(path, Phase::Intent);
+        let order = self.target.order();
         let to_stop: Vec<String> = receipts.iter().map(|r| r.name.clone()).collect();
         let mut state = read_or_fresh(self.state);
         let carried: Vec<String> = state
@@ -428,7 +496,10 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             file: path.display().to_string(),
             stamp: stamp.to_string(),
             started_at: timestamp(self.clock.now()),
-            phase: Phase::Stopping,
+            phase: match order {
+                Order::LoadWhileRunning => Phase::Loading,
+                Order::StopFirst => Phase::Stopping,
+            },
             containers: to_stop.clone(),
             stopped: carried.clone(),
             stopping: Some(vec![]),
@@ -440,6 +511,7 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             sqlite: None,
             strategy: self.target.strategy().map(|s| s.to_string()),
             safety_backup: None,
+            containers_started: false,
         });
         if let Err(e) = self.state.write(&state) {
             attempt.result = Some(Failed::new(Phase::Intent, RestoreError::Intent(e)));
@@ -448,17 +520,44 @@ impl<T: RestoreTarget> Procedure<'_, T> {
         attempt.intent_written = true;
         attempt.containers_stopped = carried;
 
-        let result = self
-            .stop_and_load(
-                path,
-                checked,
-                &to_stop,
-                stamp,
-                &mut attempt,
-                &mut state,
-                cancel,
-            )
-            .await;
+        let staged = Staging {
+            path,
+            stamp,
+            manifest: (!counted).then_some(&manifest),
+            cancel,
+        };
+        let result = match order {
+            // The app runs on while the copy loads; it is down only for
+            // stop + swap + start.
+            Order::LoadWhileRunning => {
+                match self
+                    .stage_and_compare(&staged, checked, &mut attempt, &mut state)
+                    .await
+                {
+                    Ok(copy) => match self.stop(path, &to_stop, &mut attempt, &mut state).await {
+                        Ok(()) => self.swap(&staged, copy, &mut attempt, &mut state).await,
+                        Err(failed) => {
+                            let outcome = self.target.abandon(copy).await;
+                            tracing::info!("{outcome}");
+                            Err(failed)
+                        }
+                    },
+                    Err(failed) => Err(failed),
+                }
+            }
+            Order::StopFirst => {
+                async {
+                    self.stop(path, &to_stop, &mut attempt, &mut state).await?;
+                    self.safety_of_live(path, &mut attempt, &mut state, cancel)
+                        .await?;
+                    let copy = self
+                        .stage_and_compare(&staged, checked, &mut attempt, &mut state)
+                        .await?;
+                    self.swap(&staged, copy, &mut attempt, &mut state).await
+                }
+                .await
+            }
+        };
         // The restored database, before the app sees it: the place for a
         // fix-up. Its failure is told and recorded; the restore stays. The
         // phase goes first, so recovery after a crash during the hook can
@@ -481,20 +580,195 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             .as_ref()
             .map(|p| (asked_to_stop(p), p.receipts.clone()))
             .unwrap_or_default();
-        if let Err(failure) = containers::start(
+        let start = containers::start(
             self.containers,
             &self.settings.containers,
             &asked,
             &receipts,
             &mut attempt.container_health,
         )
-        .await
+        .await;
+        if let Some(first_stop) = attempt.first_stop
+            && attempt.stopped_any
         {
-            tracing::error!(error = %failure, "could not start every container");
-            attempt.start_failure = Some(failure);
+            attempt.downtime = Some(first_stop.elapsed());
+        }
+        match start {
+            Ok(()) => {
+                if let Some(p) = state.in_progress.as_mut() {
+                    p.containers_started = true;
+                }
+            }
+            Err(failure) => {
+                tracing::error!(error = %failure, "could not start every container");
+                attempt.start_failure = Some(failure);
+            }
+        }
+        if result.is_ok() {
+            if order == Order::LoadWhileRunning {
+                self.safety_of_previous(path, &mut attempt, &mut state, cancel)
+                    .await;
+            }
+            let dropped = self
+                .target
+                .prune(attempt.safety_backup_error.is_some())
+                .await;
+            if attempt
+                .previous_database
+                .as_ref()
+                .is_some_and(|p| dropped.contains(p))
+            {
+                attempt.previous_database = None;
+            }
         }
         attempt.result = result.err();
         attempt
+    }
+
+    /// The manifest of the checked file (beside it, in BACKUP_DIR under its
+    /// name, or the `.enc`'s there), believed only for the SHA-256 the check
+    /// read; the history says what was found.
+    fn find_manifest(&self, path: &Path, attempt: &mut Attempt) -> Lookup {
+        let sha256 = attempt.sha256.clone().unwrap_or_default();
+        let dir = &self.settings.safety_dir;
+        let backup_dir = (!dir.as_os_str().is_empty()).then_some(dir.as_path());
+        let found = lookup::find(path, &sha256, backup_dir);
+        match &found {
+            Lookup::Found { path: at, .. } => {
+                tracing::info!(manifest = %at.display(), "found the backup's manifest");
+                attempt.manifest_path = Some(at.clone());
+            }
+            Lookup::NotFound { note } => {
+                tracing::info!("{note}; the row counts are not checked");
+                attempt.manifest = Some(note.clone());
+            }
+        }
+        found
+    }
+
+    /// Compares `counts` with the manifest; a mismatch is the error, with
+    /// `outcome` (what became of the copy and the live database).
+    fn compare(
+        &self,
+        manifest: &Manifest,
+        at: &Path,
+        counts: &Counts,
+        attempt: &mut Attempt,
+        outcome: String,
+    ) -> Result<(), RestoreError> {
+        match compare_counts(&manifest.tables, counts) {
+            Ok(tables) => {
+                let note = format!(
+                    "checked {tables} table{} against {}",
+                    if tables == 1 { "" } else { "s" },
+                    at.display()
+                );
+                tracing::info!("{note}: the row counts match");
+                attempt.manifest = Some(note);
+                Ok(())
+            }
+            Err(mismatch) => {
+                attempt.manifest = Some(format!("the row counts differ from {}", at.display()));
+                Err(RestoreError::RowCounts {
+                    mismatch,
+                    manifest: at.display().to_string(),
+                    outcome,
+                })
+            }
+        }
+    }
+
+    /// Loads the checked file where the swap takes it from, then compares
+    /// its row counts with the manifest (when there is one not yet used);
+    /// a mismatch gives the copy up.
+    async fn stage_and_compare(
+        &self,
+        staging: &Staging<'_>,
+        checked: T::Checked,
+        attempt: &mut Attempt,
+        state: &mut RestoreState,
+    ) -> Result<T::Staged, Failed> {
+        let path = staging.path;
+        self.set_phase(path, state, Phase::Loading).await;
+        let copy = self
+            .target
+            .stage(checked, staging.stamp, staging.cancel)
+            .await
+            .map_err(|e| Failed::new(Phase::Loading, e))?;
+        self.set_phase(path, state, Phase::Comparing).await;
+        let Some(Lookup::Found { manifest, path: at }) = staging.manifest else {
+            return Ok(copy);
+        };
+        let counts = match self.target.staged_counts(&copy).await {
+            Ok(counts) => counts,
+            Err(error) => {
+                let outcome = self.target.abandon(copy).await;
+                tracing::warn!("{outcome}");
+                return Err(Failed::new(Phase::Comparing, error));
+            }
+        };
+        if let Err(RestoreError::RowCounts { mismatch, .. }) =
+            self.compare(manifest, at, &counts, attempt, String::new())
+        {
+            let mut outcome = self.target.abandon(copy).await;
+            match self.target.order() {
+                Order::LoadWhileRunning => outcome.push_str("; nothing was stopped"),
+                Order::StopFirst => outcome.push_str(&match &attempt.safety_backup {
+                    Some(safety) => format!("; the safety backup {safety} holds the database as it was before the restore"),
+                    None => "; no safety backup was taken".to_string(),
+                }),
+            }
+            tracing::error!(%mismatch, "{outcome}");
+            return Err(Failed::new(
+                Phase::Comparing,
+                RestoreError::RowCounts {
+                    mismatch,
+                    manifest: at.display().to_string(),
+                    outcome,
+                },
+            ));
+        }
+        Ok(copy)
+    }
+
+    /// Swaps the staged copy in (the target records the swap first).
+    async fn swap(
+        &self,
+        staging: &Staging<'_>,
+        copy: T::Staged,
+        attempt: &mut Attempt,
+        state: &mut RestoreState,
+    ) -> Result<(), Failed> {
+        let path = staging.path;
+        let swapped = self
+            .target
+            .swap(copy, staging.stamp, self.state, staging.cancel)
+            .await;
+        // The target wrote its evidence (phase, swap record) behind our back.
+        if let Ok(on_disk) = self.state.read()
+            && let (Some(ours), Some(theirs)) = (state.in_progress.as_mut(), on_disk.in_progress)
+        {
+            if theirs.phase != ours.phase {
+                self.phase_reached(path, theirs.phase.clone());
+            }
+            ours.phase = theirs.phase;
+            ours.swap = theirs.swap;
+            ours.sqlite = theirs.sqlite;
+        }
+        match swapped {
+            Ok(loaded) => {
+                attempt.previous_database = loaded.previous;
+                Ok(())
+            }
+            Err(error) => {
+                let in_progress = state.in_progress.as_ref();
+                attempt.previous_database = in_progress
+                    .and_then(|p| p.sqlite.as_ref())
+                    .and_then(|e| e.previous.clone());
+                let phase = in_progress.map_or(Phase::Swapping, |p| p.phase.clone());
+                Err(Failed::new(phase, error))
+            }
+        }
     }
 
     /// Runs a hook whose failure changes nothing but the record: told as
@@ -564,139 +838,162 @@ impl<T: RestoreTarget> Procedure<'_, T> {
         Ok(checked)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn stop_and_load(
+    /// Stops the containers, each intent written before its request.
+    async fn stop(
         &self,
         path: &Path,
-        checked: T::Checked,
         to_stop: &[String],
-        stamp: &str,
         attempt: &mut Attempt,
         state: &mut RestoreState,
-        cancel: &CancellationToken,
     ) -> Result<(), Failed> {
-        self.phase_reached(path, Phase::Stopping);
-        if let Some(control) = self.containers {
-            for name in to_stop {
-                // The intent first: a stop in flight when backupd dies still
-                // completes in the engine, and recovery must start it again.
-                if let Some(p) = state.in_progress.as_mut() {
-                    let stopping = p.stopping.get_or_insert_with(Vec::new);
-                    if !stopping.contains(name) {
-                        stopping.push(name.clone());
-                    }
-                    p.stop_requested_at = Some(timestamp(self.clock.now()));
+        self.set_phase(path, state, Phase::Stopping).await;
+        let Some(control) = self.containers else {
+            return Ok(());
+        };
+        for name in to_stop {
+            // The intent first: a stop in flight when backupd dies still
+            // completes in the engine, and recovery must start it again.
+            if let Some(p) = state.in_progress.as_mut() {
+                let stopping = p.stopping.get_or_insert_with(Vec::new);
+                if !stopping.contains(name) {
+                    stopping.push(name.clone());
                 }
-                // Without this record a crash during the stop would leave the
-                // container stopped for good: no record, no stop.
-                if let Err(e) = self.state.write(state) {
-                    // Not asked to stop, so not ours to start again.
-                    if let Some(stopping) =
-                        state.in_progress.as_mut().and_then(|p| p.stopping.as_mut())
+                p.stop_requested_at = Some(timestamp(self.clock.now()));
+            }
+            // Without this record a crash during the stop would leave the
+            // container stopped for good: no record, no stop.
+            if let Err(e) = self.state.write(state) {
+                // Not asked to stop, so not ours to start again.
+                if let Some(stopping) = state.in_progress.as_mut().and_then(|p| p.stopping.as_mut())
+                {
+                    stopping.retain(|n| n != name);
+                }
+                return Err(Failed::new(Phase::Stopping, RestoreError::Evidence(e)));
+            }
+            attempt.first_stop.get_or_insert_with(Instant::now);
+            match control
+                .stop(name, self.settings.containers.stop_timeout)
+                .await
+            {
+                Ok(StopOutcome::Stopped) => {
+                    attempt.stopped_any = true;
+                    if !attempt.containers_stopped.contains(name) {
+                        attempt.containers_stopped.push(name.clone());
+                    }
+                    if let Some(p) = state.in_progress.as_mut()
+                        && !p.stopped.contains(name)
+                    {
+                        p.stopped.push(name.clone());
+                    }
+                    save_or_log(self.state, state);
+                }
+                Ok(StopOutcome::AlreadyStopped) => {
+                    tracing::info!(container = %name, "already stopped");
+                    // It was not running before: not ours to start.
+                    if let Some(p) = state.in_progress.as_mut()
+                        && let Some(stopping) = p.stopping.as_mut()
                     {
                         stopping.retain(|n| n != name);
                     }
-                    return Err(Failed::new(Phase::Stopping, RestoreError::Evidence(e)));
-                }
-                match control
-                    .stop(name, self.settings.containers.stop_timeout)
-                    .await
-                {
-                    Ok(StopOutcome::Stopped) => {
-                        if !attempt.containers_stopped.contains(name) {
-                            attempt.containers_stopped.push(name.clone());
-                        }
-                        if let Some(p) = state.in_progress.as_mut()
-                            && !p.stopped.contains(name)
-                        {
-                            p.stopped.push(name.clone());
-                        }
-                        save_or_log(self.state, state);
-                    }
-                    Ok(StopOutcome::AlreadyStopped) => {
-                        tracing::info!(container = %name, "already stopped");
-                        // It was not running before: not ours to start.
-                        if let Some(p) = state.in_progress.as_mut()
-                            && let Some(stopping) = p.stopping.as_mut()
-                        {
-                            stopping.retain(|n| n != name);
-                        }
-                        save_or_log(self.state, state);
-                    }
-                    Err(source) => {
-                        return Err(Failed::new(
-                            Phase::Stopping,
-                            RestoreError::Stop {
-                                name: name.clone(),
-                                source,
-                            },
-                        ));
-                    }
-                }
-            }
-            if !to_stop.is_empty() {
-                tokio::time::sleep(self.settings.containers.stop_wait).await;
-            }
-        }
-
-        // A way back for the operator.
-        if self.settings.safety_backup {
-            self.set_phase(path, state, Phase::SafetyBackup).await;
-            let safety = match self.target.exists().await {
-                Ok(false) => {
-                    tracing::info!("no current database to back up first");
-                    None
-                }
-                Ok(true) => Some(self.target.safety_backup(cancel, self.clock).await),
-                Err(e) => Some(Err(e)),
-            };
-            match safety {
-                None => {}
-                Some(Ok(path)) => {
-                    let path = path.display().to_string();
-                    if let Some(p) = state.in_progress.as_mut() {
-                        p.safety_backup = Some(path.clone());
-                    }
                     save_or_log(self.state, state);
-                    attempt.safety_backup = Some(path);
                 }
-                Some(Err(e)) => {
+                Err(source) => {
+                    attempt.stopped_any = true;
                     return Err(Failed::new(
-                        Phase::SafetyBackup,
-                        RestoreError::SafetyBackup(e),
+                        Phase::Stopping,
+                        RestoreError::Stop {
+                            name: name.clone(),
+                            source,
+                        },
                     ));
                 }
             }
         }
-
-        // Loading, then swapping in (the target records the swap).
-        self.set_phase(path, state, Phase::Loading).await;
-        let loaded = self.target.load(checked, stamp, self.state, cancel).await;
-        // The target wrote its evidence (phase, swap record) behind our back.
-        if let Ok(on_disk) = self.state.read()
-            && let (Some(ours), Some(theirs)) = (state.in_progress.as_mut(), on_disk.in_progress)
-        {
-            if theirs.phase != ours.phase {
-                self.phase_reached(path, theirs.phase.clone());
-            }
-            ours.phase = theirs.phase;
-            ours.swap = theirs.swap;
-            ours.sqlite = theirs.sqlite;
+        if !to_stop.is_empty() {
+            tokio::time::sleep(self.settings.containers.stop_wait).await;
         }
-        match loaded {
-            Ok(loaded) => {
-                attempt.previous_database = loaded.previous;
+        Ok(())
+    }
+
+    /// A way back for the operator, before the live database is replaced
+    /// (the stop-first order).
+    async fn safety_of_live(
+        &self,
+        path: &Path,
+        attempt: &mut Attempt,
+        state: &mut RestoreState,
+        cancel: &CancellationToken,
+    ) -> Result<(), Failed> {
+        if !self.settings.safety_backup {
+            return Ok(());
+        }
+        self.set_phase(path, state, Phase::SafetyBackup).await;
+        let safety = match self.target.exists().await {
+            Ok(false) => {
+                tracing::info!("no current database to back up first");
+                return Ok(());
+            }
+            Ok(true) => {
+                self.target
+                    .safety_backup(SafetySource::Live, cancel, self.clock)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match safety {
+            Ok(file) => {
+                self.keep_safety(file, attempt, state);
                 Ok(())
             }
-            Err(error) => {
-                let in_progress = state.in_progress.as_ref();
-                attempt.previous_database = in_progress
-                    .and_then(|p| p.sqlite.as_ref())
-                    .and_then(|e| e.previous.clone());
-                let phase = in_progress.map_or(Phase::Loading, |p| p.phase.clone());
-                Err(Failed::new(phase, error))
+            Err(e) => Err(Failed::new(
+                Phase::SafetyBackup,
+                RestoreError::SafetyBackup(e),
+            )),
+        }
+    }
+
+    /// The way back after the swap (the short-outage order): the database
+    /// set aside is unchanged and unused once the app runs on the restored
+    /// one. Its failure does not undo the restore: it is recorded, and the
+    /// previous database is kept.
+    async fn safety_of_previous(
+        &self,
+        path: &Path,
+        attempt: &mut Attempt,
+        state: &mut RestoreState,
+        cancel: &CancellationToken,
+    ) {
+        if !self.settings.safety_backup {
+            return;
+        }
+        let Some(previous) = attempt.previous_database.clone() else {
+            tracing::info!("there was no live database before, so no safety backup");
+            return;
+        };
+        self.set_phase(path, state, Phase::SafetyBackup).await;
+        match self
+            .target
+            .safety_backup(SafetySource::Previous(&previous), cancel, self.clock)
+            .await
+        {
+            Ok(file) => self.keep_safety(file, attempt, state),
+            Err(e) => {
+                let error = format!(
+                    "the safety backup of the previous database \"{previous}\" failed: {e}; the restore stands, and \"{previous}\" is kept (not pruned) as the way back"
+                );
+                tracing::warn!("{error}");
+                attempt.safety_backup_error = Some(error);
             }
         }
+    }
+
+    fn keep_safety(&self, file: PathBuf, attempt: &mut Attempt, state: &mut RestoreState) {
+        let file = file.display().to_string();
+        if let Some(p) = state.in_progress.as_mut() {
+            p.safety_backup = Some(file.clone());
+        }
+        save_or_log(self.state, state);
+        attempt.safety_backup = Some(file);
     }
 
     /// Records the phase; test builds may park here (`BACKUPD_TEST_PAUSE`).
@@ -952,12 +1249,13 @@ pub(crate) mod tests {
             [
                 Phase::Checking,
                 Phase::Intent,
-                Phase::Stopping,
-                Phase::SafetyBackup,
                 Phase::Loading,
+                Phase::Comparing,
+                Phase::Stopping,
                 Phase::Swapping,
                 Phase::AfterRestoreHook,
                 Phase::Starting,
+                Phase::SafetyBackup,
                 Phase::Recording
             ]
         );
@@ -1336,13 +1634,148 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_safety_backup_restores_nothing() {
+    async fn a_failed_safety_backup_before_an_in_place_load_restores_nothing() {
+        let target = FakeTarget {
+            fail: Some(FailAt::SafetyBackup),
+            ..FakeTarget::ordered(Order::StopFirst)
+        };
         fails_with_the_stack_stopped(
-            Stack::new(FakeTarget::failing(FailAt::SafetyBackup)),
+            Stack::new(target),
             Phase::SafetyBackup,
             "the safety backup failed, so nothing was restored: backup of postgresql://app@db/app failed: pg_dump failed",
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_safety_backup_after_the_swap_leaves_the_restore_and_keeps_the_previous_database()
+     {
+        let stack = Stack::new(FakeTarget::failing(FailAt::SafetyBackup));
+        let (_, result) = stack.restore().await;
+        result.unwrap();
+        assert_eq!(stack.target.live(), "restored");
+        let entry = stack.newest();
+        assert_eq!(entry.result, "restored");
+        assert_eq!(entry.safety_backup, None);
+        let error = entry.safety_backup_error.unwrap();
+        assert!(
+            error.contains("app_pre_restore_x") && error.contains("kept"),
+            "{error}"
+        );
+        assert_eq!(
+            stack.target.calls(),
+            [
+                "stage",
+                "swap",
+                "safety app_pre_restore_x",
+                "prune keeping the newest"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_app_runs_during_the_load_and_the_safety_backup_follows_the_start() {
+        let stack = Stack::new(FakeTarget::default());
+        let (_, result) = stack.restore().await;
+        result.unwrap();
+        assert_eq!(
+            stack.target.calls(),
+            ["stage", "swap", "safety app_pre_restore_x", "prune"]
+        );
+        let phases = phases_told(&stack);
+        let at = |p: Phase| phases.iter().position(|x| *x == p).unwrap();
+        assert!(at(Phase::Loading) < at(Phase::Stopping));
+        assert!(at(Phase::Comparing) < at(Phase::Stopping));
+        assert!(at(Phase::Starting) < at(Phase::SafetyBackup));
+        let entry = stack.newest();
+        assert!(
+            entry.downtime_seconds.is_some_and(|d| d >= 0.0),
+            "{entry:?}"
+        );
+        assert!(
+            entry
+                .manifest
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("no manifest"),
+            "{entry:?}"
+        );
+        let Some(Event::RestoreFinished(done)) = stack.events.events().pop() else {
+            unreachable!()
+        };
+        assert!(done.downtime.is_some());
+    }
+
+    /// A manifest beside the dropped file, for the fake's checked SHA-256.
+    fn manifest_claiming(stack: &Stack, tables: &[(&str, u64)]) -> PathBuf {
+        let file = stack.settings.watch_dir.join("app-20261201T000000Z.sql.gz");
+        let manifest = crate::manifest::record::samples::postgres(
+            "app-20261201T000000Z.sql.gz",
+            &"ab".repeat(32),
+            tables,
+        );
+        let at = crate::manifest::manifest_path(&file);
+        std::fs::write(&at, manifest.to_json()).unwrap();
+        at
+    }
+
+    #[tokio::test]
+    async fn counts_that_differ_from_the_manifest_stop_nothing_and_swap_nothing() {
+        let stack = Stack::new(FakeTarget::default());
+        let manifest = manifest_claiming(&stack, &[("public.users", 4)]);
+        let (path, result) = stack.restore().await;
+        let Err(Unfinished::Failed { failed, .. }) = result else {
+            panic!("the restore did not fail");
+        };
+        assert_eq!(failed.phase, Phase::Comparing);
+        let reason = failed.to_string();
+        assert!(
+            reason.contains("public.users: 3 rows, the manifest says 4")
+                && reason.contains("the live database was not changed")
+                && reason.contains("nothing was stopped"),
+            "{reason}"
+        );
+        assert!(
+            stack.stops_and_starts().is_empty(),
+            "{:?}",
+            stack.stops_and_starts()
+        );
+        assert_eq!(stack.target.live(), "old");
+        assert_eq!(stack.target.calls(), ["stage", "count", "abandon"]);
+        assert!(stack.in_failed_folder(&path));
+        assert!(
+            stack.in_failed_folder(&manifest),
+            "the manifest goes with its file"
+        );
+    }
+
+    #[tokio::test]
+    async fn counts_known_at_check_time_are_compared_before_the_intent() {
+        let target = FakeTarget {
+            counts_at_check: true,
+            ..FakeTarget::ordered(Order::StopFirst)
+        };
+        let stack = Stack::new(target);
+        let manifest = manifest_claiming(&stack, &[("public.users", 2)]);
+        let reason = format!(
+            "the row counts differ from the manifest in 1 of 1 table: public.users: 3 rows, the manifest says 2 ({}); the prepared copy was not used; nothing was stopped and the live database was not changed",
+            manifest.display()
+        );
+        fails_before_the_stack(stack, Phase::Checking, &reason).await;
+    }
+
+    #[tokio::test]
+    async fn matching_counts_restore_and_the_manifest_goes_with_the_file() {
+        let stack = Stack::new(FakeTarget::default());
+        let manifest = manifest_claiming(&stack, &[("public.users", 3)]);
+        let (_, result) = stack.restore().await;
+        result.unwrap();
+        let entry = stack.newest();
+        assert_eq!(
+            entry.manifest,
+            Some(format!("checked 1 table against {}", manifest.display()))
+        );
+        assert!(!manifest.exists());
     }
 
     #[tokio::test]
@@ -1361,7 +1794,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_failed_load_leaves_the_live_database() {
-        fails_with_the_stack_stopped(
+        fails_before_the_stack(
             Stack::new(FakeTarget::failing(FailAt::Load)),
             Phase::Loading,
             "backup of postgresql://app@db/app failed: psql failed; the live database was not changed",
@@ -1437,7 +1870,8 @@ pub(crate) mod tests {
         let state = stack.state.get();
         assert!(state.history.is_empty());
         let left = state.in_progress.expect("the intent stays");
-        assert_eq!(left.phase, Phase::Starting);
+        assert_eq!(left.phase, Phase::SafetyBackup);
+        assert!(left.containers_started);
         // What undoes each stop went to disk with the intent.
         let receipts: Vec<_> = left
             .receipts

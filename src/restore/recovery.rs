@@ -38,7 +38,14 @@ impl<T: RestoreTarget> Procedure<'_, T> {
         let policy = &self.settings.containers;
         // Only containers the operator configured: a tampered state file
         // must not make backupd start arbitrary containers.
-        let (to_start, skipped): (Vec<String>, Vec<String>) = asked_to_stop(&interrupted)
+        // Started again already (killed during the safety backup that
+        // follows the start): nothing is down.
+        let asked = if interrupted.containers_started {
+            Vec::new()
+        } else {
+            asked_to_stop(&interrupted)
+        };
+        let (to_start, skipped): (Vec<String>, Vec<String>) = asked
             .into_iter()
             .partition(|name| policy.is_configured(name));
         for name in &skipped {
@@ -135,6 +142,21 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                     self.clock,
                 );
             }
+            // The short-outage order backs the previous database up after
+            // the swap and the start: the restore had finished, its way
+            // back is the previous database itself, kept.
+            let safety_unfinished = (finished && interrupted.phase == Phase::SafetyBackup).then(|| {
+                let previous = interrupted
+                    .swap
+                    .as_ref()
+                    .map_or_else(|| "the previous database".to_string(), |r| format!("\"{}\"", r.previous));
+                format!(
+                    "the safety backup of the previous database was not completed (backupd stopped while taking it); {previous} is kept as the way back"
+                )
+            });
+            if let Some(note) = &safety_unfinished {
+                notes.push(note.clone());
+            }
             let mut error = vec![format!("interrupted in phase {}", interrupted.phase)];
             match &database {
                 Ok(what) => error.push(what.message().to_string()),
@@ -170,6 +192,9 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                     None => interrupted.sqlite.as_ref().and_then(|e| e.previous.clone()),
                 },
                 safety_backup: None,
+                safety_backup_error: safety_unfinished,
+                manifest: None,
+                downtime_seconds: None,
                 hook_error: hook_unfinished.clone(),
                 note,
             });
@@ -230,6 +255,7 @@ mod tests {
             sqlite: None,
             strategy: Some("staging".into()),
             safety_backup: None,
+            containers_started: false,
         }
     }
 
@@ -417,6 +443,9 @@ mod tests {
                 container_health: Default::default(),
                 previous_database: None,
                 safety_backup: None,
+                safety_backup_error: None,
+                manifest: None,
+                downtime_seconds: None,
                 hook_error: None,
             });
         stack.procedure().recover_interrupted().await.unwrap();

@@ -78,11 +78,16 @@ pub struct InProgress {
     /// back that recovery names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safety_backup: Option<String>,
+    /// The stopped containers have been started again (the short-outage
+    /// order backs the previous database up after that): recovery has
+    /// nothing to start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub containers_started: bool,
 }
 
-/// Where a restore is, in the order of the procedure; serialised as the
-/// words earlier versions wrote (`checking`, `stopping`, `safety-backup`,
-/// `loading`, `swapping`, `after-restore-hook`, `starting`), an unknown word
+/// Where a restore is; serialised as the words earlier versions wrote
+/// (`checking`, `stopping`, `safety-backup`, `loading`, `swapping`,
+/// `after-restore-hook`, `starting`) plus `comparing`, an unknown word
 /// kept as it is (so an older version reads a newer file). `in_progress`
 /// holds `stopping` to `starting` (nothing needs recovering before the
 /// intent is written); the history names the phase a restore failed in,
@@ -96,6 +101,8 @@ pub enum Phase {
     Stopping,
     SafetyBackup,
     Loading,
+    /// Counting the staged copy's rows against the manifest.
+    Comparing,
     Swapping,
     /// `HOOK_AFTER_RESTORE` is running on the restored database: written
     /// before it starts, so recovery after a crash can tell that the
@@ -115,6 +122,7 @@ impl Phase {
             Phase::Stopping => "stopping",
             Phase::SafetyBackup => "safety-backup",
             Phase::Loading => "loading",
+            Phase::Comparing => "comparing",
             Phase::Swapping => "swapping",
             Phase::AfterRestoreHook => "after-restore-hook",
             Phase::Starting => "starting",
@@ -132,6 +140,7 @@ impl From<String> for Phase {
             "stopping" => Phase::Stopping,
             "safety-backup" => Phase::SafetyBackup,
             "loading" => Phase::Loading,
+            "comparing" => Phase::Comparing,
             "swapping" => Phase::Swapping,
             "after-restore-hook" => Phase::AfterRestoreHook,
             "starting" => Phase::Starting,
@@ -178,6 +187,19 @@ pub struct HistoryEntry {
     pub container_health: std::collections::BTreeMap<String, String>,
     pub previous_database: Option<String>,
     pub safety_backup: Option<String>,
+    /// Why the safety backup failed when it was taken after the swap (of
+    /// the previous database): the restore stands, the previous database
+    /// is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_backup_error: Option<String>,
+    /// The manifest check: "checked N tables against PATH", or why there
+    /// was none ("no manifest (looked for …)").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// Seconds from the first container stop to the last start (rounded to
+    /// milliseconds); absent when nothing was stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_seconds: Option<f64>,
     /// Why `HOOK_AFTER_RESTORE` or `HOOK_RESTORE_FAILED` failed, or that
     /// the after-restore hook did not finish (stopped by a shutdown, or
     /// backupd died while it ran); neither changes the restore's result.
@@ -281,6 +303,7 @@ mod tests {
             Phase::Stopping,
             Phase::SafetyBackup,
             Phase::Loading,
+            Phase::Comparing,
             Phase::Swapping,
             Phase::AfterRestoreHook,
             Phase::Starting,

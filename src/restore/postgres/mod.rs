@@ -40,4 +40,7 @@ pub use error::PsqlUnfit;
 pub use load::psql_knows_restrict;
 pub use naming::{STAMP_FORMAT, is_stamp, previous_name, staging_name};
 pub use recovery::recover;
-pub use strategy::{Options, Report, Strategy, UnknownStrategy, restore, restore_recorded};
+pub use strategy::{
+    Options, Report, Staged, Strategy, UnknownStrategy, prune_previous_of, restore,
+    restore_recorded, stage, swap_in,
+};

@@ -118,30 +118,102 @@ pub async fn restore_recorded(
     before_swap: &(dyn Fn(&SwapRecord) -> Result<()> + Send + Sync),
     cancel: &CancellationToken,
 ) -> Result<Report> {
+    match opts.strategy {
+        Strategy::Staging => {
+            let staged = stage(target, file, kind, opts, cancel).await?;
+            let mut report = swap_in(staged, before_swap, cancel).await?;
+            let server = Server::connect(target).await?;
+            report.dropped = prune_previous(&server, opts.keep_previous).await;
+            if let Some(previous) = &report.previous
+                && report.dropped.contains(previous)
+            {
+                report.previous = None;
+            }
+            Ok(report)
+        }
+        Strategy::Inplace => {
+            prepare(target, file, kind, opts, cancel).await?;
+            let server = Server::connect(target).await?;
+            inplace(&server, file, kind, cancel).await
+        }
+    }
+}
+
+/// The checks every load makes before it touches the server.
+async fn prepare(
+    target: &PgTarget,
+    file: &Input,
+    kind: FileKind,
+    opts: &Options,
+    cancel: &CancellationToken,
+) -> Result<()> {
     check_loadable(target, file, kind)?;
     check_stamp(&opts.stamp)?;
     if kind.payload == Payload::PlainSql {
-        psql_knows_restrict().await.map_err(|e| failed(target, e))?;
+        psql_knows_restrict().await.map_err(|f| failed(target, f))?;
     }
     if cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
-    let server = Server::connect(target).await?;
-    match opts.strategy {
-        Strategy::Staging => staging(&server, file, kind, opts, before_swap, cancel).await,
-        Strategy::Inplace => inplace(&server, file, kind, cancel).await,
+    Ok(())
+}
+
+/// A dump loaded into `<db>_restore_<stamp>` beside the live database,
+/// which nothing has touched yet: the app may keep running while it loads.
+/// [`swap_in`] puts it in place; [`Staged::abandon`] drops it.
+#[derive(Debug)]
+pub struct Staged {
+    server: Server,
+    staging: String,
+    previous: String,
+    /// There was a live database to set aside.
+    live_exists: bool,
+    /// The live database's oid before the load, so what is said of it
+    /// later is looked up then.
+    live_oid: Option<u32>,
+    bytes: u64,
+}
+
+impl Staged {
+    /// The staging database's name.
+    pub fn database(&self) -> &str {
+        &self.staging
+    }
+
+    /// The row count of every table of the staging database.
+    pub async fn table_counts(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        self.server.table_counts(&self.staging).await
+    }
+
+    /// Drops the staging database; returns what is true of the live one
+    /// now (looked up), and whether the drop failed.
+    pub async fn abandon(self) -> String {
+        let note = self.server.discard(&self.staging).await;
+        let live = self.server.live_note(self.live_oid).await;
+        match note {
+            Some(note) => format!("{live}; {note}"),
+            None => format!(
+                "the staging database \"{}\" was dropped and {live}",
+                self.staging
+            ),
+        }
     }
 }
 
-async fn staging(
-    server: &Server,
+/// Creates `<db>_restore_<stamp>` and loads the dump into it. The live
+/// database is not touched; a failed or cancelled load drops the staging
+/// database and says what is true of the live one.
+pub async fn stage(
+    target: &PgTarget,
     file: &Input,
     kind: FileKind,
     opts: &Options,
-    before_swap: &(dyn Fn(&SwapRecord) -> Result<()> + Send + Sync),
     cancel: &CancellationToken,
-) -> Result<Report> {
-    let db = server.db.as_str();
+) -> Result<Staged> {
+    prepare(target, file, kind, opts, cancel).await?;
+    let server = Server::connect(target).await?;
+    let db = server.db.clone();
+    let db = db.as_str();
     let staging = staging_name(db, &opts.stamp);
     let previous = previous_name(db, &opts.stamp);
     if !server.can_create() {
@@ -182,9 +254,43 @@ async fn staging(
     if cancel.is_cancelled() {
         return Err(server.abandon(&staging, live_oid, Error::Cancelled).await);
     }
-    // The dump's own SQL ran as our role: it must not have moved the live
-    // database away (ALTER DATABASE … RENAME), or the swap would set aside
-    // whatever now has its name.
+    tracing::info!(database = %staging, bytes, "loaded the staging database");
+    Ok(Staged {
+        server,
+        staging,
+        previous,
+        live_exists: live.is_some(),
+        live_oid,
+        bytes,
+    })
+}
+
+/// Swaps the staged database in: the live one is set aside as
+/// `<db>_pre_restore_<stamp>` by two renames in one transaction, after
+/// `before_swap` recorded the oids (no record, no swap). Older previous
+/// databases are not pruned here ([`prune_previous`], after the safety
+/// backup of the one just set aside).
+pub async fn swap_in(
+    staged: Staged,
+    before_swap: &(dyn Fn(&SwapRecord) -> Result<()> + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<Report> {
+    let Staged {
+        server,
+        staging,
+        previous,
+        live_exists,
+        live_oid,
+        bytes,
+    } = staged;
+    let server = &server;
+    let db = server.db.as_str();
+    if cancel.is_cancelled() {
+        return Err(server.abandon(&staging, live_oid, Error::Cancelled).await);
+    }
+    // The dump's own SQL ran as our role (and the app ran on meanwhile):
+    // the live database must not have moved away (ALTER DATABASE … RENAME),
+    // or the swap would set aside whatever now has its name.
     if server.oid(db).await? != live_oid {
         let e = server.fail("the live database changed while the dump was loading, so the restored database was not swapped in");
         return Err(server.abandon(&staging, live_oid, e).await);
@@ -204,32 +310,45 @@ async fn staging(
         return Err(server.abandon(&staging, live_oid, e).await);
     }
     crate::restore::test_pause("swapping").await;
-    if let Err(e) = server
-        .swap(&staging, &previous, live.is_some(), cancel)
-        .await
-    {
+    if let Err(e) = server.swap(&staging, &previous, live_exists, cancel).await {
         return Err(server.abandon(&staging, live_oid, e).await);
     }
     crate::restore::test_pause("after-swap").await;
     tracing::info!(
         database = db,
-        previous = live.is_some().then_some(previous.as_str()),
+        previous = live_exists.then_some(previous.as_str()),
         "the restored database is in place"
     );
-    let dropped = match server.prune(opts.keep_previous).await {
+    Ok(Report {
+        database: db.to_string(),
+        previous: live_exists.then_some(previous),
+        dropped: Vec::new(),
+        bytes_loaded: bytes,
+    })
+}
+
+/// [`prune_previous`] on the server of `target`.
+pub async fn prune_previous_of(target: &PgTarget, keep: usize) -> Vec<String> {
+    match Server::connect(target).await {
+        Ok(server) => prune_previous(&server, keep).await,
+        Err(e) => {
+            tracing::warn!("cannot clean up older previous databases: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Drops all but the newest `keep` `<db>_pre_restore_<stamp>` databases;
+/// a failure is logged (the next restore tries again). Returns the names
+/// dropped.
+pub async fn prune_previous(server: &Server, keep: usize) -> Vec<String> {
+    match server.prune(keep).await {
         Ok(dropped) => dropped,
         Err(e) => {
             tracing::warn!("cannot clean up older previous databases: {e}");
             Vec::new()
         }
-    };
-    let previous = (live.is_some() && !dropped.contains(&previous)).then_some(previous);
-    Ok(Report {
-        database: db.to_string(),
-        previous,
-        dropped,
-        bytes_loaded: bytes,
-    })
+    }
 }
 
 async fn inplace(
