@@ -491,7 +491,42 @@ fn phase_is(stack: &PgStack, phase: &str) -> bool {
 }
 
 #[test]
-fn killed_in_the_safety_backup_the_live_database_stays_and_the_app_runs() {
+fn killed_in_the_safety_backup_after_the_start_the_restore_had_finished() {
+    let (Some(image), Some(bin)) = (require_test_image(), require_postgres()) else {
+        return;
+    };
+    let stack = PgStack::new(&bin);
+    let web = app_container(image);
+    let dropped = stack.drop_sql("pg_dump-x.sql.gz", &stack.dump_sql());
+    // Staging backs the set-aside database up after the swap and the start.
+    let first = stack
+        .restore(&web.name)
+        .env("BACKUPD_TEST_PAUSE", "safety-backup");
+    let entry = kill_and_restart(&stack, &web, first, |s, _| phase_is(s, "safety-backup"));
+    assert_eq!(entry["result"], "restored", "{entry}");
+    assert!(
+        entry["safety_backup_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not completed"),
+        "{entry}"
+    );
+    assert!(
+        stack.live_is_restored(),
+        "the live database is not the restored one"
+    );
+    assert!(!dropped.exists(), "a restored file is deleted");
+    assert!(
+        stack
+            .databases()
+            .iter()
+            .any(|d| d.starts_with("appdb_pre_restore_")),
+        "the previous database is kept as the way back"
+    );
+}
+
+#[test]
+fn killed_in_the_safety_backup_in_place_the_live_database_stays_and_the_app_runs() {
     let (Some(image), Some(bin)) = (require_test_image(), require_postgres()) else {
         return;
     };
@@ -500,6 +535,7 @@ fn killed_in_the_safety_backup_the_live_database_stays_and_the_app_runs() {
     let dropped = stack.drop_sql("pg_dump-x.sql.gz", &stack.dump_sql());
     let first = stack
         .restore(&web.name)
+        .env("RESTORE_PG_STRATEGY", "inplace")
         .env("BACKUPD_TEST_PAUSE", "safety-backup");
     let entry = kill_and_restart(&stack, &web, first, |s, _| phase_is(s, "safety-backup"));
     assert_eq!(entry["result"], "interrupted", "{entry}");
@@ -521,10 +557,23 @@ fn killed_mid_load_the_staging_database_is_dropped_and_the_app_runs() {
     stack.drop_sql("pg_dump-slow.sql.gz", &slow);
     let first = stack.restore(&web.name);
     let entry = kill_and_restart(&stack, &web, first, |s, _| {
-        phase_is(s, "loading")
+        let loading = phase_is(s, "loading")
             && s.databases()
                 .iter()
-                .any(|d| d.starts_with("appdb_restore_"))
+                .any(|d| d.starts_with("appdb_restore_"));
+        // The staging load runs while the app does.
+        if loading {
+            assert!(
+                wait_running(&web, Duration::from_secs(1)),
+                "the app was stopped for the load"
+            );
+            assert!(
+                s.folders.in_progress()["stopped"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty)
+            );
+        }
+        loading
     });
     assert_eq!(entry["result"], "interrupted", "{entry}");
     assert!(
