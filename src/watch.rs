@@ -71,11 +71,15 @@ pub struct ReadyFile {
 }
 
 /// True for names the watcher silently skips: dotfiles, `*.partial`,
-/// `*.tmp` and anything [`kind::classify`] does not accept.
+/// `*.tmp`, a backup's companions (`*.manifest.json`, `*.sha256`: read
+/// with their file, never restored, refused or moved on their own) and
+/// anything [`kind::classify`] does not accept.
 pub fn is_ignored_name(name: &str) -> bool {
     name.starts_with('.')
         || name.ends_with(".partial")
         || name.ends_with(".tmp")
+        || crate::manifest::is_manifest_name(name)
+        || name.ends_with(".sha256")
         || kind::classify(name).is_none()
 }
 
@@ -601,6 +605,9 @@ mod tests {
             "notes.txt",
             ".sql",
             "x.gz",
+            "a.sql.gz.manifest.json",
+            "a.sql.gz.enc.manifest.json",
+            "a.sql.gz.sha256",
         ] {
             assert!(is_ignored_name(name), "{name}");
         }
