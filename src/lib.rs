@@ -12,6 +12,7 @@ pub mod config;
 pub mod container;
 pub mod crypto;
 pub mod db;
+pub mod drill;
 pub mod error;
 pub mod events;
 pub mod files;
