@@ -91,68 +91,21 @@ if [[ $only_restore == 1 && ${BENCH_SQLITE:-0} == 1 ]]; then
 fi
 
 # ---------------------------------------------------------------- 1. tools
-apt_install() {
-    local sudo=()
-    if [[ $EUID -ne 0 ]]; then
-        command -v sudo >/dev/null || die "need root or sudo to install: $*"
-        sudo=(sudo)
-    fi
-    log "apt-get install $*"
-    "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >/dev/null
-}
-
-missing=()
-command -v hyperfine >/dev/null || missing+=(hyperfine)
-command -v pigz >/dev/null || missing+=(pigz)
-command -v gzip >/dev/null || missing+=(gzip)
-command -v jq >/dev/null || missing+=(jq)
-[[ -x /usr/bin/time ]] || missing+=(time)
-if [[ ${BENCH_SQLITE:-0} == 1 && $only_restore != 1 ]]; then
-    command -v sqlite3 >/dev/null || missing+=(sqlite3)
-fi
-if [[ -z ${BENCH_PG_BIN:-} ]] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
-    # Debian's postgresql-common creates and starts a "main" cluster on
-    # install unless told not to; we only want the binaries.
-    if [[ ! -e /etc/postgresql-common/createcluster.conf ]]; then
-        if [[ $EUID -eq 0 ]]; then
-            mkdir -p /etc/postgresql-common
-            echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.conf
-        fi
-    fi
-    missing+=(postgresql postgresql-client)
-fi
-if [[ ${#missing[@]} -gt 0 ]]; then
-    apt_install "${missing[@]}"
-fi
-
-if [[ -n ${BENCH_PG_BIN:-} ]]; then
-    pgbin=$BENCH_PG_BIN
-else
-    pgbin=$(find /usr/lib/postgresql -maxdepth 3 -path '*/bin/initdb' -printf '%h\n' | sort -V | tail -n 1)
-fi
-[[ -x $pgbin/initdb && -x $pgbin/pg_ctl && -x $pgbin/pg_dump && -x $pgbin/psql ]] ||
-    die "no usable PostgreSQL in '$pgbin' (need initdb, pg_ctl, pg_dump, psql)"
+# shellcheck source=bench/pgkit.sh
+. "$repo/bench/pgkit.sh"
+extra=()
+if [[ ${BENCH_SQLITE:-0} == 1 && $only_restore != 1 ]]; then extra+=(sqlite3); fi
+kit_install_missing "${extra[@]}"
+kit_pick_pgbin
 
 # ---------------------------------------------------------------- scratch dir, cleanup
 work=$(mktemp -d "${BENCH_WORKDIR:-${TMPDIR:-/tmp}}/backupd-bench.XXXXXX")
 work=$(cd "$work" && pwd -P)
 chmod 755 "$work"           # the postgres user must reach $work/pgdata
-pgdata=$work/pgdata
 outdir=$work/out            # pg_dump | gzip outputs
 backup_dir=$work/backups    # BACKUP_DIR for backupd
 mkdir -p "$outdir" "$backup_dir"
 
-as_pg() {
-    if [[ $EUID -eq 0 ]]; then
-        (cd "$work" && runuser -u postgres -- "$@")
-    else
-        (cd "$work" && "$@")
-    fi
-}
-
-cluster_started=0
 watcher_pid=""
 cleanup() {
     local rc=$?
@@ -160,9 +113,7 @@ cleanup() {
         kill -TERM "$watcher_pid" 2>/dev/null || true
         wait "$watcher_pid" 2>/dev/null || true
     fi
-    if [[ $cluster_started == 1 ]]; then
-        as_pg "$pgbin/pg_ctl" -D "$pgdata" -m immediate -w stop >/dev/null 2>&1 || true
-    fi
+    kit_cluster_stop immediate
     if [[ ${BENCH_KEEP:-0} == 1 ]]; then
         echo "bench/run.sh: kept $work" >&2
     else
@@ -175,60 +126,15 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- 2. cluster
-free_port() {
-    local p _
-    for _ in $(seq 1 100); do
-        p=$((30000 + RANDOM % 30000))
-        # nothing accepts a connection there -> free
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    return 1
-}
 port=${BENCH_PG_PORT:-$(free_port)} || die "no free TCP port found"
-
-random_password() { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24; }
 super_pw=$(random_password)
 bench_pw=$(random_password)
-
-if [[ $EUID -eq 0 ]]; then
-    id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' user to run the server as"
-fi
-mkdir -p "$pgdata"
-printf '%s\n' "$super_pw" >"$work/pwfile"
-chmod 600 "$work/pwfile"
-if [[ $EUID -eq 0 ]]; then chown postgres: "$pgdata" "$work/pwfile"; fi
-chmod 700 "$pgdata"
-
-log "PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') cluster in $pgdata, port $port"
-as_pg "$pgbin/initdb" -D "$pgdata" -U postgres --auth=scram-sha-256 --pwfile="$work/pwfile" \
-    -E UTF8 --locale=C.UTF-8 >"$work/initdb.log" 2>&1 ||
-    { cat "$work/initdb.log" >&2; die "initdb failed"; }
-rm -f "$work/pwfile"
-as_pg "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 \
-    -o "-p $port -k $pgdata -c listen_addresses=127.0.0.1 -c max_wal_size=4GB" start >/dev/null ||
-    { cat "$pgdata/server.log" >&2 || true; die "pg_ctl start failed"; }
-cluster_started=1
-
-su_psql() {
-    PGPASSWORD=$super_pw "$pgbin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
-}
+kit_cluster_init "$work"
+kit_cluster_start "$work"
 
 # ---------------------------------------------------------------- 3. data
-su_psql -c "CREATE ROLE bench LOGIN PASSWORD '$bench_pw'" \
-        -c "CREATE DATABASE benchdb OWNER bench"
-
-log "loading fixtures at scale $scale"
-t0=$(date +%s.%N)
-PGHOST=127.0.0.1 PGPORT=$port PGUSER=bench PGPASSWORD=$bench_pw PGDATABASE=benchdb \
-    PSQL=$pgbin/psql "$repo/migrations-fixtures/build.sh" postgres "$scale"
-t1=$(date +%s.%N)
-load_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
-db_bytes=$(su_psql -At -c "SELECT pg_database_size('benchdb')")
-db_pretty=$(su_psql -At -c "SELECT pg_size_pretty(pg_database_size('benchdb'))")
-pg_version=$(su_psql -At -c "SHOW server_version")
+kit_load_fixtures "$scale"
+kit_db_facts
 log "database benchdb: $db_pretty ($db_bytes bytes), loaded in ${load_s}s"
 
 # ---------------------------------------------------------------- 4. backupd
