@@ -119,6 +119,24 @@ log_span() {
     if [[ -n $a && -n $b ]]; then secs "$(epoch "$a")" "$(epoch "$b")"; else echo -; fi
 }
 
+# log lines that mark the phases of a restore, in the before order
+log_marks=("stopping container" "container stopped" "safety backup written" "created the staging database"
+    "loading the dump" "the restored database is in place" "dropped an older previous database"
+    "container started" "container health" "restore finished")
+# mean over the kept restore logs of HOME for LABEL: seconds from
+# "restore requested" to the first line containing MARK
+mark_mean() {
+    local f n=0 sum=0 v
+    for f in "$1"/restore-"$2"-*.log; do
+        [[ -e $f ]] || continue
+        v=$(log_span "$f" 'restore requested' "$3")
+        [[ $v == - ]] && continue
+        sum=$(awk -v a="$sum" -v b="$v" 'BEGIN { print a + b }')
+        n=$((n + 1))
+    done
+    if [[ $n -gt 0 ]]; then awk -v a="$sum" -v n="$n" 'BEGIN { printf "%.2f", a / n }'; else echo -; fi
+}
+
 app_image() {
     if docker image inspect "$image" >/dev/null 2>&1; then return 0; fi
     log "building $image (FROM scratch + /bin/busybox)"
@@ -394,6 +412,22 @@ render() {
     done
     echo
     echo "Mean (min … max). engine: stopped = State.FinishedAt → State.StartedAt of the app container after the restore."
+    echo
+    echo "### Where the time goes (backupd's log, mean seconds after \`restore requested\`)"
+    echo
+    local hdr="| event |" sep="|---|" m
+    for s in $scales; do for l in before after; do
+        [[ -e $cache/pg-$s/downtime-$l.tsv ]] && { hdr+=" $s $l |"; sep+="---:|"; }
+    done; done
+    echo "$hdr"
+    echo "$sep"
+    for m in "${log_marks[@]}"; do
+        local row="| $m |"
+        for s in $scales; do for l in before after; do
+            [[ -e $cache/pg-$s/downtime-$l.tsv ]] && row+=" $(mark_mean "$cache/pg-$s" "$l" "$m") |"
+        done; done
+        echo "$row"
+    done
     echo
     echo "## Drill vs gunzip | psql"
     echo
