@@ -22,6 +22,7 @@ mod healthcheck;
 mod hooks;
 mod http_limits;
 mod image_end_to_end;
+mod manifest_backup;
 mod manifest_counts;
 mod notifications;
 mod notify_email;

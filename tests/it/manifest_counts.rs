@@ -27,7 +27,7 @@ impl Sizes {
     }
 }
 
-const SCHEMA: &str = r#"
+pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL, blob bytea);
 INSERT INTO notes
   SELECT i,
@@ -59,7 +59,7 @@ line" VALUES ('a'), ('b');
 
 /// `format('%I.%I')` of every ordinary table (leaf partitions included) with
 /// its `count(*) FROM ONLY` as the server sees it.
-fn server_counts(cluster: &PgCluster) -> BTreeMap<String, u64> {
+pub(crate) fn server_counts(cluster: &PgCluster) -> BTreeMap<String, u64> {
     let listing = cluster.psql_app(
         "SELECT string_agg(format('%I.%I', n.nspname, c.relname) || E'\\x1e' || \
          (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', \
