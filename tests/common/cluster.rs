@@ -379,6 +379,22 @@ impl PgCluster {
             .collect()
     }
 
+    /// The oid of database `name` (which must exist): a database keeps it
+    /// through a rename, so an unchanged oid under the live name means the
+    /// live database was never swapped.
+    pub fn database_oid(&self, name: &str) -> u32 {
+        let oid = self.psql(
+            "postgres",
+            &format!(
+                "SELECT oid FROM pg_database WHERE datname = '{}'",
+                name.replace('\'', "''")
+            ),
+        );
+        oid.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no database {name:?} (oid query said {oid:?})"))
+    }
+
     /// Every sequence in schema public with its last value.
     pub fn sequences(&self, db: &str) -> BTreeMap<String, String> {
         self.psql(
