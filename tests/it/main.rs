@@ -33,6 +33,8 @@ mod private_files;
 mod restore_crash;
 mod restore_docker;
 mod restore_inputs;
+mod restore_manifest;
+mod restore_outage;
 mod restore_postgres;
 mod restore_safety_folder;
 mod restore_service;

@@ -7,7 +7,7 @@
 //! with its backup.
 
 use crate::common;
-use crate::manifest_counts::{SCHEMA, server_counts};
+use crate::manifest_counts::SCHEMA;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -25,7 +25,7 @@ fn a_postgres_backups_manifest_holds_the_servers_row_count_of_every_table() {
     };
     let cluster = PgCluster::start_with_app(&bin, None);
     cluster.psql_app(SCHEMA);
-    let expected = server_counts(&cluster);
+    let expected = cluster.row_counts(PG_APP_DB);
     let work = temp_dir();
     let run = cluster.backupd(work.path()).once();
     run.assert_code(0);
