@@ -9,7 +9,6 @@
 use crate::common;
 use crate::manifest_counts::SCHEMA;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -131,20 +130,7 @@ fn a_sqlite_backups_manifest_counts_the_committed_rows_with_a_writer_open() {
     writer
         .execute_batch("BEGIN; INSERT INTO \"odd \"\"name\"\"\" VALUES (3);")
         .unwrap();
-    let committed: BTreeMap<String, u64> = sqlite_tables(&writer)
-        .into_iter()
-        .filter(|t| !t.starts_with("sqlite_"))
-        .map(|t| {
-            let n: i64 = writer
-                .query_row(
-                    &format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\"")),
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            (t, n as u64)
-        })
-        .collect();
+    let committed = sqlite_row_counts(&writer);
 
     let run = app.backupd().once();
     run.assert_code(0);

@@ -8,7 +8,6 @@
 
 use crate::common;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
@@ -202,20 +201,7 @@ fn sqlite_counts_in_wal_mode_with_an_open_writer_are_the_committed_rows() {
         wal > 0,
         "the committed rows should still be in the -wal file"
     );
-    let committed: BTreeMap<String, u64> = sqlite_tables(&writer)
-        .into_iter()
-        .filter(|t| !t.starts_with("sqlite_"))
-        .map(|t| {
-            let n: i64 = writer
-                .query_row(
-                    &format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\"")),
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            (t, n as u64)
-        })
-        .collect();
+    let committed = sqlite_row_counts(&writer);
     assert!(committed.len() >= 14, "{committed:?}");
     assert_eq!(committed.get("Odd \"Name\""), Some(&3));
 
