@@ -418,7 +418,9 @@ pub struct RestoreConfig {
     pub start_containers: Vec<String>,
     pub allow_missing_containers: bool,
     pub stop_timeout: Duration,
-    pub stop_wait: Duration,
+    /// `RESTORE_STOP_WAIT_SECONDS`, `None` when unset (the wait then
+    /// depends on the restore's order: `restore::containers::StopWait`).
+    pub stop_wait: Option<u64>,
     pub start_wait: Duration,
     /// How long starting containers is retried while the engine does not
     /// answer (`RESTORE_START_RETRY_SECONDS`).
@@ -519,7 +521,7 @@ impl RestoreConfig {
             start_containers: names(&args.start_containers),
             allow_missing_containers: args.allow_missing_containers,
             stop_timeout: Duration::from_secs(args.stop_timeout),
-            stop_wait: Duration::from_secs(args.stop_wait_seconds),
+            stop_wait: args.stop_wait_seconds.0,
             start_wait: Duration::from_secs(args.start_wait_seconds),
             start_retry: Duration::from_secs(args.start_retry_seconds),
             health_timeout: Duration::from_secs(args.health_timeout),
@@ -975,5 +977,22 @@ mod tests {
         assert_eq!(cfg.backup.paths.backup_dir, dir.path().join("safety"));
         assert_eq!(cfg.stop_containers, ["web", "worker"]);
         assert!(cfg.is_configured("worker") && !cfg.is_configured("db"));
+    }
+
+    #[test]
+    fn the_stop_wait_is_unset_unless_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = dir.path().join("incoming");
+        let stop_wait = |extra: &[&str]| {
+            let mut argv = vec!["--watch-dir", watch.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            RestoreConfig::from_args(&restore_args(&argv))
+                .unwrap()
+                .stop_wait
+        };
+        assert_eq!(stop_wait(&[]), None);
+        assert_eq!(stop_wait(&["--stop-wait-seconds", ""]), None);
+        assert_eq!(stop_wait(&["--stop-wait-seconds", "0"]), Some(0));
+        assert_eq!(stop_wait(&["--stop-wait-seconds", "5"]), Some(5));
     }
 }

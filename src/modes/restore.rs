@@ -22,7 +22,7 @@ use crate::notify::message::NoticeContext;
 use crate::notify::notifier::{self, FailureRecord, Notifier};
 use crate::offsite;
 use crate::restore::check;
-use crate::restore::containers::ContainerPolicy;
+use crate::restore::containers::{ContainerPolicy, StopWait};
 use crate::restore::error::{REQUIRE_ENCRYPTED_REASON, Unfinished};
 use crate::restore::kind;
 use crate::restore::postgres as pg_restore;
@@ -41,7 +41,7 @@ fn container_policy(cfg: &RestoreConfig) -> ContainerPolicy {
         start: cfg.start_containers.clone(),
         allow_missing: cfg.allow_missing_containers,
         stop_timeout: cfg.stop_timeout,
-        stop_wait: cfg.stop_wait,
+        stop_wait: StopWait::from_setting(cfg.stop_wait),
         start_wait: cfg.start_wait,
         start_retry: cfg.start_retry,
         health_timeout: cfg.health_timeout,
