@@ -482,9 +482,16 @@ impl RestoreConfig {
                 .unwrap_or(Path::new("/"))
                 .join(KEY_FILE_NAME),
         )?;
+        // The status file (the restore writes its `last_restore_*` keys
+        // there) is BACKUP_STATUS_FILE, else beside the safety backups:
+        // with BACKUP_DIR set that is the backup side's own status file.
+        let safety = safety_dir(args.dir.backup_dir.as_deref(), &watch_dir);
         let safety_paths = Paths {
-            backup_dir: safety_dir(args.dir.backup_dir.as_deref(), &watch_dir),
-            ..paths
+            status_file: match args.dir.status_file.as_deref().filter(|p| !p.is_empty()) {
+                Some(file) => PathBuf::from(file),
+                None => safety.join("backup-status.json"),
+            },
+            backup_dir: safety,
         };
         // A malformed s3:// URL is the restore mode's to report, as it
         // reports every other problem with --file.
@@ -975,8 +982,35 @@ mod tests {
         let cfg = RestoreConfig::from_args(&args).unwrap();
         assert_eq!(cfg.failed_dir, dir.path().join("failed"));
         assert_eq!(cfg.backup.paths.backup_dir, dir.path().join("safety"));
+        assert_eq!(
+            cfg.backup.paths.status_file,
+            dir.path().join("safety").join("backup-status.json")
+        );
         assert_eq!(cfg.stop_containers, ["web", "worker"]);
         assert!(cfg.is_configured("worker") && !cfg.is_configured("db"));
+    }
+
+    #[test]
+    fn the_restore_writes_the_backup_side_s_status_file_when_told_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = dir.path().join("incoming");
+        let status_file = |extra: &[&str]| {
+            let mut argv = vec!["--watch-dir", watch.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            RestoreConfig::from_args(&restore_args(&argv))
+                .unwrap()
+                .backup
+                .paths
+                .status_file
+        };
+        assert_eq!(
+            status_file(&["--backup-dir", "/backups"]),
+            PathBuf::from("/backups/backup-status.json")
+        );
+        assert_eq!(
+            status_file(&["--backup-dir", "/backups", "--status-file", "/run/s.json"]),
+            PathBuf::from("/run/s.json")
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::restore::postgres as pg_restore;
 use crate::restore::procedure::{Origin, Procedure, Settings};
 use crate::restore::state::{RestoreState, StateFile};
 use crate::restore::target::LiveDatabase;
+use crate::state::RestoreStatusFile;
 use crate::store::Kind;
 use crate::store::local::DirLock;
 use crate::store::s3::{S3Store, parse_s3_url};
@@ -230,7 +231,13 @@ impl Service {
             None,
             Some(notification_errors.clone() as Arc<dyn FailureRecord>),
         )?;
-        let mut observers = Observers::new().with(Arc::new(LogObserver));
+        let mut observers =
+            Observers::new()
+                .with(Arc::new(LogObserver))
+                .with(Arc::new(RestoreStatusFile::new(
+                    &cfg.backup.paths.status_file,
+                    Box::new(SystemClock),
+                )));
         if let Some(notifier) = &notifier {
             observers.push(notifier.clone());
         }

@@ -335,6 +335,7 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                 phase: failed.phase.clone(),
                 duration: elapsed,
                 error: Failure::from(&failed.error),
+                downtime: attempt.downtime,
             }
             .into(),
         };
