@@ -33,6 +33,7 @@ mod restore_crash;
 mod restore_docker;
 mod restore_inputs;
 mod restore_postgres;
+mod restore_s3_manifest;
 mod restore_safety_folder;
 mod restore_service;
 mod restore_untrusted_sql;
