@@ -36,6 +36,7 @@ mod restore_inputs;
 mod restore_manifest;
 mod restore_outage;
 mod restore_postgres;
+mod restore_s3_manifest;
 mod restore_safety_folder;
 mod restore_service;
 mod restore_untrusted_sql;
