@@ -158,13 +158,16 @@ pub async fn plan(
 /// history. A container with a receipt of the same backend is started by
 /// undoing its stop. While the engine does not answer, starting is retried
 /// (1 s, doubling, at most 30 s apart) for RESTORE_START_RETRY_SECONDS in
-/// all; a container the engine refuses is not retried.
+/// all; a container the engine refuses is not retried. `started` is set
+/// when the last start call returned, before the start and health waits:
+/// the app runs again from then, so that is where an outage ends.
 pub async fn start(
     control: Option<&dyn ContainerControl>,
     policy: &ContainerPolicy,
     stopped: &[String],
     receipts: &[StopReceipt],
     health: &mut BTreeMap<String, String>,
+    started: &mut Option<Instant>,
 ) -> std::result::Result<(), StartFailure> {
     let Some(control) = control else {
         return Ok(());
@@ -180,6 +183,7 @@ pub async fn start(
             errors.push(e);
         }
     }
+    *started = Some(Instant::now());
     let failure = StartFailure { errors };
     if failure.engine_lost() {
         for name in &list {

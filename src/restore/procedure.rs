@@ -585,18 +585,23 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             .as_ref()
             .map(|p| (asked_to_stop(p), p.receipts.clone()))
             .unwrap_or_default();
+        let mut last_start = None;
         let start = containers::start(
             self.containers,
             &self.settings.containers,
             &asked,
             &receipts,
             &mut attempt.container_health,
+            &mut last_start,
         )
         .await;
         if let Some(first_stop) = attempt.first_stop
             && attempt.stopped_any
         {
-            attempt.downtime = Some(first_stop.elapsed());
+            // First stop to last start: the start and health waits that
+            // follow are the app running again.
+            let ended = last_start.unwrap_or_else(Instant::now);
+            attempt.downtime = Some(ended.saturating_duration_since(first_stop));
         }
         match start {
             Ok(()) => {
@@ -1767,6 +1772,15 @@ pub(crate) mod tests {
     async fn the_stop_first_order_keeps_its_stop_wait_before_touching_the_live_database() {
         let stack = waiting(Order::StopFirst, std::time::Duration::from_millis(300));
         assert!(downtime_of(&stack).await >= 0.3);
+    }
+
+    #[tokio::test]
+    async fn the_downtime_ends_at_the_last_start_not_after_the_start_and_health_waits() {
+        let mut stack = waiting(Order::LoadWhileRunning, std::time::Duration::ZERO);
+        // The app runs again while backupd waits these out.
+        stack.settings.containers.start_wait = std::time::Duration::from_secs(2);
+        let downtime = downtime_of(&stack).await;
+        assert!(downtime < 2.0, "the start wait was counted: {downtime}");
     }
 
     /// A manifest beside the dropped file, for the fake's checked SHA-256.

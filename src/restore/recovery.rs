@@ -69,6 +69,7 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             &to_start,
             &interrupted.receipts,
             &mut health,
+            &mut None,
         )
         .await;
         let finished_at = timestamp(self.clock.now());
