@@ -78,6 +78,16 @@ Database URLs: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB
 
 Exit codes: 0 success, 1 the job failed, 2 usage or configuration error.";
 
+/// `backupd drill`'s environment variables.
+pub const DRILL_HELP: &str = "\
+Drill environment variables (besides the database URL variables, see backupd --help):
+  BACKUP_DIR                    where `latest` is looked for; the manifests [default: /backups]
+  BACKUP_STATUS_FILE            last_drill* go here [default: $BACKUP_DIR/backup-status.json]
+  DRILL_DATABASE_URL(_FILE)     PostgreSQL server to drill on (role with CREATEDB)
+                                [default: the database's own server]
+  BACKUP_ENCRYPTION_KEY(_FILE)  decrypts .enc backups, as does $BACKUP_DIR/.encryption_key
+  TMPDIR                        the private folder of a drill (a copy of the file)";
+
 /// The restore service's environment variables, with defaults.
 pub const RESTORE_HELP: &str = "\
 Restore environment variables (besides the database URL variables above):
@@ -172,6 +182,14 @@ pub enum Command {
         encryption: EncryptionArgs,
     },
 
+    /// Prove that a backup restores: load it into a scratch database
+    /// (`<db>_drill_<stamp>` on DRILL_DATABASE_URL or the database's own
+    /// server; SQLite: a private copy), compare every table's row count with
+    /// its manifest, drop the copy, record the result in the status file.
+    /// Exit 0 when the drill passes, 1 with the reason otherwise.
+    #[command(after_help = DRILL_HELP)]
+    Drill(DrillArgs),
+
     /// List the backups in BACKUP_DIR (or, with --remote, in the bucket), newest first.
     List {
         #[command(flatten)]
@@ -215,6 +233,40 @@ pub enum Command {
     },
 }
 
+/// `backupd drill`: the backup to drill and where.
+#[derive(Debug, Clone, Args)]
+pub struct DrillArgs {
+    /// The backup to drill: a file, or `latest` (the newest backup backupd wrote in
+    /// BACKUP_DIR for the configured database; `./latest` for a file of that name).
+    #[arg(default_value = "latest", value_name = "FILE|latest")]
+    pub file: String,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub dir: DirArgs,
+
+    #[command(flatten)]
+    pub encryption: EncryptionArgs,
+
+    #[command(flatten)]
+    pub server: DrillServerArgs,
+}
+
+/// Where PostgreSQL backups are drilled.
+#[derive(Debug, Clone, Args)]
+pub struct DrillServerArgs {
+    /// PostgreSQL server to load drills into (its role needs CREATEDB) [default: the
+    /// database's own server].
+    #[arg(long, env = "DRILL_DATABASE_URL", hide_env_values = true, value_parser = clean_value)]
+    pub drill_database_url: Option<String>,
+
+    /// File holding DRILL_DATABASE_URL (Docker secret).
+    #[arg(long, env = "DRILL_DATABASE_URL_FILE", value_parser = clean_value)]
+    pub drill_database_url_file: Option<String>,
+}
+
 /// A flag whose value is a secret, and the ways to give it that `ps` cannot show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SecretFlag {
@@ -234,6 +286,11 @@ const SECRET_FLAGS: &[SecretFlag] = &[
         id: "database_url",
         flag: "--database-url",
         alternative: "DATABASE_URL or DATABASE_URL_FILE",
+    },
+    SecretFlag {
+        id: "drill_database_url",
+        flag: "--drill-database-url",
+        alternative: "DRILL_DATABASE_URL or DRILL_DATABASE_URL_FILE",
     },
     SecretFlag {
         id: "encryption_key",

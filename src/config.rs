@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{
-    BackupArgs, BackupHookArgs, DaemonArgs, DatabaseArgs, DirArgs, EncryptionArgs, HealthArgs,
-    HookTimeoutArgs, NotifyArgs, RestoreArgs, RestoreHookArgs, S3Args,
+    BackupArgs, BackupHookArgs, DaemonArgs, DatabaseArgs, DirArgs, DrillArgs, DrillServerArgs,
+    EncryptionArgs, HealthArgs, HookTimeoutArgs, NotifyArgs, RestoreArgs, RestoreHookArgs, S3Args,
 };
 use crate::crypto::fernet::KeyRing;
 use crate::crypto::keys::{KEY_FILE_NAME, Keys};
-use crate::db::{Database, SqliteTarget};
+use crate::db::{Database, PgTarget, SqliteTarget};
+use crate::drill::DrillSettings;
 use crate::error::{Error, Result};
 use crate::events::HookPoint;
 use crate::hooks::HookConfig;
@@ -297,6 +298,75 @@ pub fn resolve_database(args: &DatabaseArgs) -> Result<Database> {
     Err(Error::Config(
         "no database configured: set SQLALCHEMY_DATABASE_URI or DATABASE_URL (or DATABASE_URL_FILE)".into(),
     ))
+}
+
+/// What `backupd drill` needs.
+#[derive(Debug, Clone)]
+pub struct DrillConfig {
+    pub settings: DrillSettings,
+    /// `FILE` or `latest`.
+    pub which: crate::drill::Which,
+}
+
+impl DrillConfig {
+    pub fn from_args(args: &DrillArgs) -> Result<Self> {
+        let paths = Paths::from_args(&args.dir)?;
+        let which = crate::drill::Which::parse(&args.file);
+        let mut keys = load_keys(&args.encryption, &paths)?;
+        // As `verify`: a file's own folder may hold its key, as BACKUP_DIR does.
+        if let crate::drill::Which::File(file) = &which {
+            let own_folder = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            keys = keys.with_decrypt_only_file(own_folder.join(KEY_FILE_NAME))?;
+        }
+        Ok(DrillConfig {
+            settings: drill_settings(&args.database, &args.server, &paths, keys)?,
+            which,
+        })
+    }
+}
+
+/// The drill settings shared by `backupd drill` and the daemon's schedule.
+pub fn drill_settings(
+    database: &DatabaseArgs,
+    server: &DrillServerArgs,
+    paths: &Paths,
+    keys: Keys,
+) -> Result<DrillSettings> {
+    let database = resolve_database(database)?;
+    Ok(DrillSettings {
+        drill_server: drill_server(server, &database)?,
+        database,
+        backup_dir: paths.backup_dir.clone(),
+        status_file: paths.status_file.clone(),
+        keys,
+    })
+}
+
+/// `DRILL_DATABASE_URL`(`_FILE`): a PostgreSQL server, for a PostgreSQL
+/// database only.
+fn drill_server(args: &DrillServerArgs, database: &Database) -> Result<Option<PgTarget>> {
+    let Some(url) = secret(
+        "DRILL_DATABASE_URL",
+        args.drill_database_url.as_deref(),
+        args.drill_database_url_file.as_deref(),
+    )?
+    else {
+        return Ok(None);
+    };
+    match (Database::parse(url.value(), url.source())?, database) {
+        (Database::Postgres(target), Database::Postgres(_)) => Ok(Some(target)),
+        (Database::Sqlite(_), _) => Err(Error::Config(format!(
+            "{} must be a PostgreSQL URL (a server to drill PostgreSQL backups on)",
+            url.source()
+        ))),
+        (Database::Postgres(_), Database::Sqlite(_)) => Err(Error::Config(format!(
+            "{} is set, but the configured database is SQLite, which is drilled in a private copy; unset it",
+            url.source()
+        ))),
+    }
 }
 
 /// What `backupd healthcheck` needs.
@@ -593,6 +663,59 @@ mod tests {
             crate::cli::Command::Restore(args) => args,
             _ => unreachable!(),
         }
+    }
+
+    fn drill_config(argv: &[&str]) -> Result<DrillConfig> {
+        let mut full = vec!["drill"];
+        full.extend_from_slice(argv);
+        match command(&full) {
+            crate::cli::Command::Drill(args) => DrillConfig::from_args(&args),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_drill_server_is_a_postgresql_url_for_a_postgresql_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().to_str().unwrap();
+        let pg = [
+            "--database-url",
+            "postgresql://app:pw@db/appdb",
+            "--backup-dir",
+            dir,
+        ];
+        let cfg = drill_config(&pg).unwrap();
+        assert_eq!(cfg.which, crate::drill::Which::Latest);
+        assert!(cfg.settings.drill_server.is_none());
+        let mut with_server = pg.to_vec();
+        with_server.extend([
+            "--drill-database-url",
+            "postgresql://d:pw2@drill/postgres",
+            "x.sql.gz",
+        ]);
+        let cfg = drill_config(&with_server).unwrap();
+        assert_eq!(
+            cfg.settings.drill_server.unwrap().host.as_deref(),
+            Some("drill")
+        );
+        assert_eq!(cfg.which, crate::drill::Which::File("x.sql.gz".into()));
+        let mut sqlite_server = pg.to_vec();
+        sqlite_server.extend(["--drill-database-url", "sqlite:///x.db"]);
+        let err = drill_config(&sqlite_server).unwrap_err().to_string();
+        assert!(
+            err.contains("DRILL_DATABASE_URL must be a PostgreSQL URL"),
+            "{err}"
+        );
+        let sqlite = [
+            "--database-url",
+            "sqlite:///app.db",
+            "--backup-dir",
+            dir,
+            "--drill-database-url",
+            "postgresql://d@drill/postgres",
+        ];
+        let err = drill_config(&sqlite).unwrap_err().to_string();
+        assert!(err.contains("the configured database is SQLite"), "{err}");
     }
 
     fn notify_args(urls: Option<&str>, file: Option<&str>) -> NotifyArgs {

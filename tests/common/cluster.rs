@@ -354,6 +354,40 @@ impl PgCluster {
         sums
     }
 
+    /// Every ordinary table of `db` (leaf partitions included, user schemas)
+    /// as `format('%I.%I')` with its `count(*) FROM ONLY`: what a backup's
+    /// manifest records for it.
+    pub fn row_counts(&self, db: &str) -> BTreeMap<String, u64> {
+        let listing = self.psql(
+            db,
+            "SELECT coalesce(string_agg(format('%I.%I', n.nspname, c.relname) || E'\\x1e' || \
+             (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', \
+             n.nspname, c.relname), false, true, '')))[1]::text, E'\\x1f'), '') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' \
+             AND n.nspname NOT LIKE 'pg\\_%'",
+        );
+        listing
+            .split('\x1f')
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                let (name, count) = entry
+                    .split_once('\x1e')
+                    .unwrap_or_else(|| panic!("unexpected entry {entry:?}"));
+                (name.to_string(), count.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// The names of every database on the server, sorted.
+    pub fn databases(&self) -> Vec<String> {
+        self.psql("postgres", "SELECT datname FROM pg_database ORDER BY 1")
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Every sequence in schema public with its last value.
     pub fn sequences(&self, db: &str) -> BTreeMap<String, String> {
         self.psql(

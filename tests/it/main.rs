@@ -16,6 +16,7 @@ mod daemon_lock;
 mod daemon_schedule;
 mod daemon_shutdown;
 mod docker_control;
+mod drill;
 mod encryption;
 mod fernet_interop;
 mod healthcheck;
