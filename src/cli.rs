@@ -56,6 +56,9 @@ Daemon (backupd backup) and healthcheck:
   STATUS_BIND, STATUS_PORT      HTTP server [default: 127.0.0.1, 9090; image: 0.0.0.0]
   STATUS_TOKEN(_FILE)           bearer token for /status, /, /metrics (not /healthz)
   HEALTH_MAX_AGE_SECONDS        healthy if younger    [default: 172800]
+  BACKUP_DRILL_SCHEDULE         cron of restore drills of the newest backup [default: off]
+  DRILL_DATABASE_URL(_FILE)     PostgreSQL server drills load into [default: the database's]
+  HEALTH_MAX_DRILL_AGE_SECONDS  unhealthy if no drill passed within [default: off]
   BACKUP_SHUTDOWN_TIMEOUT       stop grace on SIGTERM [default: 8]
 Hooks (backupd backup and once; run by /bin/sh -c with BACKUPD_* context):
   HOOK_BEFORE_BACKUP            before each backup; a failure fails the run
@@ -86,7 +89,9 @@ Drill environment variables (besides the database URL variables, see backupd --h
   DRILL_DATABASE_URL(_FILE)     PostgreSQL server to drill on (role with CREATEDB)
                                 [default: the database's own server]
   BACKUP_ENCRYPTION_KEY(_FILE)  decrypts .enc backups, as does $BACKUP_DIR/.encryption_key
-  TMPDIR                        the private folder of a drill (a copy of the file)";
+  TMPDIR                        the private folder of a drill (a copy of the file)
+  NOTIFY_URLS(_FILE), NOTIFY_LEVEL, NOTIFY_TIMEOUT_SECONDS
+                                a failed drill is told (error), a passed one at info";
 
 /// The restore service's environment variables, with defaults.
 pub const RESTORE_HELP: &str = "\
@@ -252,6 +257,9 @@ pub struct DrillArgs {
 
     #[command(flatten)]
     pub server: DrillServerArgs,
+
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 }
 
 /// Where PostgreSQL backups are drilled.
@@ -613,6 +621,10 @@ pub struct HealthArgs {
     /// Healthy while the last successful backup is younger than this.
     #[arg(long, env = "HEALTH_MAX_AGE_SECONDS", default_value = "172800", value_parser = whole_number("HEALTH_MAX_AGE_SECONDS", 172_800))]
     pub health_max_age_seconds: u64,
+
+    /// Unhealthy when no restore drill has passed within this many seconds (off when unset or 0).
+    #[arg(long, env = "HEALTH_MAX_DRILL_AGE_SECONDS", value_parser = whole_number("HEALTH_MAX_DRILL_AGE_SECONDS", 0))]
+    pub health_max_drill_age_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -630,6 +642,14 @@ pub struct DaemonArgs {
     /// Cron expression (5 fields, or 6/7 with seconds; @hourly, @daily, @weekly); wins over the interval.
     #[arg(long, env = "BACKUP_SCHEDULE", value_parser = clean_value)]
     pub schedule: Option<String>,
+
+    /// Cron expression of restore drills of the newest backup (off when unset; weekly is a good
+    /// start, e.g. `0 5 * * 0`), in the zone of TZ.
+    #[arg(long, env = "BACKUP_DRILL_SCHEDULE", value_parser = clean_value)]
+    pub drill_schedule: Option<String>,
+
+    #[command(flatten)]
+    pub drill: DrillServerArgs,
 
     /// Time zone of BACKUP_SCHEDULE (IANA name).
     #[arg(long = "time-zone", env = "TZ", default_value = "UTC", value_parser = clean_value)]

@@ -322,7 +322,12 @@ impl DrillConfig {
             keys = keys.with_decrypt_only_file(own_folder.join(KEY_FILE_NAME))?;
         }
         Ok(DrillConfig {
-            settings: drill_settings(&args.database, &args.server, &paths, keys)?,
+            settings: drill_settings(
+                resolve_database(&args.database)?,
+                &args.server,
+                &paths,
+                keys,
+            )?,
             which,
         })
     }
@@ -330,12 +335,11 @@ impl DrillConfig {
 
 /// The drill settings shared by `backupd drill` and the daemon's schedule.
 pub fn drill_settings(
-    database: &DatabaseArgs,
+    database: Database,
     server: &DrillServerArgs,
     paths: &Paths,
     keys: Keys,
 ) -> Result<DrillSettings> {
-    let database = resolve_database(database)?;
     Ok(DrillSettings {
         drill_server: drill_server(server, &database)?,
         database,
@@ -375,6 +379,8 @@ pub struct HealthConfig {
     pub paths: Paths,
     /// Healthy while the last successful backup is younger than this.
     pub max_age_seconds: u64,
+    /// `HEALTH_MAX_DRILL_AGE_SECONDS`: and a restore drill passed within this.
+    pub max_drill_age_seconds: Option<u64>,
 }
 
 impl HealthConfig {
@@ -382,6 +388,7 @@ impl HealthConfig {
         Ok(HealthConfig {
             paths: Paths::from_args(dir)?,
             max_age_seconds: health.health_max_age_seconds,
+            max_drill_age_seconds: health.health_max_drill_age_seconds.filter(|&s| s > 0),
         })
     }
 }
@@ -397,6 +404,10 @@ pub struct DaemonConfig {
     /// `STATUS_TOKEN`(`_FILE`): what /status, / and /metrics require.
     pub status_token: Option<StatusToken>,
     pub health_max_age_seconds: u64,
+    /// `HEALTH_MAX_DRILL_AGE_SECONDS` (0 = off).
+    pub health_max_drill_age_seconds: Option<u64>,
+    /// `BACKUP_DRILL_SCHEDULE`: scheduled restore drills; `None` when off.
+    pub drills: Option<DrillSchedule>,
     pub on_start: bool,
     /// A failed run is retried once after this long; zero means no retry.
     pub retry: Duration,
@@ -404,11 +415,45 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
 }
 
+/// The daemon's restore drills: when, and of what.
+#[derive(Debug, Clone)]
+pub struct DrillSchedule {
+    pub schedule: Schedule,
+    pub settings: DrillSettings,
+}
+
 impl DaemonConfig {
     pub fn from_args(args: &DaemonArgs) -> Result<Self> {
+        let backup = BackupConfig::from_args(&args.backup)?;
+        let drills = match args.drill_schedule.as_deref().filter(|s| !s.is_empty()) {
+            Some(expression) => {
+                let tz = schedule::parse_time_zone(&args.tz).map_err(Error::Config)?;
+                let cron = CronSchedule::parse(expression, tz)
+                    .map_err(|e| Error::Config(format!("BACKUP_DRILL_SCHEDULE {e}")))?;
+                Some(DrillSchedule {
+                    schedule: Schedule::Cron(cron),
+                    settings: drill_settings(
+                        backup.database.clone(),
+                        &args.drill,
+                        &backup.paths,
+                        backup.keys.clone(),
+                    )?,
+                })
+            }
+            None => {
+                // Checked all the same, so a bad URL is not a surprise later.
+                drill_server(&args.drill, &backup.database)?;
+                None
+            }
+        };
         Ok(DaemonConfig {
-            backup: BackupConfig::from_args(&args.backup)?,
             schedule: schedule_from_args(args)?,
+            health_max_drill_age_seconds: args
+                .health
+                .health_max_drill_age_seconds
+                .filter(|&s| s > 0),
+            drills,
+            backup,
             status_addr: status_addr(args)?,
             status_token: status_token(args)?,
             health_max_age_seconds: args.health.health_max_age_seconds,
@@ -1030,6 +1075,38 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(message.starts_with("AWS_ENDPOINT_URL"), "{message}");
+    }
+
+    #[test]
+    fn drills_are_off_unless_scheduled_and_a_bad_expression_names_the_variable() {
+        let cfg = DaemonConfig::from_args(&daemon_args(&[])).unwrap();
+        assert!(cfg.drills.is_none());
+        assert_eq!(cfg.health_max_drill_age_seconds, None);
+        let cfg = DaemonConfig::from_args(&daemon_args(&[
+            "--drill-schedule",
+            "0 5 * * 0",
+            "--health-max-drill-age-seconds",
+            "691200",
+        ]))
+        .unwrap();
+        let drills = cfg.drills.expect("scheduled");
+        assert!(drills.schedule.to_string().starts_with("cron '0 5 * * 0'"));
+        assert_eq!(drills.settings.backup_dir, cfg.backup.paths.backup_dir);
+        assert_eq!(cfg.health_max_drill_age_seconds, Some(691_200));
+        let off = DaemonConfig::from_args(&daemon_args(&["--health-max-drill-age-seconds", "0"]));
+        assert_eq!(off.unwrap().health_max_drill_age_seconds, None);
+        let err = DaemonConfig::from_args(&daemon_args(&["--drill-schedule", "0 5 * *"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("BACKUP_DRILL_SCHEDULE"), "{err}");
+        // A drill server for SQLite is refused whether drills are scheduled or not.
+        let err = DaemonConfig::from_args(&daemon_args(&[
+            "--drill-database-url",
+            "postgresql://d@drill/postgres",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("the configured database is SQLite"), "{err}");
     }
 
     #[test]

@@ -43,6 +43,7 @@ use crate::clock::Clock;
 use crate::crypto::keys::Keys;
 use crate::db::{Database, PgTarget};
 use crate::error::Error;
+use crate::events::{DrillFailed, DrillFinished, Event, Failure, FailureKind, Observer};
 use crate::inspect::kind::by_extension;
 use crate::manifest::{self, CountMismatch, Lookup};
 use crate::restore::check::{self, CheckError, Checked};
@@ -138,6 +139,24 @@ pub enum DrillError {
     Cancelled,
 }
 
+impl DrillError {
+    /// What kind of thing failed, for notification rules and metrics.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            DrillError::Cancelled => FailureKind::Cancelled,
+            DrillError::Check(_) | DrillError::NotABackupName(_) | DrillError::RowCounts { .. } => {
+                FailureKind::Verify
+            }
+            DrillError::Connect(_)
+            | DrillError::NoCreatedb { .. }
+            | DrillError::Load(_)
+            | DrillError::Counting(_) => FailureKind::Database,
+            DrillError::Lock(_) | DrillError::Private(_) | DrillError::List(_) => FailureKind::Io,
+            DrillError::NoBackup { .. } => FailureKind::Other,
+        }
+    }
+}
+
 /// What one drill did.
 #[derive(Debug)]
 pub struct DrillReport {
@@ -167,6 +186,29 @@ impl DrillReport {
         if self.passed() { "passed" } else { "failed" }
     }
 
+    /// The event of this drill.
+    pub fn event(&self) -> Event {
+        match &self.result {
+            Ok(()) => DrillFinished {
+                file: self.file.clone().unwrap_or_default(),
+                size: self.bytes,
+                started_at: self.started_at,
+                finished_at: self.finished_at,
+                duration: self.duration,
+                manifest: self.manifest.clone().unwrap_or_default(),
+            }
+            .into(),
+            Err(e) => DrillFailed {
+                file: self.file.clone(),
+                started_at: self.started_at,
+                finished_at: self.finished_at,
+                duration: self.duration,
+                error: Failure::new(e.kind(), e.to_string()),
+            }
+            .into(),
+        }
+    }
+
     /// The one-line reason of a failure, naming the file.
     pub fn failure(&self) -> Option<String> {
         let err = self.result.as_ref().err()?;
@@ -177,13 +219,15 @@ impl DrillReport {
     }
 }
 
-/// Drills `which`, records the result in the status file and returns it.
-/// `cancel` stops it (the scratch database is still dropped).
+/// Drills `which`, records the result in the status file, tells `observer`
+/// (`DrillFinished` or `DrillFailed`) and returns it. `cancel` stops it
+/// (the scratch database is still dropped).
 pub async fn run(
     settings: &DrillSettings,
     which: &Which,
     clock: &dyn Clock,
     cancel: &CancellationToken,
+    observer: &dyn Observer,
 ) -> DrillReport {
     let span = tracing::info_span!(
         "drill",
@@ -208,9 +252,15 @@ pub async fn run(
         report.finished_at = clock.now();
         report.duration = started.elapsed();
         let span = tracing::Span::current();
-        span.record("duration_seconds", report.duration.as_secs_f64());
+        span.record(
+            "duration_seconds",
+            format!("{:.2}", report.duration.as_secs_f64()).as_str(),
+        );
+        // The status file first: by the time anyone hears of the drill, it
+        // says so too.
         record(&settings.status_file, &report);
         log(&report);
+        observer.observe(&report.event());
         report
     }
     .instrument(span)
@@ -497,12 +547,19 @@ async fn drop_leftovers(server: &Server, db: &str) -> Vec<String> {
 }
 
 /// Drops the scratch databases killed drills left on the drill server of
-/// `settings` (the daemon calls it at start-up); nothing for SQLite.
+/// `settings` (the daemon calls it at start-up), under the `BACKUP_DIR`
+/// lock; while the lock is held (a drill or a backup runs) they are left
+/// to the next drill. Nothing for SQLite.
 pub async fn drop_leftover_drills(settings: &DrillSettings) -> Result<Vec<String>, Error> {
     let Database::Postgres(live) = &settings.database else {
         return Ok(Vec::new());
     };
     let Some(db) = database_name(live) else {
+        return Ok(Vec::new());
+    };
+    local::ensure_dir(&settings.backup_dir)?;
+    let Some(_lock) = DirLock::try_acquire(&settings.backup_dir)? else {
+        tracing::debug!("BACKUP_DIR is locked; the next drill drops what killed drills left");
         return Ok(Vec::new());
     };
     let server = Server::connect(settings.drill_server.as_ref().unwrap_or(live)).await?;
@@ -543,6 +600,9 @@ fn record(status_file: &Path, report: &DrillReport) {
         status.last_drill_duration_seconds =
             Some((report.duration.as_secs_f64() * 1000.0).round() / 1000.0);
         status.last_drill_manifest = report.manifest.clone();
+        if report.passed() {
+            status.last_drill_success = status.last_drill.clone();
+        }
     });
     if let Err(e) = recorded {
         tracing::warn!(error = %e, "cannot record the drill in the status file");
@@ -792,6 +852,7 @@ mod tests {
             status.last_drill_error.as_deref(),
             Some("cancelled by shutdown")
         );
+        assert_eq!(status.last_drill_success, None, "only a pass sets it");
         let mut passed = report();
         passed.manifest = Some("checked 2 tables against /m".into());
         record(&path, &passed);
@@ -802,6 +863,10 @@ mod tests {
             Some("/backups/pg_dump-20261202T030000Z.sql.gz")
         );
         assert_eq!(status.last_drill_result.as_deref(), Some("passed"));
+        assert_eq!(
+            status.last_drill_success.as_deref(),
+            Some("2026-12-02T04:00:03Z")
+        );
         assert_eq!(status.last_drill_error, None);
         assert_eq!(status.last_drill_duration_seconds, Some(2.5));
         assert_eq!(

@@ -76,6 +76,10 @@ pub struct Status {
     pub last_drill_error: Option<String>,
     #[serde(default)]
     pub last_drill_duration_seconds: Option<f64>,
+    /// UTC time the last drill that passed ended; kept through failures,
+    /// for `HEALTH_MAX_DRILL_AGE_SECONDS` and the metrics after a restart.
+    #[serde(default)]
+    pub last_drill_success: Option<String>,
     /// What the last drill compared its row counts with (`checked N tables
     /// against PATH`), or why it compared none (`row counts not compared:
     /// no manifest (looked for …)`).

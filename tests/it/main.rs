@@ -17,6 +17,7 @@ mod daemon_schedule;
 mod daemon_shutdown;
 mod docker_control;
 mod drill;
+mod drill_daemon;
 mod encryption;
 mod fernet_interop;
 mod healthcheck;
