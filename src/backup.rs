@@ -337,7 +337,7 @@ async fn take_backup(
     cancel: &CancellationToken,
     clock: &dyn Clock,
 ) -> Result<(Committed, Vec<StoredBackup>)> {
-    let committed = dump_into(cfg, file, cancel).await?;
+    let committed = dump_into(cfg, file, cancel, clock).await?;
     let deleted = apply_retention(cfg, clock);
     Ok((committed, deleted))
 }
@@ -386,27 +386,37 @@ pub async fn safety_backup(
         .expect("an unbounded range has a free name");
     let key = ring.as_ref().map(|ring| ring.encrypting_key());
     let file = BackupFile::create(&dir, &name, cfg.compression_level, key)?;
-    let committed = dump_into(cfg, file, cancel).await?;
+    let committed = dump_into(cfg, file, cancel, clock).await?;
     tracing::info!(file = %committed.path.display(), bytes = committed.size, "safety backup written");
     Ok(committed)
 }
 
 pub use crate::store::SAFETY_PREFIX;
 
+/// The dump into `file`, then its commit with the manifest (times from
+/// `clock`).
 async fn dump_into(
     cfg: &BackupConfig,
     file: BackupFile,
     cancel: &CancellationToken,
+    clock: &dyn Clock,
 ) -> Result<Committed> {
-    match &cfg.database {
-        Database::Postgres(target) => db::postgres::backup(target, file, cancel, cfg.timeout).await,
+    let started_at = clock.now();
+    let dumped = match &cfg.database {
+        Database::Postgres(target) => {
+            db::postgres::backup(target, file, cancel, cfg.timeout).await?
+        }
         Database::Sqlite(target) => {
             let (target, cancel, timeout) = (target.clone(), cancel.clone(), cfg.timeout);
             tokio::task::spawn_blocking(move || db::sqlite::backup(&target, file, &cancel, timeout))
                 .await
-                .map_err(|e| Error::Other(format!("the snapshot task failed: {e}")))?
+                .map_err(|e| Error::Other(format!("the snapshot task failed: {e}")))??
         }
-    }
+    };
+    let (file, contents) = dumped.into_parts(started_at, clock.now());
+    tokio::task::spawn_blocking(move || file.commit(contents))
+        .await
+        .map_err(|e| Error::Other(format!("the commit task failed: {e}")))?
 }
 
 /// Deletes expired backups. A failure here is logged, not fatal: the new

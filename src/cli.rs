@@ -8,8 +8,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::values::{
-    LogFormat, boolean, clean_value, compression_level, file_mode, log_format, retention_days,
-    shell_command, whole_number,
+    LogFormat, OptionalNumber, boolean, clean_value, compression_level, file_mode, log_format,
+    optional_whole_number, retention_days, shell_command, whole_number,
 };
 
 /// Every environment variable backupd reads, with its default; shown by `--help`.
@@ -106,7 +106,7 @@ Restore environment variables (besides the database URL variables above):
   RESTORE_START_CONTAINERS      extra names to start afterwards
   RESTORE_ALLOW_MISSING_CONTAINERS  go on if one is missing [default: false]
   RESTORE_STOP_TIMEOUT          docker stop grace     [default: 30]
-  RESTORE_STOP_WAIT_SECONDS     wait after stopping   [default: 5]
+  RESTORE_STOP_WAIT_SECONDS     wait after stopping   [default: 5 inplace/SQLite, 0 staging]
   RESTORE_START_WAIT_SECONDS    wait after starting   [default: 5]
   RESTORE_HEALTH_TIMEOUT        wait for healthy      [default: 120]
   RESTORE_SAFETY_BACKUP         back up before restoring [default: true]
@@ -762,9 +762,9 @@ pub struct RestoreArgs {
     #[arg(long, env = "RESTORE_STOP_TIMEOUT", default_value = "30", value_parser = whole_number("RESTORE_STOP_TIMEOUT", 30))]
     pub stop_timeout: u64,
 
-    /// Seconds to wait after stopping.
-    #[arg(long, env = "RESTORE_STOP_WAIT_SECONDS", default_value = "5", value_parser = whole_number("RESTORE_STOP_WAIT_SECONDS", 5))]
-    pub stop_wait_seconds: u64,
+    /// Seconds to wait after stopping the containers [default: 5 before an inplace or SQLite restore, 0 before a staging swap]; a value set applies to both.
+    #[arg(long, env = "RESTORE_STOP_WAIT_SECONDS", default_value = "", hide_default_value = true, value_parser = optional_whole_number("RESTORE_STOP_WAIT_SECONDS"))]
+    pub stop_wait_seconds: OptionalNumber,
 
     /// Seconds to wait after starting.
     #[arg(long, env = "RESTORE_START_WAIT_SECONDS", default_value = "5", value_parser = whole_number("RESTORE_START_WAIT_SECONDS", 5))]

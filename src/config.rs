@@ -533,7 +533,9 @@ pub struct RestoreConfig {
     pub start_containers: Vec<String>,
     pub allow_missing_containers: bool,
     pub stop_timeout: Duration,
-    pub stop_wait: Duration,
+    /// `RESTORE_STOP_WAIT_SECONDS`, `None` when unset (the wait then
+    /// depends on the restore's order: `restore::containers::StopWait`).
+    pub stop_wait: Option<u64>,
     pub start_wait: Duration,
     /// How long starting containers is retried while the engine does not
     /// answer (`RESTORE_START_RETRY_SECONDS`).
@@ -595,9 +597,16 @@ impl RestoreConfig {
                 .unwrap_or(Path::new("/"))
                 .join(KEY_FILE_NAME),
         )?;
+        // The status file (the restore writes its `last_restore_*` keys
+        // there) is BACKUP_STATUS_FILE, else beside the safety backups:
+        // with BACKUP_DIR set that is the backup side's own status file.
+        let safety = safety_dir(args.dir.backup_dir.as_deref(), &watch_dir);
         let safety_paths = Paths {
-            backup_dir: safety_dir(args.dir.backup_dir.as_deref(), &watch_dir),
-            ..paths
+            status_file: match args.dir.status_file.as_deref().filter(|p| !p.is_empty()) {
+                Some(file) => PathBuf::from(file),
+                None => safety.join("backup-status.json"),
+            },
+            backup_dir: safety,
         };
         // A malformed s3:// URL is the restore mode's to report, as it
         // reports every other problem with --file.
@@ -634,7 +643,7 @@ impl RestoreConfig {
             start_containers: names(&args.start_containers),
             allow_missing_containers: args.allow_missing_containers,
             stop_timeout: Duration::from_secs(args.stop_timeout),
-            stop_wait: Duration::from_secs(args.stop_wait_seconds),
+            stop_wait: args.stop_wait_seconds.0,
             start_wait: Duration::from_secs(args.start_wait_seconds),
             start_retry: Duration::from_secs(args.start_retry_seconds),
             health_timeout: Duration::from_secs(args.health_timeout),
@@ -1173,7 +1182,51 @@ mod tests {
         let cfg = RestoreConfig::from_args(&args).unwrap();
         assert_eq!(cfg.failed_dir, dir.path().join("failed"));
         assert_eq!(cfg.backup.paths.backup_dir, dir.path().join("safety"));
+        assert_eq!(
+            cfg.backup.paths.status_file,
+            dir.path().join("safety").join("backup-status.json")
+        );
         assert_eq!(cfg.stop_containers, ["web", "worker"]);
         assert!(cfg.is_configured("worker") && !cfg.is_configured("db"));
+    }
+
+    #[test]
+    fn the_restore_writes_the_backup_side_s_status_file_when_told_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = dir.path().join("incoming");
+        let status_file = |extra: &[&str]| {
+            let mut argv = vec!["--watch-dir", watch.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            RestoreConfig::from_args(&restore_args(&argv))
+                .unwrap()
+                .backup
+                .paths
+                .status_file
+        };
+        assert_eq!(
+            status_file(&["--backup-dir", "/backups"]),
+            PathBuf::from("/backups/backup-status.json")
+        );
+        assert_eq!(
+            status_file(&["--backup-dir", "/backups", "--status-file", "/run/s.json"]),
+            PathBuf::from("/run/s.json")
+        );
+    }
+
+    #[test]
+    fn the_stop_wait_is_unset_unless_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let watch = dir.path().join("incoming");
+        let stop_wait = |extra: &[&str]| {
+            let mut argv = vec!["--watch-dir", watch.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            RestoreConfig::from_args(&restore_args(&argv))
+                .unwrap()
+                .stop_wait
+        };
+        assert_eq!(stop_wait(&[]), None);
+        assert_eq!(stop_wait(&["--stop-wait-seconds", ""]), None);
+        assert_eq!(stop_wait(&["--stop-wait-seconds", "0"]), Some(0));
+        assert_eq!(stop_wait(&["--stop-wait-seconds", "5"]), Some(5));
     }
 }

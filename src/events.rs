@@ -335,6 +335,8 @@ pub struct RestoreFailed {
     pub phase: Phase,
     pub duration: Duration,
     pub error: Failure,
+    /// First container stop to last start; `None` when nothing was stopped.
+    pub downtime: Option<Duration>,
 }
 
 /// A file was not restored at all (not a backup, not encrypted though

@@ -358,14 +358,24 @@ async fn healthz(State(state): State<AppState>) -> Response {
     json_response(code, body.to_string())
 }
 
+/// The daemon's own metrics, and what the status file holds at this scrape
+/// (a restore's downtime, written by `backupd restore`); an unreadable
+/// status file leaves those out and is logged, the rest is served.
 async fn metrics(State(state): State<AppState>) -> Response {
+    let status = match read_status(&state).await {
+        Ok(status) => status,
+        Err(e) => {
+            tracing::debug!(error = %e, "GET /metrics: the status file's values are left out");
+            None
+        }
+    };
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.encode(),
+        state.metrics.encode_with_status(status.as_ref()),
     )
         .into_response()
 }
@@ -600,6 +610,35 @@ mod tests {
             "application/openmetrics-text; version=1.0.0; charset=utf-8"
         );
         assert!(answer.body.trim_end().ends_with("# EOF"), "{}", answer.body);
+    }
+
+    #[tokio::test]
+    async fn metrics_read_the_restore_downtime_from_the_status_file_at_each_scrape() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(state(dir.path(), None));
+        let name = "backupd_last_restore_downtime_seconds";
+        let answer = send(&app, Method::GET, "/metrics", None).await;
+        assert!(!answer.body.contains(name), "{}", answer.body);
+
+        write_status(
+            dir.path(),
+            r#"{"last_backup": null, "last_restore_result": "success", "last_restore_downtime_seconds": 1.5}"#,
+        );
+        let answer = send(&app, Method::GET, "/metrics", None).await;
+        assert_eq!(answer.code, StatusCode::OK);
+        assert!(
+            answer.body.contains(&format!("{name} 1.5")),
+            "{}",
+            answer.body
+        );
+
+        // A restore that stopped nothing: no value, so no sample.
+        write_status(
+            dir.path(),
+            r#"{"last_restore_result": "failed", "last_restore_downtime_seconds": null}"#,
+        );
+        let answer = send(&app, Method::GET, "/metrics", None).await;
+        assert!(!answer.body.contains(name), "{}", answer.body);
     }
 
     #[tokio::test]

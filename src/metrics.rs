@@ -197,9 +197,33 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        self.encode_with_status(None)
+    }
+
+    /// The daemon's metrics plus those read from the status file at this
+    /// scrape: what another process recorded there (`backupd restore`'s
+    /// `last_restore_downtime_seconds`), which no event of this process
+    /// tells. A metric with no value on record is left out, never NaN.
+    pub fn encode_with_status(&self, status: Option<&Status>) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        let mut recorded = Registry::with_prefix("backupd");
+        if let Some(downtime) = status
+            .and_then(|s| s.last_restore_downtime_seconds)
+            .filter(|d| d.is_finite())
+        {
+            recorded.register(
+                "last_restore_downtime_seconds",
+                "Outage of the last restore that stopped containers: first stop to last start (from the status file)",
+                ConstGauge::new(downtime),
+            );
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &recorded);
+        let _ = encode_eof(&mut out);
         out
     }
 }
@@ -407,6 +431,34 @@ mod tests {
             let line = line(&text, name);
             assert_eq!(line[name.len()..].trim(), value, "{line}");
         }
+    }
+
+    #[test]
+    fn the_restore_downtime_comes_from_the_status_file_and_only_when_recorded() {
+        let metrics = Metrics::new();
+        let name = "backupd_last_restore_downtime_seconds";
+        let never = metrics.encode_with_status(None);
+        assert!(!never.contains(name), "{never}");
+        let nothing_stopped = Status {
+            last_restore_result: Some("success".into()),
+            ..Status::default()
+        };
+        let text = metrics.encode_with_status(Some(&nothing_stopped));
+        assert!(!text.contains(name), "{text}");
+        assert!(!text.contains("NaN"), "{text}");
+
+        let restored = Status {
+            last_restore_downtime_seconds: Some(2.125),
+            ..Status::default()
+        };
+        let text = metrics.encode_with_status(Some(&restored));
+        assert!(text.contains(&format!("# TYPE {name} gauge")), "{text}");
+        assert_eq!(
+            line(&text, &format!("{name} "))[name.len()..].trim(),
+            "2.125"
+        );
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Offsite copies: after each run, every local backup the bucket lacks is
-//! uploaded (the data first, then its `.sha256`), then remote retention
+//! uploaded (the data first, then its manifest, then its `.sha256`), then remote retention
 //! deletes expired copies. A failure here never fails the local backup: it
 //! is reported (status, metrics, log) and the next run catches up, because
 //! what to upload is decided by comparing the folder with the bucket, not
@@ -15,6 +15,7 @@ use crate::archive::sidecar_path;
 use crate::clock::Clock;
 use crate::config::RemoteConfig;
 use crate::error::{Error, Result};
+use crate::manifest::{MANIFEST_SUFFIX, Manifest, manifest_path};
 use crate::retention::{self, Policy};
 use crate::store::local::{self, StoredBackup};
 use crate::store::remote::{RemoteObject, RemoteStore};
@@ -56,6 +57,7 @@ pub struct RemoteBackup {
     pub name: BackupName,
     pub object: RemoteObject,
     pub has_sidecar: bool,
+    pub has_manifest: bool,
 }
 
 impl retention::Named for RemoteBackup {
@@ -82,6 +84,7 @@ pub async fn list_backups(
             }
             Some(RemoteBackup {
                 has_sidecar: names.contains(format!("{}.sha256", object.name).as_str()),
+                has_manifest: names.contains(format!("{}{MANIFEST_SUFFIX}", object.name).as_str()),
                 name,
                 object: object.clone(),
             })
@@ -170,7 +173,9 @@ async fn sync_into(
     apply_remote_retention(store, retention, now, report).await
 }
 
-/// Sends `backup` and then its sidecar, each only when the bucket lacks it.
+/// Sends `backup`, then its manifest (when it has one), then its sidecar,
+/// each only when the bucket lacks it: a backup whose `.sha256` is in the
+/// bucket is complete there, as it is on disk.
 async fn send(
     store: &dyn RemoteStore,
     backup: &StoredBackup,
@@ -180,7 +185,10 @@ async fn send(
 ) -> Result<()> {
     let name = backup.name.file_name();
     let sidecar_name = format!("{name}.sha256");
-    if present.contains(&name) && present.contains(&sidecar_name) {
+    let manifest_name = format!("{name}{MANIFEST_SUFFIX}");
+    let manifest = manifest_path(&backup.path);
+    let manifest_missing = !present.contains(&manifest_name) && manifest.is_file();
+    if present.contains(&name) && present.contains(&sidecar_name) && !manifest_missing {
         return Ok(());
     }
     // backupd writes the sidecar after the data, from the bytes it wrote: a
@@ -218,6 +226,17 @@ async fn send(
             duration,
         });
     }
+    if manifest_missing {
+        // Only a manifest that reads as one: the bucket's readers trust
+        // nothing more than the local ones do, but junk is not sent.
+        match Manifest::read(&manifest) {
+            Ok(Some(_)) => {
+                store.put(&manifest, &manifest_name, cancel).await?;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(file = %name, error = %e, "not uploading the manifest"),
+        }
+    }
     if !present.contains(&sidecar_name) {
         store
             .put(&sidecar_path(&backup.path), &sidecar_name, cancel)
@@ -242,6 +261,9 @@ async fn apply_remote_retention(
             continue;
         }
         store.delete(&name).await?;
+        if decision.backup.has_manifest {
+            store.delete(&format!("{name}{MANIFEST_SUFFIX}")).await?;
+        }
         if decision.backup.has_sidecar {
             store.delete(&format!("{name}.sha256")).await?;
         }
@@ -366,6 +388,81 @@ mod tests {
         let again = pass(&store, OFF, dir.path()).await;
         assert_eq!((sent(&again).len(), again.error), (0, None));
         assert_eq!(store.puts().len(), 3);
+    }
+
+    /// `NAME.manifest.json` beside a local backup made by [`local_backup`].
+    fn local_manifest(dir: &Path, name: &str) {
+        let data = format!("the bytes of {name}");
+        let sha256 = hex::encode(Sha256::digest(&data));
+        let manifest =
+            crate::manifest::record::samples::postgres(name, &sha256, &[("public.t", 1)]);
+        std::fs::write(manifest_path(&dir.join(name)), manifest.to_json()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_manifest_goes_after_the_data_and_before_the_checksum_and_is_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (new, older, junk) = (
+            name(Kind::PgDump, 1),
+            name(Kind::PgDump, 2),
+            name(Kind::PgDump, 3),
+        );
+        for n in [&new, &older, &junk] {
+            local_backup(dir.path(), n, Sidecar::Matching);
+        }
+        local_manifest(dir.path(), &new);
+        local_manifest(dir.path(), &older);
+        std::fs::write(manifest_path(&dir.path().join(&junk)), b"not a manifest").unwrap();
+        let store = MemoryStore::new();
+        // Uploaded by a version that wrote no manifests.
+        store.insert(&older, "already there");
+        store.insert(&format!("{older}.sha256"), "already there");
+        store.insert(&junk, "already there");
+        store.insert(&format!("{junk}.sha256"), "already there");
+
+        let report = pass(&store, OFF, dir.path()).await;
+
+        assert_eq!(report.error, None);
+        assert_eq!(
+            store.puts(),
+            vec![
+                new.clone(),
+                format!("{new}.manifest.json"),
+                format!("{new}.sha256"),
+                format!("{older}.manifest.json"),
+            ],
+            "data, manifest, checksum; a missing manifest caught up; junk never sent"
+        );
+        let again = pass(&store, OFF, dir.path()).await;
+        assert_eq!(again.error, None);
+        assert_eq!(store.puts().len(), 4, "nothing sent twice");
+    }
+
+    #[tokio::test]
+    async fn remote_retention_deletes_the_manifest_with_its_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MemoryStore::new();
+        let (recent, old) = (name(Kind::PgDump, 1), name(Kind::PgDump, 24 * 10));
+        for n in [&recent, &old] {
+            store.insert(n, "data");
+            store.insert(&format!("{n}.manifest.json"), "manifest");
+            store.insert(&format!("{n}.sha256"), "checksum");
+        }
+        let policy = Policy {
+            days: 7,
+            keep_min: 1,
+        };
+        let report = pass(&store, policy, dir.path()).await;
+        assert_eq!(report.error, None);
+        assert_eq!(
+            store.deletes(),
+            vec![
+                old.clone(),
+                format!("{old}.manifest.json"),
+                format!("{old}.sha256")
+            ]
+        );
+        assert!(store.names().contains(&format!("{recent}.manifest.json")));
     }
 
     #[tokio::test]

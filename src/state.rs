@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::archive::write_atomically;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::events::{BackupFailed, BackupFinished, Event, HookFailed, Observer, OffsitePass};
+use crate::events::{
+    BackupFailed, BackupFinished, Event, HookFailed, Observer, OffsitePass, RestoreFailed,
+    RestoreFinished,
+};
 use crate::store::local;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -85,6 +88,20 @@ pub struct Status {
     /// no manifest (looked for …)`).
     #[serde(default)]
     pub last_drill_manifest: Option<String>,
+    /// UTC time the last restore attempt (`backupd restore`: the service,
+    /// `--file`, `--from-s3`) ended; written by [`RestoreStatusFile`].
+    #[serde(default)]
+    pub last_restore_at: Option<String>,
+    /// `success` or `failed`.
+    #[serde(default)]
+    pub last_restore_result: Option<String>,
+    /// Name of the file that restore read.
+    #[serde(default)]
+    pub last_restore_file: Option<String>,
+    /// First container stop to last start of that restore; `null` when it
+    /// stopped nothing (and until a restore has run).
+    #[serde(default)]
+    pub last_restore_downtime_seconds: Option<f64>,
     #[serde(default)]
     pub version: String,
     /// Keys written by other versions survive a rewrite.
@@ -360,6 +377,61 @@ impl Observer for StatusFile {
     }
 }
 
+/// The status file as an observer of restores: each attempt's end
+/// (`last_restore_*`), merged into what the file holds through [`update`],
+/// so the backup side's writes and these never lose each other.
+pub struct RestoreStatusFile {
+    path: PathBuf,
+    clock: Box<dyn Clock>,
+}
+
+impl RestoreStatusFile {
+    pub fn new(path: &Path, clock: Box<dyn Clock>) -> Self {
+        RestoreStatusFile {
+            path: path.to_path_buf(),
+            clock,
+        }
+    }
+
+    fn record(
+        &self,
+        file: &Path,
+        result: &str,
+        downtime: Option<std::time::Duration>,
+    ) -> Result<()> {
+        let path = &self.path;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::files::create_dir_all(parent)
+                .map_err(|e| Error::io("create the directory of", path, e))?;
+        }
+        let at = timestamp(self.clock.now());
+        update(path, |status| {
+            status.last_restore_at = Some(at);
+            status.last_restore_result = Some(result.to_string());
+            status.last_restore_file = Some(crate::archive::file_name(file));
+            status.last_restore_downtime_seconds =
+                downtime.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0);
+        })
+    }
+}
+
+impl Observer for RestoreStatusFile {
+    fn observe(&self, event: &Event) {
+        let written = match event {
+            Event::RestoreFinished(RestoreFinished { file, downtime, .. }) => {
+                self.record(file, "success", *downtime)
+            }
+            Event::RestoreFailed(RestoreFailed { file, downtime, .. }) => {
+                self.record(file, "failed", *downtime)
+            }
+            _ => return,
+        };
+        if let Err(e) = written {
+            tracing::warn!(target: "backupd::modes::restore", error = %e, file = %self.path.display(), "could not record the restore in the status file");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,6 +580,75 @@ mod tests {
             })
             .unwrap();
         }
+    }
+
+    struct At(DateTime<Utc>);
+
+    impl Clock for At {
+        fn now(&self) -> DateTime<Utc> {
+            self.0
+        }
+    }
+
+    #[test]
+    fn each_restore_attempt_is_recorded_beside_the_backup_keys() {
+        use crate::events::{Failure, FailureKind};
+        use crate::restore::state::Phase;
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status").join("backup-status.json");
+        std::fs::create_dir(dir.path().join("status")).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"last_backup": "2026-12-01T00:00:00Z", "backups": ["a.sql.gz"], "future": 1}"#,
+        )
+        .unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 12, 2, 3, 4, 5).unwrap();
+        let recorder = RestoreStatusFile::new(&path, Box::new(At(at)));
+        recorder.observe(
+            &RestoreFinished {
+                file: "/restore/incoming/app-20261201T000000Z.sql.gz".into(),
+                size: 10,
+                sha256: "0".repeat(64),
+                duration: Duration::from_secs(9),
+                strategy: None,
+                downtime: Some(Duration::from_micros(1_234_567)),
+            }
+            .into(),
+        );
+        let status = Status::read(&path).unwrap().unwrap();
+        assert_eq!(
+            status.last_restore_at.as_deref(),
+            Some("2026-12-02T03:04:05Z")
+        );
+        assert_eq!(status.last_restore_result.as_deref(), Some("success"));
+        assert_eq!(
+            status.last_restore_file.as_deref(),
+            Some("app-20261201T000000Z.sql.gz")
+        );
+        assert_eq!(status.last_restore_downtime_seconds, Some(1.235));
+        assert_eq!(status.last_backup.as_deref(), Some("2026-12-01T00:00:00Z"));
+        assert_eq!(status.backups, ["a.sql.gz"]);
+        assert_eq!(status.other["future"], 1);
+
+        // A failure before anything was stopped: no downtime, written as null.
+        recorder.observe(
+            &RestoreFailed {
+                file: "/restore/downloads/app-20261202T000000Z.sql.gz".into(),
+                phase: Phase::Checking,
+                duration: Duration::from_secs(1),
+                error: Failure::new(FailureKind::Verify, "not a gzip stream"),
+                downtime: None,
+            }
+            .into(),
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(json["last_restore_result"], "failed");
+        assert_eq!(json["last_restore_file"], "app-20261202T000000Z.sql.gz");
+        assert!(json["last_restore_downtime_seconds"].is_null(), "{json}");
+        assert_eq!(json["last_backup"], "2026-12-01T00:00:00Z");
     }
 
     #[test]

@@ -73,6 +73,25 @@ pub fn whole_number(
     }
 }
 
+/// A whole number the operator may leave unset, where unset means what no
+/// one number says (`RESTORE_STOP_WAIT_SECONDS`: a wait that depends on the
+/// restore's order). An empty value is unset too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OptionalNumber(pub Option<u64>);
+
+/// The parser of an [`OptionalNumber`]: empty is unset, else a whole number.
+pub fn optional_whole_number(
+    variable: &'static str,
+) -> impl Fn(&str) -> std::result::Result<OptionalNumber, String> + Clone + Send + Sync {
+    move |raw| match clean(raw).as_str() {
+        "" => Ok(OptionalNumber(None)),
+        value => value
+            .parse()
+            .map(|n| OptionalNumber(Some(n)))
+            .map_err(|_| format!("{variable} must be a whole number, not '{value}'")),
+    }
+}
+
 /// A yes/no setting: true/false, yes/no, on/off, 1/0; empty means the default.
 pub fn boolean(
     variable: &'static str,
@@ -274,6 +293,14 @@ mod tests {
         assert_eq!(
             keep_min("seven").unwrap_err(),
             "BACKUP_KEEP_MIN must be a whole number, not 'seven'"
+        );
+        let stop_wait = optional_whole_number("RESTORE_STOP_WAIT_SECONDS");
+        assert_eq!(stop_wait(""), Ok(OptionalNumber(None)));
+        assert_eq!(stop_wait("\"\""), Ok(OptionalNumber(None)));
+        assert_eq!(stop_wait(" 0\r"), Ok(OptionalNumber(Some(0))));
+        assert_eq!(
+            stop_wait("5s").unwrap_err(),
+            "RESTORE_STOP_WAIT_SECONDS must be a whole number, not '5s'"
         );
         let on_start = boolean("BACKUP_ON_START", true);
         assert_eq!(on_start(""), Ok(true));

@@ -3,6 +3,7 @@
 //! inspection the restore check runs ([`crate::inspect`]), plus the
 //! checksum sidecar.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::inspect::read::{self, FirstPassHash, HashingReader};
 use crate::inspect::sidecar::{self, SidecarError};
 use crate::inspect::{self, Feed, InspectError, SqliteCopy, kind};
+use crate::manifest::{Lookup, compare_counts, lookup};
 
 /// What a sound backup turned out to be.
 #[derive(Debug)]
@@ -24,6 +26,7 @@ pub struct Report {
     pub checksum: ChecksumCheck,
     /// A Fernet token whose tag verified.
     pub encrypted: bool,
+    pub manifest: ManifestCheck,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -32,12 +35,29 @@ pub enum ChecksumCheck {
     NoSidecar,
 }
 
+/// The manifest of a sound file, against the file's own stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ManifestCheck {
+    /// Every table's count, and the uncompressed size, as the manifest says.
+    Matched { path: PathBuf, tables: usize },
+    /// A manifest for this file, but a kind whose rows the stream does not
+    /// show (a custom-format dump): only the size was compared.
+    NotCounted { path: PathBuf },
+    /// No usable manifest; why (from [`lookup::find`]).
+    Missing { note: String },
+}
+
 /// Verifies `path`; `keys` decrypt an `.enc` file (`Err` holds why there
 /// are none, for the message). The file is opened once (no symlink, no
 /// FIFO) and every pass reads that descriptor, as a restore does.
+///
+/// The manifest is looked for beside the file and in `backup_dir`
+/// ([`lookup::find`]); one found must agree with the stream: the same
+/// uncompressed size and, for a plain dump or SQLite, every table's count.
 pub async fn verify(
     path: &Path,
     keys: std::result::Result<Option<&KeyRing>, String>,
+    backup_dir: Option<&Path>,
 ) -> Result<Report> {
     let file =
         Arc::new(read::open(path).map_err(|reason| Error::verify(path, reason.to_string()))?);
@@ -94,6 +114,17 @@ pub async fn verify(
         ring,
     };
     let inspected = inspect::inspect(kind, sqlite_copy, move |feed| source.decode_into(feed)).await;
+    // SQLite's rows are counted in the checked copy, before it goes.
+    let sqlite_rows = match (&scratch, &inspected) {
+        (Some(scratch), Ok(_)) => {
+            let copy = scratch.path().to_path_buf();
+            tokio::task::spawn_blocking(move || crate::manifest::sqlite_table_counts(&copy))
+                .await
+                .map_err(|e| Error::Other(format!("the counting task failed: {e}")))?
+                .ok()
+        }
+        _ => None,
+    };
     drop(scratch);
 
     // A checksum mismatch explains a damaged stream (or a damaged content)
@@ -122,20 +153,58 @@ pub async fn verify(
             ChecksumCheck::NoSidecar
         }
     };
-    let (sound, _) = inspected.map_err(|failure| match failure {
+    let (sound, sha256) = inspected.map_err(|failure| match failure {
         Failure::Unsound(InspectError::WriteCopy { path, source }) => {
             Error::io("write", &path, source)
         }
         Failure::Unsound(reason) => Error::verify(path, reason.to_string()),
         Failure::Other(e) => e,
     })?;
+    let rows = sound.rows.clone().or(sqlite_rows);
+    let manifest = check_manifest(path, &sha256, backup_dir, sound.raw_bytes, rows.as_ref())?;
     Ok(Report {
         kind: kind.payload.describe(),
         compressed_bytes: size,
         raw_bytes: sound.raw_bytes,
         checksum,
         encrypted,
+        manifest,
     })
+}
+
+/// The manifest of the file whose SHA-256 is `sha256`, against what its
+/// stream held: a disagreement is the verdict, naming the tables.
+fn check_manifest(
+    path: &Path,
+    sha256: &str,
+    backup_dir: Option<&Path>,
+    raw_bytes: u64,
+    rows: Option<&BTreeMap<String, u64>>,
+) -> Result<ManifestCheck> {
+    let (manifest, at) = match lookup::find(path, sha256, backup_dir) {
+        Lookup::Found { manifest, path } => (manifest, path),
+        Lookup::NotFound { note } => return Ok(ManifestCheck::Missing { note }),
+    };
+    if manifest.uncompressed_bytes != raw_bytes {
+        return Err(Error::verify(
+            path,
+            format!(
+                "it holds {raw_bytes} bytes of data but its manifest {} says {}",
+                at.display(),
+                manifest.uncompressed_bytes
+            ),
+        ));
+    }
+    let Some(rows) = rows else {
+        return Ok(ManifestCheck::NotCounted { path: at });
+    };
+    match compare_counts(&manifest.tables, rows) {
+        Ok(tables) => Ok(ManifestCheck::Matched { path: at, tables }),
+        Err(mismatch) => Err(Error::verify(
+            path,
+            format!("{mismatch} ({})", at.display()),
+        )),
+    }
 }
 
 /// Why the pass over the file failed: the file, or reading it.
@@ -314,7 +383,7 @@ mod tests {
         for (name, bytes, sound) in files(dir.path(), &key) {
             let path = inbox.join(name);
             std::fs::write(&path, &bytes).unwrap();
-            let verified = verify(&path, Ok(Some(&ring))).await;
+            let verified = verify(&path, Ok(Some(&ring)), None).await;
             let kind = classify(name).unwrap();
             let database = match kind.payload {
                 Payload::Sqlite => &sqlite,

@@ -8,14 +8,17 @@
 
 pub mod pgzip;
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::crypto::fernet::{FernetWriter, Key};
 use crate::error::{Error, Result};
+use crate::manifest::{DatabaseInfo, Digest as ManifestDigest, Manifest, manifest_path};
 use pgzip::ParallelGzip;
 
 /// Suffix of the temporary name a backup is written under (`.NAME.partial`).
@@ -30,40 +33,70 @@ pub struct Committed {
     /// Bytes fed into the compressor.
     pub raw_bytes: u64,
     pub sha256: String,
+    /// `NAME.manifest.json`, when the source could describe the data.
+    pub manifest: Option<PathBuf>,
 }
 
-/// Counts and hashes everything written to the file below it.
-struct HashingFile {
-    file: BufWriter<File>,
+/// Counts and hashes everything written through it.
+struct Hashing<W> {
+    inner: W,
     hasher: Sha256,
     written: u64,
 }
 
-impl Write for HashingFile {
+impl<W> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
+    }
+
+    /// The writer below, and the size and SHA-256 of what went through.
+    fn into_parts(self) -> (W, u64, String) {
+        (
+            self.inner,
+            self.written,
+            hex::encode(self.hasher.finalize()),
+        )
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
+        let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        self.inner.flush()
     }
 }
 
-/// What the compressor writes to: the file, or a Fernet token in the file.
+/// The file on disk, hashed as it is written.
+type HashingFile = Hashing<BufWriter<File>>;
+
+/// What the compressor writes to: the file, or a Fernet token in the file
+/// (with the gzip stream hashed on its way in, for the manifest).
 enum Sink {
     Plain(HashingFile),
-    Encrypted(Box<FernetWriter<HashingFile>>),
+    Encrypted(Box<Hashing<FernetWriter<HashingFile>>>),
 }
 
 impl Sink {
-    /// Ends the token, if any, and hands back the file.
-    fn finish(self) -> io::Result<HashingFile> {
+    /// Ends the token, if any, and hands back the file and, for an
+    /// encrypted backup, the size and SHA-256 of the gzip stream inside.
+    fn finish(self) -> io::Result<(HashingFile, Option<(u64, String)>)> {
         match self {
-            Sink::Plain(file) => Ok(file),
-            Sink::Encrypted(writer) => writer.finish().map(|(file, _)| file),
+            Sink::Plain(file) => Ok((file, None)),
+            Sink::Encrypted(writer) => {
+                let (writer, size, sha256) = writer.into_parts();
+                let (file, _) = writer.finish()?;
+                Ok((file, Some((size, sha256))))
+            }
         }
     }
 }
@@ -112,17 +145,13 @@ impl BackupFile {
         let partial = partial_path(dir, name);
         let file = crate::files::create_new(&partial)
             .map_err(|source| Error::io("create the backup file", &partial, source))?;
-        let file = HashingFile {
-            file: BufWriter::with_capacity(1 << 20, file),
-            hasher: Sha256::new(),
-            written: 0,
-        };
+        let file = Hashing::new(BufWriter::with_capacity(1 << 20, file));
         let sink = match key {
             None => Sink::Plain(file),
-            Some(key) => Sink::Encrypted(Box::new(
+            Some(key) => Sink::Encrypted(Box::new(Hashing::new(
                 FernetWriter::new(key, file)
                     .map_err(|source| Error::io("start the encryption of", &partial, source))?,
-            )),
+            ))),
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let gzip = ParallelGzip::new(sink, level, threads)
@@ -159,31 +188,51 @@ impl BackupFile {
     }
 
     /// Finishes the gzip stream, makes it durable and moves it to its final
-    /// name, then writes the `NAME.sha256` sidecar the same way.
-    pub fn commit(mut self) -> Result<Committed> {
+    /// name, after writing the `NAME.sha256` sidecar and, given what the
+    /// source knows of the data, the `NAME.manifest.json` the same way:
+    /// a backup under its final name always has both.
+    pub fn commit(mut self, contents: Option<Contents>) -> Result<Committed> {
         let gzip = self.gzip.take().expect("commit runs once");
         let partial = self.partial.clone();
-        let sink = gzip
+        let (file, inner_gzip) = gzip
             .finish()
             .map_err(|source| Error::io("compress", &partial, source))?
             .finish()
             .map_err(|source| Error::io("encrypt", &partial, source))?;
-        let HashingFile {
-            file,
-            hasher,
-            written,
-        } = sink;
+        let (file, written, sha256) = file.into_parts();
         let file = file
             .into_inner()
             .map_err(|e| Error::io("write", &partial, e.into_error()))?;
         file.sync_all()
             .map_err(|source| Error::io("fsync", &partial, source))?;
         drop(file);
-        let sha256 = hex::encode(hasher.finalize());
         let name = file_name(&self.final_path);
-        // The sidecar goes first: a backup under its final name always has one.
         let sidecar = sidecar_path(&self.final_path);
         write_atomically(&sidecar, format!("{sha256}  {name}\n").as_bytes())?;
+        let manifest = match contents {
+            Some(contents) => {
+                let manifest = Manifest {
+                    format_version: crate::manifest::FORMAT_VERSION,
+                    backup: name.clone(),
+                    database: contents.database,
+                    server_version: contents.server_version,
+                    pg_dump_version: contents.pg_dump_version,
+                    started_at: rfc3339(contents.started_at),
+                    finished_at: rfc3339(contents.finished_at),
+                    file: ManifestDigest {
+                        size: written,
+                        sha256: sha256.clone(),
+                    },
+                    gzip: inner_gzip.map(|(size, sha256)| ManifestDigest { size, sha256 }),
+                    uncompressed_bytes: self.raw_bytes,
+                    tables: contents.tables,
+                };
+                let path = manifest_path(&self.final_path);
+                write_atomically(&path, &manifest.to_json())?;
+                Some(path)
+            }
+            None => None,
+        };
         fs::rename(&partial, &self.final_path).map_err(|source| {
             Error::io("rename the finished backup to", &self.final_path, source)
         })?;
@@ -193,8 +242,25 @@ impl BackupFile {
             size: written,
             raw_bytes: self.raw_bytes,
             sha256,
+            manifest,
         })
     }
+}
+
+/// What the source knows of the data it streamed into a [`BackupFile`],
+/// for its manifest (the file's own digests are added at the commit).
+#[derive(Debug, Clone)]
+pub struct Contents {
+    pub database: DatabaseInfo,
+    pub server_version: Option<String>,
+    pub pg_dump_version: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub tables: BTreeMap<String, u64>,
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 impl Drop for BackupFile {
@@ -303,7 +369,7 @@ mod tests {
             BackupFile::create(dir.path(), "sqlite-20260101T000000Z.db.gz", 6, None).unwrap();
         file.write_all(b"hello").unwrap();
         assert!(partial_path(dir.path(), "sqlite-20260101T000000Z.db.gz").exists());
-        let done = file.commit().unwrap();
+        let done = file.commit(None).unwrap();
         assert!(done.path.exists());
         assert!(!partial_path(dir.path(), "sqlite-20260101T000000Z.db.gz").exists());
         let sidecar = fs::read_to_string(sidecar_path(&done.path)).unwrap();
@@ -328,7 +394,7 @@ mod tests {
         let mut file = BackupFile::create(dir.path(), name, 6, Some(&key)).unwrap();
         let data: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
         file.write_all(&data).unwrap();
-        let done = file.commit().unwrap();
+        let done = file.commit(None).unwrap();
         assert_eq!(done.size, fs::metadata(&done.path).unwrap().len());
         let mut gzip = Vec::new();
         decrypt_file(&KeyRing::from(key), &done.path, &mut gzip).unwrap();
@@ -337,6 +403,75 @@ mod tests {
             .read_to_end(&mut plain)
             .unwrap();
         assert!(plain == data);
+    }
+
+    fn contents(tables: &[(&str, u64)]) -> Contents {
+        use chrono::TimeZone;
+        Contents {
+            database: DatabaseInfo {
+                kind: "postgresql".into(),
+                name: "app".into(),
+            },
+            server_version: Some("18.1".into()),
+            pg_dump_version: Some("18.1".into()),
+            started_at: Utc.with_ymd_and_hms(2026, 12, 1, 3, 0, 0).unwrap(),
+            finished_at: Utc.with_ymd_and_hms(2026, 12, 1, 3, 0, 5).unwrap(),
+            tables: tables.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_committed_backup_has_a_manifest_describing_the_file_as_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "pg_dump-20261201T030000Z.sql.gz";
+        let mut file = BackupFile::create(dir.path(), name, 6, None).unwrap();
+        file.write_all(b"COPY public.t (id) FROM stdin;\n1\n\\.\n")
+            .unwrap();
+        let done = file.commit(Some(contents(&[("public.t", 1)]))).unwrap();
+        let at = done.manifest.clone().unwrap();
+        assert_eq!(at, manifest_path(&done.path));
+        let manifest = Manifest::read(&at).unwrap().unwrap();
+        assert_eq!(manifest.backup, name);
+        assert_eq!(manifest.file.sha256, done.sha256);
+        assert_eq!(manifest.file.size, done.size);
+        assert_eq!(manifest.gzip, None, "the file is the gzip stream");
+        assert_eq!(manifest.uncompressed_bytes, done.raw_bytes);
+        assert_eq!(manifest.started_at, "2026-12-01T03:00:00Z");
+        assert_eq!(manifest.tables.get("public.t"), Some(&1));
+        assert!(manifest.describes(&done.sha256));
+    }
+
+    #[test]
+    fn an_encrypted_backups_manifest_also_describes_the_gzip_inside() {
+        use crate::crypto::fernet::{KeyRing, decrypt_file};
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::generate();
+        let name = "pg_dump-20261201T030000Z.sql.gz.enc";
+        let mut file = BackupFile::create(dir.path(), name, 6, Some(&key)).unwrap();
+        file.write_all(&vec![b'x'; 200_000]).unwrap();
+        let done = file.commit(Some(contents(&[]))).unwrap();
+        let manifest = Manifest::read(&done.manifest.unwrap()).unwrap().unwrap();
+        let mut gzip = Vec::new();
+        decrypt_file(&KeyRing::from(key), &done.path, &mut gzip).unwrap();
+        let inner = manifest.gzip.clone().expect("the gzip inside is described");
+        assert_eq!(inner.size, gzip.len() as u64);
+        assert_eq!(inner.sha256, hex::encode(Sha256::digest(&gzip)));
+        assert_eq!(manifest.file.sha256, done.sha256);
+        assert!(
+            manifest.describes(&inner.sha256),
+            "the app's decrypted copy finds it"
+        );
+    }
+
+    #[test]
+    fn without_contents_there_is_no_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file =
+            BackupFile::create(dir.path(), "sqlite-20261201T030000Z.db.gz", 6, None).unwrap();
+        file.write_all(b"x").unwrap();
+        let done = file.commit(None).unwrap();
+        assert_eq!(done.manifest, None);
+        assert!(!manifest_path(&done.path).exists());
     }
 
     #[test]

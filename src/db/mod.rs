@@ -4,12 +4,48 @@
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
+
 use percent_encoding::percent_decode_str;
 
+use crate::archive::{BackupFile, Contents};
 use crate::error::{Error, Result};
+use crate::manifest::DatabaseInfo;
+
+/// A backup streamed into its file, not yet committed, and what the
+/// source knows of the data (for the manifest).
+pub struct Dumped {
+    pub file: BackupFile,
+    pub database: DatabaseInfo,
+    pub server_version: Option<String>,
+    pub pg_dump_version: Option<String>,
+    /// Every table's row count; `None` when they could not be counted
+    /// (the backup stands, without a manifest).
+    pub tables: Option<BTreeMap<String, u64>>,
+}
+
+impl Dumped {
+    /// The file, and the contents of its manifest (when there are counts).
+    pub fn into_parts(
+        self,
+        started_at: DateTime<Utc>,
+        finished_at: DateTime<Utc>,
+    ) -> (BackupFile, Option<Contents>) {
+        let contents = self.tables.map(|tables| Contents {
+            database: self.database,
+            server_version: self.server_version,
+            pg_dump_version: self.pg_dump_version,
+            started_at,
+            finished_at,
+            tables,
+        });
+        (self.file, contents)
+    }
+}
 
 /// The app's database, as named by `SQLALCHEMY_DATABASE_URI`/`DATABASE_URL`.
 #[derive(Clone, PartialEq, Eq)]

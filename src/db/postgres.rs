@@ -10,9 +10,10 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::PgTarget;
-use crate::archive::{self, BackupFile, Committed};
+use super::{Dumped, PgTarget};
+use crate::archive::{self, BackupFile};
 use crate::error::{Error, Result};
+use crate::manifest::{CopyRowCounter, DatabaseInfo};
 
 /// Arguments of every dump; plain SQL because the app's admin page reads it.
 pub const PG_DUMP_ARGS: &[&str] = &[
@@ -200,6 +201,11 @@ fn passfile_field(value: &str) -> String {
 
 /// Major version of the `pg_dump` on PATH, from `pg_dump --version`.
 pub async fn pg_dump_major() -> Result<u32> {
+    pg_dump_version().await.map(|(major, _)| major)
+}
+
+/// The `pg_dump` on PATH: its major version and its release (`18.1`).
+pub async fn pg_dump_version() -> Result<(u32, String)> {
     let out = crate::process::command("pg_dump")
         .arg("--version")
         .output()
@@ -210,12 +216,21 @@ pub async fn pg_dump_major() -> Result<u32> {
             ))
         })?;
     let text = String::from_utf8_lossy(&out.stdout);
-    parse_pg_dump_version(&text).ok_or_else(|| {
+    let unreadable = || {
         Error::Other(format!(
             "cannot read the version of pg_dump from '{}'",
             text.trim()
         ))
-    })
+    };
+    let major = parse_pg_dump_version(&text).ok_or_else(unreadable)?;
+    let release = parse_pg_dump_release(&text).ok_or_else(unreadable)?;
+    Ok((major, release))
+}
+
+/// `pg_dump (PostgreSQL) 18.1 (Debian 18.1-1.pgdg12+1)` → `18.1`.
+pub fn parse_pg_dump_release(text: &str) -> Option<String> {
+    let after = text.split(')').nth(1)?.trim();
+    after.split_whitespace().next().map(str::to_string)
 }
 
 /// `pg_dump (PostgreSQL) 18.1 (Debian 18.1-1.pgdg12+1)` → 18.
@@ -227,6 +242,12 @@ pub fn parse_pg_dump_version(text: &str) -> Option<u32> {
 
 /// Asks the server for `server_version_num`; also proves we can connect.
 pub async fn server_major(target: &PgTarget) -> Result<u32> {
+    server_version(target).await.map(|(major, _)| major)
+}
+
+/// The server's major version and its `server_version` (`18.1 (Debian …)`);
+/// also proves we can connect.
+pub async fn server_version(target: &PgTarget) -> Result<(u32, String)> {
     let out = command("psql", target)
         .args([
             "-X",
@@ -236,7 +257,7 @@ pub async fn server_major(target: &PgTarget) -> Result<u32> {
             "-v",
             "ON_ERROR_STOP=1",
             "-c",
-            "SHOW server_version_num",
+            "SELECT current_setting('server_version_num') || ' ' || current_setting('server_version')",
         ])
         .output()
         .await
@@ -254,17 +275,19 @@ pub async fn server_major(target: &PgTarget) -> Result<u32> {
         ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let num: u32 = text.trim().parse().map_err(|_| {
+    let (num, version) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+    let num: u32 = num.parse().map_err(|_| {
         Error::database(
             target.to_string(),
             format!("unexpected server_version_num '{}'", text.trim()),
         )
     })?;
-    Ok(if num >= 100_000 {
+    let major = if num >= 100_000 {
         num / 10_000
     } else {
         num / 100
-    })
+    };
+    Ok((major, version.to_string()))
 }
 
 /// pg_dump refuses servers newer than itself; say so before trying.
@@ -280,17 +303,19 @@ pub fn check_versions(target: &PgTarget, pg_dump: u32, server: u32) -> Result<()
     Ok(())
 }
 
-/// Dumps `target` into `file`. The file is committed only if pg_dump exits 0
-/// and its output ends with the completion trailer; otherwise it is removed.
+/// Dumps `target` into `file`, counting every table's rows from the COPY
+/// blocks on the way (see [`crate::manifest`]). The file is handed back for
+/// its commit only if pg_dump exits 0 and its output ends with the
+/// completion trailer; otherwise it is removed.
 pub async fn backup(
     target: &PgTarget,
     file: BackupFile,
     cancel: &CancellationToken,
     timeout: Duration,
-) -> Result<Committed> {
-    let dump_major = pg_dump_major().await?;
-    let server = tokio::select! {
-        s = server_major(target) => s?,
+) -> Result<Dumped> {
+    let (dump_major, dump_release) = pg_dump_version().await?;
+    let (server, server_release) = tokio::select! {
+        s = server_version(target) => s?,
         _ = cancel.cancelled() => return Err(Error::Cancelled),
     };
     check_versions(target, dump_major, server)?;
@@ -315,12 +340,14 @@ pub async fn backup(
     ));
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-    let writer = tokio::task::spawn_blocking(move || -> Result<BackupFile> {
+    let writer = tokio::task::spawn_blocking(move || -> Result<(BackupFile, CopyRowCounter)> {
         let mut file = file;
+        let mut rows = CopyRowCounter::new();
         while let Some(chunk) = rx.blocking_recv() {
+            rows.feed(&chunk);
             file.write_all(&chunk)?;
         }
-        Ok(file)
+        Ok((file, rows))
     });
 
     let pump = async {
@@ -361,7 +388,7 @@ pub async fn backup(
         .await
         .map_err(|e| Error::Other(format!("the compression task failed: {e}")))?;
     pumped?;
-    let file = file?;
+    let (file, rows) = file?;
     if !status.success() {
         let tail: Vec<&str> = stderr.tail().collect();
         let detail = if tail.is_empty() {
@@ -380,9 +407,29 @@ pub async fn backup(
             "pg_dump's output ended without '-- PostgreSQL database dump complete'; the dump is incomplete",
         ));
     }
-    tokio::task::spawn_blocking(move || file.commit())
-        .await
-        .map_err(|e| Error::Other(format!("the commit task failed: {e}")))?
+    let tables = match rows.finish() {
+        Ok(tables) => Some(tables),
+        Err(e) => {
+            // The dump itself is complete (pg_dump's exit and trailer say
+            // so): a line the counter took for a COPY header is not data.
+            tracing::warn!(error = %e, "the rows of this dump could not be counted; it gets no manifest");
+            None
+        }
+    };
+    Ok(Dumped {
+        file,
+        database: DatabaseInfo {
+            kind: "postgresql".into(),
+            name: target
+                .dbname
+                .clone()
+                .or_else(|| target.user.clone())
+                .unwrap_or_default(),
+        },
+        server_version: Some(server_release),
+        pg_dump_version: Some(dump_release),
+        tables,
+    })
 }
 
 fn one_line(text: &str) -> String {
@@ -412,6 +459,11 @@ mod tests {
             Some(19)
         );
         assert_eq!(parse_pg_dump_version("garbage"), None);
+        assert_eq!(
+            parse_pg_dump_release("pg_dump (PostgreSQL) 18.1 (Debian 18.1-1.pgdg12+1)\n")
+                .as_deref(),
+            Some("18.1")
+        );
     }
 
     #[test]

@@ -17,22 +17,24 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use tokio_util::sync::CancellationToken;
 
-use super::SqliteTarget;
-use crate::archive::{BackupFile, Committed};
+use super::{Dumped, SqliteTarget};
+use crate::archive::BackupFile;
 use crate::error::{Error, Result};
+use crate::manifest::DatabaseInfo;
 
 /// Suffix of the uncompressed snapshot kept beside a backup while it is made.
 pub const SNAPSHOT_SUFFIX: &str = ".snapshot";
 
 const READ_CHUNK: usize = 1 << 20;
 
-/// Snapshots `target` into `file` (a blocking call: run it off the runtime).
+/// Snapshots `target` into `file` (a blocking call: run it off the runtime),
+/// counting every table's rows in the snapshot before it is compressed.
 pub fn backup(
     target: &SqliteTarget,
     mut file: BackupFile,
     cancel: &CancellationToken,
     timeout: Duration,
-) -> Result<Committed> {
+) -> Result<Dumped> {
     let db = format!("sqlite:{}", target.path.display());
     let fail = |reason: String| Error::database(db.clone(), reason);
     match fs::metadata(&target.path) {
@@ -72,6 +74,13 @@ pub fn backup(
         // the name still leads to it.
         still_the_same_file(&reader, &snapshot.0)?;
     }
+    let tables = match crate::manifest::sqlite_table_counts(&sqlite_path) {
+        Ok(tables) => Some(tables),
+        Err(e) => {
+            tracing::warn!(error = %e, "the rows of this snapshot could not be counted; it gets no manifest");
+            None
+        }
+    };
 
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
@@ -88,7 +97,16 @@ pub fn backup(
     }
     drop(reader);
     drop(snapshot);
-    file.commit()
+    Ok(Dumped {
+        file,
+        database: DatabaseInfo {
+            kind: "sqlite".into(),
+            name: crate::archive::file_name(&target.path),
+        },
+        server_version: Some(rusqlite::version().to_string()),
+        pg_dump_version: None,
+        tables,
+    })
 }
 
 /// A path that names the open `file` itself (its `/proc/self/fd` link),

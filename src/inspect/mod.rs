@@ -22,7 +22,7 @@ pub mod read;
 pub mod sidecar;
 pub mod sql_scan;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -34,6 +34,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::archive::has_pg_dump_trailer;
 use crate::crypto::fernet::DecryptError;
+use crate::manifest::CopyRowCounter;
 use kind::{FileKind, Payload};
 use sql_scan::{Refusal, SqlScan};
 
@@ -93,6 +94,10 @@ pub struct Sound {
     pub raw_bytes: u64,
     /// A PostgreSQL dump's tables (`schema.table`), as the scan collected them.
     pub tables: Option<BTreeSet<String>>,
+    /// A plain-format dump's row count per table, from its COPY blocks
+    /// (see [`crate::manifest`]); `None` for other kinds, or when a COPY
+    /// block was left open.
+    pub rows: Option<BTreeMap<String, u64>>,
 }
 
 /// Where a SQLite payload is decompressed for its integrity check (SQLite
@@ -124,6 +129,7 @@ where
             Content::PlainSql {
                 tail: TailSink::default(),
                 scan: SqlScan::for_psql(),
+                rows: CopyRowCounter::new(),
             },
             None,
         ),
@@ -174,6 +180,7 @@ enum Content {
     PlainSql {
         tail: TailSink,
         scan: SqlScan,
+        rows: CopyRowCounter,
     },
     CustomDump {
         stdin: Option<UntilClosed<SyncIoBridge<ChildStdin>>>,
@@ -212,7 +219,7 @@ impl Feed {
     ) -> Result<Sound, InspectError> {
         let raw_bytes = self.raw_bytes;
         match self.content {
-            Content::PlainSql { tail, scan } => {
+            Content::PlainSql { tail, scan, rows } => {
                 let scanned = scan.finish().map_err(InspectError::Refused)?;
                 if !has_pg_dump_trailer(&tail.bytes) {
                     return Err(InspectError::NoTrailer);
@@ -220,6 +227,7 @@ impl Feed {
                 Ok(Sound {
                     raw_bytes,
                     tables: Some(scanned.tables),
+                    rows: rows.finish().ok(),
                 })
             }
             Content::CustomDump { .. } => {
@@ -238,6 +246,7 @@ impl Feed {
                 Ok(Sound {
                     raw_bytes,
                     tables: Some(scanned.tables),
+                    rows: None,
                 })
             }
             Content::Sqlite { out, path } => {
@@ -258,6 +267,7 @@ impl Feed {
                 Ok(Sound {
                     raw_bytes,
                     tables: None,
+                    rows: None,
                 })
             }
         }
@@ -268,9 +278,10 @@ impl Write for Feed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.content {
             // One pass feeds the trailer check and the scan.
-            Content::PlainSql { tail, scan } => {
+            Content::PlainSql { tail, scan, rows } => {
                 tail.write_all(buf)?;
                 scan.write_all(buf)?;
+                rows.feed(buf);
             }
             Content::CustomDump { stdin } => {
                 if let Some(stdin) = stdin {

@@ -105,6 +105,10 @@ pub struct SqlScan {
     line_is_data: bool,
     line_no: u64,
     in_copy: bool,
+    /// Inside a COPY header whose quoted table or column name holds a
+    /// newline (pg_dump writes such names as they are): the header goes on
+    /// until the quote closes.
+    header_open: bool,
     refusal: Option<Refusal>,
     scanned: Scanned,
 }
@@ -129,6 +133,7 @@ impl SqlScan {
             line_is_data: false,
             line_no: 0,
             in_copy: false,
+            header_open: false,
             refusal: None,
             scanned: Scanned::default(),
         }
@@ -193,8 +198,18 @@ impl SqlScan {
             }
             return;
         }
+        if self.header_open {
+            // A line of a quoted name: text, not a command.
+            if odd_quotes(content) {
+                self.header_open = false;
+                self.in_copy = content.ends_with(b" FROM stdin;");
+            }
+            return;
+        }
         if self.copy_header(content) {
             self.in_copy = true;
+        } else if content.starts_with(b"COPY ") && odd_quotes(content) {
+            self.header_open = true;
         }
         let trimmed = trim_start(content);
         if self.meta_commands && trimmed.first() == Some(&b'\\') && !is_dump_restrict(trimmed) {
@@ -218,7 +233,7 @@ impl SqlScan {
 
     /// pg_dump's own `COPY table (cols) FROM stdin;`.
     fn copy_header(&self, content: &[u8]) -> bool {
-        content.starts_with(b"COPY ") && content.ends_with(b" FROM stdin;")
+        content.starts_with(b"COPY ") && content.ends_with(b" FROM stdin;") && !odd_quotes(content)
     }
 
     /// Server-side programs and files, wherever they stand on the line.
@@ -247,6 +262,12 @@ impl SqlScan {
             }
         }
     }
+}
+
+/// An odd number of `"`: the line opens (or closes) a quoted name that
+/// goes on over the line end. A doubled `""` inside a name counts twice.
+fn odd_quotes(line: &[u8]) -> bool {
+    line.iter().filter(|&&b| b == b'"').count() % 2 == 1
 }
 
 impl io::Write for SqlScan {
@@ -453,6 +474,21 @@ mod tests {
             assert_eq!(tables, ["Odd.We\"ird", "public.accounts", "public.plain"]);
             assert_eq!(scanned.lines, DUMP.lines().count() as u64);
         }
+    }
+
+    #[test]
+    fn a_copy_header_whose_quoted_names_hold_newlines_starts_copy_data() {
+        let text = "CREATE TABLE public.\"new\nline\" (\"tab\tcol\" text);\n\
+            COPY public.\"new\nline\" (\"a\nb\", c) FROM stdin;\n\\! data, not a command\n\\.\n\
+            SELECT 1;\n";
+        scan(text).expect("pg_dump's own output");
+        scan_bytewise(text).expect("pg_dump's own output, in pieces");
+        let after = format!("{text}\\! not data\n");
+        let refusal = scan(&after).unwrap_err();
+        assert!(
+            refusal.contains("line 9") && refusal.contains("\\!"),
+            "{refusal}"
+        );
     }
 
     #[test]

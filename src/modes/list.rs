@@ -36,6 +36,7 @@ pub async fn run(
             match verify::verify(
                 &backup.path,
                 keys.as_ref().map(Option::as_ref).map_err(Clone::clone),
+                Some(&paths.backup_dir),
             )
             .await
             {

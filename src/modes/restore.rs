@@ -18,17 +18,19 @@ use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::events::{LogObserver, Observers};
 use crate::hooks::ShellHooks;
+use crate::manifest::record::{MANIFEST_SUFFIX, MAX_MANIFEST_BYTES, manifest_path};
 use crate::notify::message::NoticeContext;
 use crate::notify::notifier::{self, FailureRecord, Notifier};
 use crate::offsite;
 use crate::restore::check;
-use crate::restore::containers::ContainerPolicy;
+use crate::restore::containers::{ContainerPolicy, StopWait};
 use crate::restore::error::{REQUIRE_ENCRYPTED_REASON, Unfinished};
 use crate::restore::kind;
 use crate::restore::postgres as pg_restore;
 use crate::restore::procedure::{Origin, Procedure, Settings};
 use crate::restore::state::{RestoreState, StateFile};
 use crate::restore::target::LiveDatabase;
+use crate::state::RestoreStatusFile;
 use crate::store::Kind;
 use crate::store::local::DirLock;
 use crate::store::s3::{S3Store, parse_s3_url};
@@ -41,7 +43,7 @@ fn container_policy(cfg: &RestoreConfig) -> ContainerPolicy {
         start: cfg.start_containers.clone(),
         allow_missing: cfg.allow_missing_containers,
         stop_timeout: cfg.stop_timeout,
-        stop_wait: cfg.stop_wait,
+        stop_wait: StopWait::from_setting(cfg.stop_wait),
         start_wait: cfg.start_wait,
         start_retry: cfg.start_retry,
         health_timeout: cfg.health_timeout,
@@ -230,7 +232,13 @@ impl Service {
             None,
             Some(notification_errors.clone() as Arc<dyn FailureRecord>),
         )?;
-        let mut observers = Observers::new().with(Arc::new(LogObserver));
+        let mut observers =
+            Observers::new()
+                .with(Arc::new(LogObserver))
+                .with(Arc::new(RestoreStatusFile::new(
+                    &cfg.backup.paths.status_file,
+                    Box::new(SystemClock),
+                )));
         if let Some(notifier) = &notifier {
             observers.push(notifier.clone());
         }
@@ -463,7 +471,11 @@ impl Service {
             .join("downloads");
         crate::files::create_dir_all(&dir).map_err(|e| Error::io("create the folder", &dir, e))?;
         let dest = dir.join(&name);
-        let _ = std::fs::remove_file(&dest);
+        let manifest = manifest_path(&dest);
+        // Only this download's manifest may lie beside it.
+        for stale in [&dest, &manifest] {
+            let _ = std::fs::remove_file(stale);
+        }
         let downloaded = store.download(key, &dest, cancel).await?;
         if !downloaded.checksum_verified {
             let _ = std::fs::remove_file(&dest);
@@ -478,15 +490,58 @@ impl Service {
             checksum_verified = downloaded.checksum_verified,
             "downloaded"
         );
+        if let Err(e) = self.download_manifest(store, key, &manifest, cancel).await {
+            let _ = std::fs::remove_file(&dest);
+            return Err(e);
+        }
         // The downloads folder is not ours alone: the check must read the
         // very bytes the download hashed against the sidecar.
         let result = self
             .one_shot(&dest, false, Some(&downloaded.sha256), cancel)
             .await;
-        if let Err(e) = std::fs::remove_file(&dest) {
-            tracing::warn!(file = %dest.display(), error = %e, "cannot remove the downloaded copy");
+        for file in [&dest, &manifest] {
+            if let Err(e) = std::fs::remove_file(file)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(file = %file.display(), error = %e, "cannot remove the downloaded copy");
+            }
         }
         result
+    }
+
+    /// `KEY.manifest.json` into `dest` (beside the downloaded backup, where
+    /// the restore's manifest lookup finds it) when the bucket has it. It
+    /// has no `.sha256` of its own: the lookup believes it only when it
+    /// records the SHA-256 of the backup the check read. Missing is fine
+    /// (a backup from before manifests; the history says "no manifest");
+    /// one that exists but cannot be downloaded, or is larger than
+    /// [`MAX_MANIFEST_BYTES`], refuses the restore before anything is
+    /// touched: its row count check would otherwise be skipped unseen.
+    async fn download_manifest(
+        &self,
+        store: &S3Store,
+        key: &str,
+        dest: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let manifest_key = format!("{key}{MANIFEST_SUFFIX}");
+        match store
+            .download_if_present(&manifest_key, dest, MAX_MANIFEST_BYTES, cancel)
+            .await
+        {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                tracing::info!(
+                    manifest = %store.url_for(&manifest_key),
+                    "the bucket has no manifest of this backup; its row counts are not checked"
+                );
+                Ok(())
+            }
+            Err(Error::Cancelled) => Err(Error::Cancelled),
+            Err(e) => Err(Error::Other(format!(
+                "{e}; the restore is refused rather than run without the manifest's row count check (remove that object from the bucket to restore unchecked)"
+            ))),
+        }
     }
 
     async fn one_shot(

@@ -6,7 +6,7 @@ use crate::cli::{DirArgs, EncryptionArgs};
 use crate::config::{Paths, load_keys};
 use crate::crypto::keys::KEY_FILE_NAME;
 use crate::error::Result;
-use crate::verify::{self, ChecksumCheck};
+use crate::verify::{self, ChecksumCheck, ManifestCheck};
 
 pub async fn run(file: &Path, dir: &DirArgs, encryption: &EncryptionArgs) -> Result<()> {
     // The file's own folder may hold its key, as BACKUP_DIR does.
@@ -14,12 +14,14 @@ pub async fn run(file: &Path, dir: &DirArgs, encryption: &EncryptionArgs) -> Res
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let keys = load_keys(encryption, &Paths::from_args(dir)?)?
-        .with_decrypt_only_file(own_folder.join(KEY_FILE_NAME))?;
+    let paths = Paths::from_args(dir)?;
+    let keys =
+        load_keys(encryption, &paths)?.with_decrypt_only_file(own_folder.join(KEY_FILE_NAME))?;
     let ring = keys.for_decryption();
     let report = verify::verify(
         file,
         ring.as_ref().map(Option::as_ref).map_err(Clone::clone),
+        Some(&paths.backup_dir),
     )
     .await?;
     let checksum = match report.checksum {
@@ -31,8 +33,20 @@ pub async fn run(file: &Path, dir: &DirArgs, encryption: &EncryptionArgs) -> Res
     } else {
         ""
     };
+    let manifest = match &report.manifest {
+        ManifestCheck::Matched { path, tables } => format!(
+            "row counts of {tables} table{} match {}",
+            if *tables == 1 { "" } else { "s" },
+            path.display()
+        ),
+        ManifestCheck::NotCounted { path } => format!(
+            "size matches {} (rows not counted in this format)",
+            path.display()
+        ),
+        ManifestCheck::Missing { note } => note.clone(),
+    };
     println!(
-        "{}: OK ({}{encrypted}, {} bytes on disk, {} bytes of data, {checksum})",
+        "{}: OK ({}{encrypted}, {} bytes on disk, {} bytes of data, {checksum}, {manifest})",
         file.display(),
         report.kind,
         report.compressed_bytes,

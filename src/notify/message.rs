@@ -767,6 +767,7 @@ mod tests {
             phase: Phase::Loading,
             duration: Duration::from_secs(1),
             error: Failure::new(FailureKind::Database, "psql: syntax error at line 3"),
+            downtime: None,
         };
         let dropped = Notice::restore_failed(&failure, Some(Origin::Dropped), &ctx(), at(6));
         assert_eq!(dropped.severity, Severity::Error);

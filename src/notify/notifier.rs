@@ -911,6 +911,7 @@ pub(crate) mod tests {
                 phase: Phase::Checking,
                 duration: Duration::ZERO,
                 error: Failure::new(FailureKind::Verify, "not a gzip stream"),
+                downtime: None,
             }
             .into(),
         );

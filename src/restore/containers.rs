@@ -11,6 +11,7 @@ use crate::clock::Clock;
 use crate::container::{ContainerControl, HealthOutcome, StopReceipt};
 use crate::restore::error::{RestoreError, StartError, StartFailure};
 use crate::restore::state::InProgress;
+use crate::restore::target::Order;
 
 /// Backoff between attempts to start a container while the engine does not
 /// answer: 1 s, doubling, at most 30 s, within RESTORE_START_RETRY_SECONDS.
@@ -27,11 +28,59 @@ pub struct ContainerPolicy {
     pub start: Vec<String>,
     pub allow_missing: bool,
     pub stop_timeout: Duration,
-    pub stop_wait: Duration,
+    pub stop_wait: StopWait,
     pub start_wait: Duration,
     /// How long starting is retried while the engine does not answer.
     pub start_retry: Duration,
     pub health_timeout: Duration,
+}
+
+/// `RESTORE_STOP_WAIT_SECONDS` left unset: the old helper's 5 s, in the
+/// orders where it still protects something.
+pub const DEFAULT_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a restore waits after its containers have stopped, by its order.
+///
+/// The old helper waited so that what the stopped app left behind (sessions
+/// the server had not yet seen close, a pooler's connections, a last write
+/// to the SQLite file from a process not stopped) was gone before it touched
+/// the database. The staging swap needs no such wait: it ends the live
+/// database's remaining sessions itself and retries when they come back,
+/// and a wait there would be outage and nothing else. The stop-first orders
+/// (inplace, SQLite) touch the live database right after the stop (safety
+/// backup, load) and are down for the whole load anyway, so they keep it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StopWait {
+    /// Before the safety backup and load of an inplace or SQLite restore.
+    pub stop_first: Duration,
+    /// Before a staging swap, inside the outage.
+    pub load_while_running: Duration,
+}
+
+impl StopWait {
+    /// From `RESTORE_STOP_WAIT_SECONDS`: a value the operator set is waited
+    /// in every order (they may know of something else to wait for);
+    /// unset, [`DEFAULT_STOP_WAIT`] in the stop-first orders and none
+    /// before a staging swap.
+    pub fn from_setting(seconds: Option<u64>) -> Self {
+        match seconds {
+            Some(seconds) => StopWait {
+                stop_first: Duration::from_secs(seconds),
+                load_while_running: Duration::from_secs(seconds),
+            },
+            None => StopWait {
+                stop_first: DEFAULT_STOP_WAIT,
+                load_while_running: Duration::ZERO,
+            },
+        }
+    }
+
+    pub fn after_stopping(&self, order: Order) -> Duration {
+        match order {
+            Order::StopFirst => self.stop_first,
+            Order::LoadWhileRunning => self.load_while_running,
+        }
+    }
 }
 
 impl ContainerPolicy {
@@ -272,5 +321,30 @@ pub async fn settle_in_flight_stops(
                 _ => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stop_wait_left_unset_spares_the_staging_swap_and_a_value_set_applies_everywhere() {
+        let unset = StopWait::from_setting(None);
+        assert_eq!(unset.after_stopping(Order::StopFirst), DEFAULT_STOP_WAIT);
+        assert_eq!(
+            unset.after_stopping(Order::LoadWhileRunning),
+            Duration::ZERO
+        );
+
+        let set = StopWait::from_setting(Some(7));
+        assert_eq!(set.after_stopping(Order::StopFirst), Duration::from_secs(7));
+        assert_eq!(
+            set.after_stopping(Order::LoadWhileRunning),
+            Duration::from_secs(7)
+        );
+
+        let zero = StopWait::from_setting(Some(0));
+        assert_eq!(zero.after_stopping(Order::StopFirst), Duration::ZERO);
     }
 }

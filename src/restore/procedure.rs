@@ -335,6 +335,7 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                 phase: failed.phase.clone(),
                 duration: elapsed,
                 error: Failure::from(&failed.error),
+                downtime: attempt.downtime,
             }
             .into(),
         };
@@ -534,7 +535,10 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                     .stage_and_compare(&staged, checked, &mut attempt, &mut state)
                     .await
                 {
-                    Ok(copy) => match self.stop(path, &to_stop, &mut attempt, &mut state).await {
+                    Ok(copy) => match self
+                        .stop(path, &to_stop, order, &mut attempt, &mut state)
+                        .await
+                    {
                         Ok(()) => self.swap(&staged, copy, &mut attempt, &mut state).await,
                         Err(failed) => {
                             let outcome = self.target.abandon(copy).await;
@@ -547,7 +551,8 @@ impl<T: RestoreTarget> Procedure<'_, T> {
             }
             Order::StopFirst => {
                 async {
-                    self.stop(path, &to_stop, &mut attempt, &mut state).await?;
+                    self.stop(path, &to_stop, order, &mut attempt, &mut state)
+                        .await?;
                     self.safety_of_live(path, &mut attempt, &mut state, cancel)
                         .await?;
                     let copy = self
@@ -838,11 +843,13 @@ impl<T: RestoreTarget> Procedure<'_, T> {
         Ok(checked)
     }
 
-    /// Stops the containers, each intent written before its request.
+    /// Stops the containers, each intent written before its request, then
+    /// waits what `RESTORE_STOP_WAIT_SECONDS` asks for this `order`.
     async fn stop(
         &self,
         path: &Path,
         to_stop: &[String],
+        order: Order,
         attempt: &mut Attempt,
         state: &mut RestoreState,
     ) -> Result<(), Failed> {
@@ -909,8 +916,11 @@ impl<T: RestoreTarget> Procedure<'_, T> {
                 }
             }
         }
-        if !to_stop.is_empty() {
-            tokio::time::sleep(self.settings.containers.stop_wait).await;
+        // Before a staging swap this is outage and nothing else, unless the
+        // operator set it (see `StopWait`).
+        let wait = self.settings.containers.stop_wait.after_stopping(order);
+        if !to_stop.is_empty() && !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         Ok(())
     }
@@ -1026,6 +1036,7 @@ pub(crate) mod tests {
     use crate::container::fake::{Call, FakeContainers, Op};
     use crate::events::{Event, Recorder};
     use crate::hooks::{FakeHooks, HookError};
+    use crate::restore::containers::StopWait;
     use crate::restore::fakes::{FailAt, FakeTarget, FixedClock, MemoryState};
     use crate::restore::kind::Payload;
 
@@ -1704,6 +1715,58 @@ pub(crate) mod tests {
             unreachable!()
         };
         assert!(done.downtime.is_some());
+    }
+
+    /// The stop wait in force for each order, the other order's an hour:
+    /// a restore that waited the wrong one would not finish.
+    fn waiting(order: Order, wait: std::time::Duration) -> Stack {
+        let hour = std::time::Duration::from_secs(3600);
+        let mut stack = Stack::new(FakeTarget::ordered(order));
+        stack.settings.containers.stop_wait = match order {
+            Order::StopFirst => StopWait {
+                stop_first: wait,
+                load_while_running: hour,
+            },
+            Order::LoadWhileRunning => StopWait {
+                stop_first: hour,
+                load_while_running: wait,
+            },
+        };
+        stack
+    }
+
+    async fn downtime_of(stack: &Stack) -> f64 {
+        let (_, result) = tokio::time::timeout(std::time::Duration::from_secs(60), stack.restore())
+            .await
+            .expect("the restore waited the other order's stop wait");
+        result.unwrap();
+        stack
+            .newest()
+            .downtime_seconds
+            .expect("containers were stopped")
+    }
+
+    #[tokio::test]
+    async fn the_staging_swap_waits_after_the_stop_only_when_the_operator_asked() {
+        // RESTORE_STOP_WAIT_SECONDS unset: nothing before the staging swap.
+        let unset = waiting(Order::LoadWhileRunning, std::time::Duration::ZERO);
+        assert!(downtime_of(&unset).await < 60.0);
+        assert_eq!(
+            unset.stops_and_starts(),
+            ["stop web", "stop worker", "start web", "start worker"]
+        );
+        // Set: waited there too, inside the outage.
+        let set = waiting(
+            Order::LoadWhileRunning,
+            std::time::Duration::from_millis(300),
+        );
+        assert!(downtime_of(&set).await >= 0.3);
+    }
+
+    #[tokio::test]
+    async fn the_stop_first_order_keeps_its_stop_wait_before_touching_the_live_database() {
+        let stack = waiting(Order::StopFirst, std::time::Duration::from_millis(300));
+        assert!(downtime_of(&stack).await >= 0.3);
     }
 
     /// A manifest beside the dropped file, for the fake's checked SHA-256.

@@ -92,8 +92,8 @@ impl DirLock {
 }
 
 /// Suffixes of the files that belong to a backup and mean nothing without
-/// it (a manifest would join the checksum here).
-pub const COMPANION_SUFFIXES: &[&str] = &[".sha256"];
+/// it: the checksum and the manifest.
+pub const COMPANION_SUFFIXES: &[&str] = &[".sha256", crate::manifest::MANIFEST_SUFFIX];
 
 /// The status file's default name; `.NAME.tmp` was its temporary name
 /// before temporary names became random.
@@ -175,13 +175,18 @@ fn leftover_kind(dir: &Path, name: &str) -> Option<&'static str> {
             .find_map(|suffix| inner.strip_suffix(suffix))?;
         return is_our_backup_name(backup).then_some("temporary checksum file");
     }
-    let backup = COMPANION_SUFFIXES
-        .iter()
-        .find_map(|suffix| name.strip_suffix(suffix))?;
+    let (backup, what) = if let Some(backup) = name.strip_suffix(".sha256") {
+        (backup, "checksum file without its backup")
+    } else {
+        (
+            name.strip_suffix(crate::manifest::MANIFEST_SUFFIX)?,
+            "manifest without its backup",
+        )
+    };
     let orphan = is_our_backup_name(backup)
         && matches!(fs::symlink_metadata(dir.join(backup)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound);
-    orphan.then_some("checksum file without its backup")
+    orphan.then_some(what)
 }
 
 /// Removes [`leftovers`] and logs each one; call it only while holding
@@ -387,16 +392,22 @@ pub fn free_name(dir: &Path, kind: Kind, now: DateTime<Utc>, encrypted: bool) ->
         .with_encryption(encrypted)
 }
 
-/// Deletes a backup and its sidecar.
+/// Deletes a backup, then its checksum and manifest (a kill between the
+/// two leaves companions without a backup, which [`leftovers`] finds).
 pub fn delete(backup: &StoredBackup) -> Result<()> {
     fs::remove_file(&backup.path)
         .map_err(|e| Error::io("delete the old backup", &backup.path, e))?;
-    let sidecar = archive::sidecar_path(&backup.path);
-    match fs::remove_file(&sidecar) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("delete the checksum file", &sidecar, e)),
+    for suffix in COMPANION_SUFFIXES {
+        let mut companion = backup.path.as_os_str().to_owned();
+        companion.push(suffix);
+        let companion = PathBuf::from(companion);
+        match fs::remove_file(&companion) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("delete the companion file", &companion, e)),
+        }
     }
+    Ok(())
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
@@ -486,6 +497,30 @@ mod tests {
     }
 
     #[test]
+    fn deleting_a_backup_takes_its_checksum_and_manifest_and_listings_never_show_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "pg_dump-20200101T000000Z.sql.gz";
+        for file in [
+            name.to_string(),
+            format!("{name}.sha256"),
+            format!("{name}.manifest.json"),
+        ] {
+            fs::write(dir.path().join(file), b"x").unwrap();
+        }
+        let now = SystemClock.now();
+        let listed: Vec<String> = list_all(dir.path(), now)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.file_name)
+            .collect();
+        assert_eq!(listed, [name]);
+        let ours = list_at(dir.path(), now).unwrap();
+        assert_eq!(ours.len(), 1);
+        delete(&ours[0]).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn only_our_leftovers_are_cleaned_up() {
         let dir = tempfile::tempdir().unwrap();
         let ours = [
@@ -501,6 +536,8 @@ mod tests {
             ".backupd-tmp-Ab12Cd",
             "sqlite-20200101T000000Z-2.db.gz.sha256",
             "pre-restore-pg_dump-20200101T000000Z.sql.gz.sha256",
+            "sqlite-20200101T000000Z-2.db.gz.manifest.json",
+            "pre-restore-pg_dump-20200101T000000Z.sql.gz.manifest.json",
         ];
         let theirs = [
             ".encryption_key",
@@ -509,7 +546,9 @@ mod tests {
             ".backupd.lock",
             "pg_dump-20200101T000000Z.sql.gz",
             "pg_dump-20200101T000000Z.sql.gz.sha256",
+            "pg_dump-20200101T000000Z.sql.gz.manifest.json",
             "sqlite-manual-20200101.db.gz",
+            "sqlite-manual-20200101.db.gz.manifest.json",
             "sqlite-manual-20200101.db.gz.sha256",
             "notes.txt.sha256",
             ".notes.sha256.tmp",

@@ -86,14 +86,17 @@ pub fn work_files(dir: &Path) -> Vec<String> {
 }
 
 /// After a failed run: neither a backup under a final name (other than those
-/// listed in `existing`, and their `.sha256` sidecars) nor a partial/work
+/// listed in `existing`, and their `.sha256` sidecars and manifests) nor a partial/work
 /// file remains.
 pub fn assert_no_new_backup(dir: &Path, existing: &[String]) {
     let names = dir_names(dir);
     let new: Vec<&String> = names
         .iter()
         .filter(|n| {
-            let base = n.strip_suffix(".sha256").unwrap_or(n);
+            let base = n
+                .strip_suffix(".sha256")
+                .or_else(|| n.strip_suffix(".manifest.json"))
+                .unwrap_or(n);
             (n.starts_with("pg_dump-") || n.starts_with("sqlite-"))
                 && !existing.iter().any(|e| e == base)
         })
@@ -173,4 +176,9 @@ pub fn insert_in_middle(sql: &str, line: &str) -> (String, usize) {
     out.push(line);
     out.extend_from_slice(&lines[at..]);
     (out.join("\n") + "\n", at + 1)
+}
+
+/// A file that belongs to a backup beside it: its `.sha256` or its manifest.
+pub fn is_companion(name: &str) -> bool {
+    name.ends_with(".sha256") || name.ends_with(".manifest.json")
 }

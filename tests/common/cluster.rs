@@ -354,9 +354,9 @@ impl PgCluster {
         sums
     }
 
-    /// Every ordinary table of `db` (leaf partitions included, user schemas)
-    /// as `format('%I.%I')` with its `count(*) FROM ONLY`: what a backup's
-    /// manifest records for it.
+    /// Every ordinary table of `db` (leaf partitions included, every user
+    /// schema) as `format('%I.%I')` names it, with its `count(*) FROM ONLY`
+    /// as the server sees it: the names and counts a manifest records.
     pub fn row_counts(&self, db: &str) -> BTreeMap<String, u64> {
         let listing = self.psql(
             db,
@@ -364,7 +364,7 @@ impl PgCluster {
              (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', \
              n.nspname, c.relname), false, true, '')))[1]::text, E'\\x1f'), '') \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
              AND n.nspname NOT LIKE 'pg\\_%'",
         );
         listing
@@ -386,6 +386,22 @@ impl PgCluster {
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect()
+    }
+
+    /// The oid of database `name` (which must exist): a database keeps it
+    /// through a rename, so an unchanged oid under the live name means the
+    /// live database was never swapped.
+    pub fn database_oid(&self, name: &str) -> u32 {
+        let oid = self.psql(
+            "postgres",
+            &format!(
+                "SELECT oid FROM pg_database WHERE datname = '{}'",
+                name.replace('\'', "''")
+            ),
+        );
+        oid.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no database {name:?} (oid query said {oid:?})"))
     }
 
     /// Every sequence in schema public with its last value.

@@ -121,6 +121,25 @@ pub fn sqlite_tables(conn: &rusqlite::Connection) -> Vec<String> {
         .collect()
 }
 
+/// `count(*)` of every user table (not SQLite's own `sqlite_*`), as this
+/// connection sees them.
+pub fn sqlite_row_counts(conn: &rusqlite::Connection) -> BTreeMap<String, u64> {
+    sqlite_tables(conn)
+        .into_iter()
+        .filter(|t| !t.starts_with("sqlite_"))
+        .map(|t| {
+            let n: i64 = conn
+                .query_row(
+                    &format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\"")),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (t, n as u64)
+        })
+        .collect()
+}
+
 /// Every row of every table, each row rendered deterministically (blobs as
 /// hex, reals by their bits), rows sorted (so WITHOUT ROWID tables work too).
 pub fn sqlite_contents(conn: &rusqlite::Connection) -> BTreeMap<String, Vec<String>> {

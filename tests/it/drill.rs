@@ -307,9 +307,9 @@ fn a_sqlite_backup_is_drilled_in_a_private_copy_that_is_removed_afterwards() {
     let tmp = temp_dir();
     let backup = app.backupd().once().backup_path();
     ensure_manifest(&backup, "sqlite", || {
-        backupd::manifest::sqlite_table_counts(&app.db).unwrap()
+        sqlite_row_counts(&rusqlite::Connection::open(&app.db).unwrap())
     });
-    let counts = backupd::manifest::sqlite_table_counts(&app.db).unwrap();
+    let counts = sqlite_row_counts(&rusqlite::Connection::open(&app.db).unwrap());
     let (table, rows) = counts
         .iter()
         .find(|(_, n)| **n > 0)
@@ -374,7 +374,7 @@ fn an_encrypted_backup_is_decrypted_privately_and_drilled() {
     let backup = backupd.once().backup_path();
     assert!(file_name(&backup).ends_with(".enc"), "{}", backup.display());
     ensure_manifest(&backup, "sqlite", || {
-        backupd::manifest::sqlite_table_counts(&app.db).unwrap()
+        sqlite_row_counts(&rusqlite::Connection::open(&app.db).unwrap())
     });
 
     let run = backupd

@@ -56,7 +56,7 @@ fn metric(port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// The manifest beside `backup`, claiming the SQLite database's real counts
 /// (or `wrong` more rows in its first table).
 fn sqlite_manifest(backup: &Path, db: &Path, wrong: u64) {
-    let counts = backupd::manifest::sqlite_table_counts(db).unwrap();
+    let counts = sqlite_row_counts(&rusqlite::Connection::open(db).unwrap());
     let mut tables: Vec<(&str, u64)> = counts.iter().map(|(t, n)| (t.as_str(), *n)).collect();
     tables[0].1 += wrong;
     write_manifest_claiming(backup, "sqlite", &tables);

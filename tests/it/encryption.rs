@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::{
     Backupd, PG_APP_DB, PgCluster, SqliteApp, assert_same_sqlite_contents, assert_sha256sum_c,
-    file_name, poll, python, read_status, require_postgres, require_python_fernet, sqlite_contents,
-    sqlite_small, sqlite_url, temp_dir,
+    file_name, is_companion, poll, python, read_status, require_postgres, require_python_fernet,
+    sqlite_contents, sqlite_small, sqlite_url, temp_dir,
 };
 
 /// Python decrypts the token in argv[2] with the key argv[1] into argv[3].
@@ -397,7 +397,7 @@ fn an_encrypted_postgres_backup_restores_and_the_safety_backup_is_encrypted_too(
     let safety: Vec<String> = fs::read_dir(&backups)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("pre-restore-") && !n.ends_with(".sha256"))
+        .filter(|n| n.starts_with("pre-restore-") && !is_companion(n))
         .collect();
     assert_eq!(safety.len(), 1, "{safety:?}");
     assert!(safety[0].ends_with(".sql.gz.enc"), "{safety:?}");

@@ -1,18 +1,21 @@
 //! The manifest's row counts against real databases: the rows counted from
 //! a real pg_dump's COPY blocks (fed in random chunks) are the server's own
 //! `count(*)` of every table, through awkward text, bytea, empty and
-//! zero-column tables, partitions and quoted names; and a SQLite file in WAL
-//! mode with an open writer is counted with its committed rows only.
+//! zero-column tables, partitions and quoted names, and so are the counts
+//! `Server::table_counts` takes of a restored database to compare with the
+//! manifest; and a SQLite file in WAL mode with an open writer is counted
+//! with its committed rows only.
 
 use crate::common;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
 
+use backupd::db::Database;
 use backupd::db::postgres::PG_DUMP_ARGS;
 use backupd::manifest::{CopyRowCounter, sqlite_table_counts};
+use backupd::restore::postgres::Server;
 use common::*;
 
 /// xorshift64*: chunk sizes that are random but replayable from the seed.
@@ -27,7 +30,7 @@ impl Sizes {
     }
 }
 
-const SCHEMA: &str = r#"
+pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL, blob bytea);
 INSERT INTO notes
   SELECT i,
@@ -57,28 +60,6 @@ INSERT INTO "new
 line" VALUES ('a'), ('b');
 "#;
 
-/// `format('%I.%I')` of every ordinary table (leaf partitions included) with
-/// its `count(*) FROM ONLY` as the server sees it.
-fn server_counts(cluster: &PgCluster) -> BTreeMap<String, u64> {
-    let listing = cluster.psql_app(
-        "SELECT string_agg(format('%I.%I', n.nspname, c.relname) || E'\\x1e' || \
-         (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', \
-         n.nspname, c.relname), false, true, '')))[1]::text, E'\\x1f') \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-         AND n.nspname NOT LIKE 'pg\\_%'",
-    );
-    listing
-        .split('\x1f')
-        .map(|entry| {
-            let (name, count) = entry
-                .split_once('\x1e')
-                .unwrap_or_else(|| panic!("unexpected entry {entry:?}"));
-            (name.to_string(), count.parse().unwrap())
-        })
-        .collect()
-}
-
 #[test]
 fn pg_dump_copy_rows_equal_the_servers_counts_for_every_table() {
     let Some(bin) = require_postgres() else {
@@ -86,7 +67,7 @@ fn pg_dump_copy_rows_equal_the_servers_counts_for_every_table() {
     };
     let cluster = PgCluster::start_with_app(&bin, None);
     cluster.psql_app(SCHEMA);
-    let expected = server_counts(&cluster);
+    let expected = cluster.row_counts(PG_APP_DB);
     assert_eq!(expected.get("public.notes"), Some(&504), "{expected:?}");
     assert_eq!(expected.get("public.events_a"), Some(&7), "{expected:?}");
     assert_eq!(expected.get("\"Sales\".\"Odd Name\""), Some(&11));
@@ -134,6 +115,36 @@ fn pg_dump_copy_rows_equal_the_servers_counts_for_every_table() {
             "the partitioned parent has no COPY block of its own"
         );
     }
+}
+
+#[tokio::test]
+async fn the_servers_table_counts_of_a_restored_database_are_its_own_count_star() {
+    // What a restore compares with the manifest: the same names and counts
+    // the server itself gives, through the same awkward schema.
+    let Some(bin) = require_postgres() else {
+        return;
+    };
+    let cluster = PgCluster::start_with_app(&bin, None);
+    cluster.psql_app(SCHEMA);
+    let expected = cluster.row_counts(PG_APP_DB);
+    let Database::Postgres(target) = Database::parse(&cluster.app_url(), "DATABASE_URL").unwrap()
+    else {
+        panic!("the app URL is not PostgreSQL");
+    };
+    let server = Server::connect(&target)
+        .await
+        .expect("connect to the server");
+    let counted = server
+        .table_counts(PG_APP_DB)
+        .await
+        .expect("count the tables");
+    assert_eq!(counted, expected);
+    assert_eq!(counted.get("public.no_columns"), Some(&3), "{counted:?}");
+    assert_eq!(counted.get("public.empty_one"), Some(&0), "{counted:?}");
+    assert!(
+        !counted.contains_key("public.events"),
+        "the partitioned parent has no rows of its own: {counted:?}"
+    );
 }
 
 #[test]
@@ -190,20 +201,7 @@ fn sqlite_counts_in_wal_mode_with_an_open_writer_are_the_committed_rows() {
         wal > 0,
         "the committed rows should still be in the -wal file"
     );
-    let committed: BTreeMap<String, u64> = sqlite_tables(&writer)
-        .into_iter()
-        .filter(|t| !t.starts_with("sqlite_"))
-        .map(|t| {
-            let n: i64 = writer
-                .query_row(
-                    &format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\"")),
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            (t, n as u64)
-        })
-        .collect();
+    let committed = sqlite_row_counts(&writer);
     assert!(committed.len() >= 14, "{committed:?}");
     assert_eq!(committed.get("Odd \"Name\""), Some(&3));
 

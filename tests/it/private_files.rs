@@ -323,7 +323,7 @@ fn a_restore_keeps_its_safety_copy_private_and_never_writes_through_planted_link
 
     let safety: Vec<String> = dir_names(&backups)
         .into_iter()
-        .filter(|n| n.starts_with("pre-restore-") && !n.ends_with(".sha256"))
+        .filter(|n| n.starts_with("pre-restore-") && !is_companion(n))
         .collect();
     assert_eq!(safety.len(), 1, "{:?}", dir_names(&backups));
     let safety = backups.join(&safety[0]);
@@ -618,10 +618,17 @@ fn kill_9_at_random_moments_leaves_a_complete_backup_or_nothing_after_the_next_r
                     "trial {trial} (kill after {delay} ms): {name} has no sidecar; left by the kill: {after_kill:?}"
                 );
                 assert_sha256sum_c(&path);
-            } else if let Some(data) = name.strip_suffix(".sha256") {
+                assert!(
+                    backupd::manifest::manifest_path(&path).is_file(),
+                    "trial {trial} (kill after {delay} ms): {name} has no manifest; left by the kill: {after_kill:?}"
+                );
+            } else if let Some(data) = name
+                .strip_suffix(".sha256")
+                .or_else(|| name.strip_suffix(".manifest.json"))
+            {
                 assert!(
                     dir.join(data).is_file(),
-                    "trial {trial} (kill after {delay} ms): orphan sidecar {name}; left by the kill: {after_kill:?}"
+                    "trial {trial} (kill after {delay} ms): orphan companion {name}; left by the kill: {after_kill:?}"
                 );
             } else {
                 assert!(

@@ -285,3 +285,73 @@ fn a_postgres_dump_failing_half_way_leaves_the_live_rows_and_never_stops_the_app
     );
     let _ = service.terminate(Duration::from_secs(15));
 }
+
+/// The app's restore outage, as the backup side shows it: `backupd restore
+/// --file` writes `last_restore_*` into BACKUP_DIR's status file beside the
+/// backup keys, and the daemon on that folder exports the downtime at the
+/// next scrape (and no sample once a restore stopped nothing).
+#[test]
+fn the_status_file_and_the_daemon_s_metrics_tell_the_last_restore_s_outage() {
+    let Some(image) = require_test_image() else {
+        return;
+    };
+    let stack = Stack::new();
+    let web = web_container(image);
+    let made = stack.drop_backup();
+    let name = file_name(&made);
+    let status_file = stack.app.status_file();
+    let last_backup = read_status(&status_file)["last_backup"].clone();
+
+    let run = stack
+        .restore(&web.name, "0")
+        .run(&["restore", "--file", made.to_str().unwrap()]);
+    run.assert_code(0);
+    assert!(web.cli_running(), "web is not running after the restore");
+    let status = read_status(&status_file);
+    assert_eq!(status["last_restore_result"], "success", "{status:#}");
+    assert_eq!(status["last_restore_file"], name.as_str(), "{status:#}");
+    let at = status["last_restore_at"].as_str().unwrap_or_default();
+    assert!(is_utc_second_timestamp(at), "{status:#}");
+    let downtime = status["last_restore_downtime_seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no downtime recorded though web was stopped: {status:#}"));
+    assert!(downtime > 0.0, "{status:#}");
+    assert_eq!(
+        stack.state_json()["history"][0]["downtime_seconds"].as_f64(),
+        Some(downtime),
+        "the status file and the history disagree"
+    );
+    assert_eq!(
+        status["last_backup"], last_backup,
+        "the backup keys were lost"
+    );
+
+    let mut daemon = stack
+        .app
+        .backupd()
+        .env("BACKUP_ON_START", "false")
+        .env("BACKUP_INTERVAL_SECONDS", "86400")
+        .daemon();
+    daemon.wait_until_serving();
+    let metric = "backupd_last_restore_downtime_seconds";
+    let scrape = || parse_metrics(&http_get(daemon.port, "/metrics").body);
+    assert_eq!(metric_value(&scrape(), metric, &[]), Some(downtime));
+
+    // A file that is no backup fails at the check: nothing stopped, no
+    // downtime, no sample; the daemon's own writes keep the restore's keys.
+    let bad = stack.app.work.path().join("app-20261201T000000Z.db.gz");
+    write_gzip(&bad, b"not a database");
+    let run = stack
+        .restore(&web.name, "0")
+        .run(&["restore", "--file", bad.to_str().unwrap()]);
+    run.assert_code(1);
+    let status = read_status(&status_file);
+    assert_eq!(status["last_restore_result"], "failed", "{status:#}");
+    assert_eq!(status["last_restore_file"], "app-20261201T000000Z.db.gz");
+    assert!(
+        status["last_restore_downtime_seconds"].is_null(),
+        "{status:#}"
+    );
+    assert_eq!(metric_value(&scrape(), metric, &[]), None);
+    daemon.stop_cleanly();
+}

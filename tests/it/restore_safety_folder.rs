@@ -99,7 +99,7 @@ fn safety_copies(dir: &Path) -> Vec<String> {
     }
     dir_names(dir)
         .into_iter()
-        .filter(|n| n.starts_with("pre-restore-sqlite-") && !n.ends_with(".sha256"))
+        .filter(|n| n.starts_with("pre-restore-sqlite-") && !is_companion(n))
         .collect()
 }
 

@@ -333,7 +333,7 @@ impl Stack {
     fn safety_backups(&self, prefix: &str) -> Vec<String> {
         dir_names(&self.backups)
             .into_iter()
-            .filter(|n| n.starts_with(prefix) && !n.ends_with(".sha256"))
+            .filter(|n| n.starts_with(prefix) && !is_companion(n))
             .collect()
     }
 }

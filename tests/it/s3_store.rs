@@ -277,6 +277,51 @@ fn a_large_file_goes_up_in_checksummed_parts_within_bounded_memory() {
     MEASURED.with(|m| m.set(false));
 }
 
+/// A backup's companion without a `.sha256` of its own (its manifest):
+/// missing is `None`, and one larger than the bound is refused before
+/// anything lands at the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_companion_download_is_optional_and_bounded() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let store = S3Store::connect(server.settings("").validate().unwrap())
+        .await
+        .unwrap();
+    let work = common::temp_dir();
+    let name = "pg_dump-20260102T000000Z.sql.gz.manifest.json";
+    let object = server.object_path(name);
+    std::fs::write(&object, vec![b'x'; 4096]).unwrap();
+    let restore = work.path().join("restore");
+    std::fs::create_dir(&restore).unwrap();
+    let dest = restore.join(name);
+    let cancel = CancellationToken::new();
+
+    let missing = store
+        .download_if_present("no-such.manifest.json", &dest, 1 << 20, &cancel)
+        .await
+        .unwrap();
+    assert!(missing.is_none());
+    assert!(!dest.exists());
+
+    let err = store
+        .download_if_present(name, &dest, 4095, &cancel)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err:?}");
+    assert!(err.to_string().contains("larger than 4095 bytes"), "{err}");
+    assert_eq!(common::dir_names(&restore), Vec::<String>::new());
+
+    let got = store
+        .download_if_present(name, &dest, 4096, &cancel)
+        .await
+        .unwrap()
+        .expect("the object is there");
+    assert_eq!(got.bytes, 4096);
+    assert!(!got.checksum_verified);
+    assert_eq!(std::fs::read(&dest).unwrap(), vec![b'x'; 4096]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_that_does_not_match_its_checksum_is_refused() {
     let Some(server) = S3Server::start() else {

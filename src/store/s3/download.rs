@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -82,55 +83,11 @@ impl S3Store {
                 response.map_err(|e| Error::storage("download", &url, sdk_reason(&e)))?
             }
         };
-        let expected_len = response
-            .content_length()
-            .filter(|l| *l >= 0)
-            .map(|l| l as u64);
-        let mut body = response.body;
-
-        // Removed when dropped, on every early return.
-        let temp = crate::files::temp_in(&dir)
-            .map_err(|e| Error::io("create a temporary file in", &dir, e))?;
-        let partial = temp.path().to_path_buf();
-        let mut file = tokio::fs::File::from_std(
-            temp.as_file()
-                .try_clone()
-                .map_err(|e| Error::io("create", &partial, e))?,
-        );
-        let mut hasher = Sha256::new();
-        let mut bytes = 0u64;
-        loop {
-            let chunk = tokio::select! {
-                _ = cancel.cancelled() => return Err(Error::Cancelled),
-                chunk = body.next() => chunk,
-            };
-            match chunk {
-                None => break,
-                Some(Ok(data)) => {
-                    hasher.update(&data);
-                    file.write_all(&data)
-                        .await
-                        .map_err(|e| Error::io("write", &partial, e))?;
-                    bytes += data.len() as u64;
-                }
-                Some(Err(e)) => return Err(fail(error_chain(&e))),
-            }
-        }
-        file.flush()
-            .await
-            .map_err(|e| Error::io("write", &partial, e))?;
-        file.sync_all()
-            .await
-            .map_err(|e| Error::io("fsync", &partial, e))?;
-        drop(file);
-        if let Some(len) = expected_len
-            && len != bytes
-        {
-            return Err(fail(format!(
-                "the transfer ended after {bytes} of {len} bytes"
-            )));
-        }
-        let sha256 = hex::encode(hasher.finalize());
+        let Received {
+            temp,
+            bytes,
+            sha256,
+        } = receive(response, &dir, None, &fail, cancel).await?;
         if let Some(expected) = &expected
             && *expected != sha256
         {
@@ -139,13 +96,7 @@ impl S3Store {
                  {expected}; the download was discarded"
             )));
         }
-        // A rename: a link planted at `dest` is replaced, not followed.
-        temp.persist(dest)
-            .map_err(|e| Error::io("rename into place", dest, e.error))?;
-        let dir_for_sync = dir.clone();
-        tokio::task::spawn_blocking(move || crate::archive::sync_dir(&dir_for_sync))
-            .await
-            .map_err(|e| Error::Other(format!("the fsync task failed: {e}")))??;
+        put_in_place(temp, dest, &dir).await?;
         tracing::info!(source = %url, dest = %dest.display(), bytes,
             checksum_verified = expected.is_some(), "downloaded");
         Ok(Downloaded {
@@ -154,6 +105,57 @@ impl S3Store {
             sha256,
             checksum_verified: expected.is_some(),
         })
+    }
+
+    /// Downloads the object `key` to `dest` when the bucket has it (`None`
+    /// when it does not), refusing one larger than `max_bytes` before or
+    /// while it streams: for a backup's companion that has no `.sha256` of
+    /// its own (its manifest, believed only for the SHA-256 it records).
+    /// Written like [`S3Store::download`]: a private temporary file beside
+    /// `dest`, fsynced and renamed; on any failure `dest` is untouched.
+    pub async fn download_if_present(
+        &self,
+        key: &str,
+        dest: &Path,
+        max_bytes: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Downloaded>> {
+        let url = self.url_for(key);
+        let action = format!("download {url} to");
+        let fail =
+            |reason: String| Error::storage(action.clone(), dest.display().to_string(), reason);
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let response = tokio::select! {
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            response = self.client.get_object().bucket(&self.bucket).key(key).send() => response,
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(e)
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key())
+                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404) =>
+            {
+                tracing::debug!(object = %url, "not in the bucket");
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::storage("download", url, sdk_reason(&e))),
+        };
+        let Received {
+            temp,
+            bytes,
+            sha256,
+        } = receive(response, &dir, Some(max_bytes), &fail, cancel).await?;
+        put_in_place(temp, dest, &dir).await?;
+        tracing::info!(source = %url, dest = %dest.display(), bytes, "downloaded");
+        Ok(Some(Downloaded {
+            path: dest.to_path_buf(),
+            bytes,
+            sha256,
+            checksum_verified: false,
+        }))
     }
 
     /// Fails unless `KEY.sha256` exists and is a checksum line for `key`:
@@ -219,4 +221,99 @@ impl S3Store {
             .map(Some)
             .map_err(|why| Error::storage("use the checksum", url, why))
     }
+}
+
+/// An object received into a private temporary file, not yet in place.
+struct Received {
+    /// Removed when dropped, unless persisted.
+    temp: tempfile::NamedTempFile,
+    bytes: u64,
+    /// Hex SHA-256 of what was written.
+    sha256: String,
+}
+
+/// Streams the object's body into a private random-named file in `dir`
+/// while hashing, fsynced; the transfer must be as long as the server
+/// said, and no longer than `limit` when there is one (refused as soon as
+/// the server announces more, or more arrives).
+async fn receive(
+    response: GetObjectOutput,
+    dir: &Path,
+    limit: Option<u64>,
+    fail: &(dyn Fn(String) -> Error + Sync),
+    cancel: &CancellationToken,
+) -> Result<Received> {
+    let too_large = |limit: u64| fail(format!("it is larger than {limit} bytes (refused)"));
+    let expected_len = response
+        .content_length()
+        .filter(|l| *l >= 0)
+        .map(|l| l as u64);
+    if let (Some(len), Some(limit)) = (expected_len, limit)
+        && len > limit
+    {
+        return Err(too_large(limit));
+    }
+    let mut body = response.body;
+    let temp =
+        crate::files::temp_in(dir).map_err(|e| Error::io("create a temporary file in", dir, e))?;
+    let partial = temp.path().to_path_buf();
+    let mut file = tokio::fs::File::from_std(
+        temp.as_file()
+            .try_clone()
+            .map_err(|e| Error::io("create", &partial, e))?,
+    );
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    loop {
+        let chunk = tokio::select! {
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            chunk = body.next() => chunk,
+        };
+        match chunk {
+            None => break,
+            Some(Ok(data)) => {
+                bytes += data.len() as u64;
+                if let Some(limit) = limit
+                    && bytes > limit
+                {
+                    return Err(too_large(limit));
+                }
+                hasher.update(&data);
+                file.write_all(&data)
+                    .await
+                    .map_err(|e| Error::io("write", &partial, e))?;
+            }
+            Some(Err(e)) => return Err(fail(error_chain(&e))),
+        }
+    }
+    file.flush()
+        .await
+        .map_err(|e| Error::io("write", &partial, e))?;
+    file.sync_all()
+        .await
+        .map_err(|e| Error::io("fsync", &partial, e))?;
+    drop(file);
+    if let Some(len) = expected_len
+        && len != bytes
+    {
+        return Err(fail(format!(
+            "the transfer ended after {bytes} of {len} bytes"
+        )));
+    }
+    Ok(Received {
+        temp,
+        bytes,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+/// Renames a received file to `dest` (a link planted there is replaced,
+/// not followed) and fsyncs the folder.
+async fn put_in_place(temp: tempfile::NamedTempFile, dest: &Path, dir: &Path) -> Result<()> {
+    temp.persist(dest)
+        .map_err(|e| Error::io("rename into place", dest, e.error))?;
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::archive::sync_dir(&dir))
+        .await
+        .map_err(|e| Error::Other(format!("the fsync task failed: {e}")))?
 }
