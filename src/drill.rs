@@ -507,8 +507,6 @@ impl Scratch {
                 Error::Cancelled => DrillError::Cancelled,
                 e => DrillError::Load(e),
             })?;
-        // Test builds: park with the scratch database loaded, for a kill -9.
-        crate::restore::test_pause("drill-counting").await;
         tokio::select! {
             counts = server.table_counts(scratch) => {
                 counts.map_err(|e| DrillError::Counting(e.to_string()))
