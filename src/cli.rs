@@ -56,6 +56,9 @@ Daemon (backupd backup) and healthcheck:
   STATUS_BIND, STATUS_PORT      HTTP server [default: 127.0.0.1, 9090; image: 0.0.0.0]
   STATUS_TOKEN(_FILE)           bearer token for /status, /, /metrics (not /healthz)
   HEALTH_MAX_AGE_SECONDS        healthy if younger    [default: 172800]
+  BACKUP_DRILL_SCHEDULE         cron of restore drills of the newest backup [default: off]
+  DRILL_DATABASE_URL(_FILE)     PostgreSQL server drills load into [default: the database's]
+  HEALTH_MAX_DRILL_AGE_SECONDS  unhealthy if no drill passed within [default: off]
   BACKUP_SHUTDOWN_TIMEOUT       stop grace on SIGTERM [default: 8]
 Hooks (backupd backup and once; run by /bin/sh -c with BACKUPD_* context):
   HOOK_BEFORE_BACKUP            before each backup; a failure fails the run
@@ -77,6 +80,18 @@ Database URLs: postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB
   sqlite:///relative/path.db or sqlite:////absolute/path.db
 
 Exit codes: 0 success, 1 the job failed, 2 usage or configuration error.";
+
+/// `backupd drill`'s environment variables.
+pub const DRILL_HELP: &str = "\
+Drill environment variables (besides the database URL variables, see backupd --help):
+  BACKUP_DIR                    where `latest` is looked for; the manifests [default: /backups]
+  BACKUP_STATUS_FILE            last_drill* go here [default: $BACKUP_DIR/backup-status.json]
+  DRILL_DATABASE_URL(_FILE)     PostgreSQL server to drill on (role with CREATEDB)
+                                [default: the database's own server]
+  BACKUP_ENCRYPTION_KEY(_FILE)  decrypts .enc backups, as does $BACKUP_DIR/.encryption_key
+  TMPDIR                        the private folder of a drill (a copy of the file)
+  NOTIFY_URLS(_FILE), NOTIFY_LEVEL, NOTIFY_TIMEOUT_SECONDS
+                                a failed drill is told (error), a passed one at info";
 
 /// The restore service's environment variables, with defaults.
 pub const RESTORE_HELP: &str = "\
@@ -172,6 +187,14 @@ pub enum Command {
         encryption: EncryptionArgs,
     },
 
+    /// Prove that a backup restores: load it into a scratch database
+    /// (`<db>_drill_<stamp>` on DRILL_DATABASE_URL or the database's own
+    /// server; SQLite: a private copy), compare every table's row count with
+    /// its manifest, drop the copy, record the result in the status file.
+    /// Exit 0 when the drill passes, 1 with the reason otherwise.
+    #[command(after_help = DRILL_HELP)]
+    Drill(DrillArgs),
+
     /// List the backups in BACKUP_DIR (or, with --remote, in the bucket), newest first.
     List {
         #[command(flatten)]
@@ -215,6 +238,43 @@ pub enum Command {
     },
 }
 
+/// `backupd drill`: the backup to drill and where.
+#[derive(Debug, Clone, Args)]
+pub struct DrillArgs {
+    /// The backup to drill: a file, or `latest` (the newest backup backupd wrote in
+    /// BACKUP_DIR for the configured database; `./latest` for a file of that name).
+    #[arg(default_value = "latest", value_name = "FILE|latest")]
+    pub file: String,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub dir: DirArgs,
+
+    #[command(flatten)]
+    pub encryption: EncryptionArgs,
+
+    #[command(flatten)]
+    pub server: DrillServerArgs,
+
+    #[command(flatten)]
+    pub notify: NotifyArgs,
+}
+
+/// Where PostgreSQL backups are drilled.
+#[derive(Debug, Clone, Args)]
+pub struct DrillServerArgs {
+    /// PostgreSQL server to load drills into (its role needs CREATEDB) [default: the
+    /// database's own server].
+    #[arg(long, env = "DRILL_DATABASE_URL", hide_env_values = true, value_parser = clean_value)]
+    pub drill_database_url: Option<String>,
+
+    /// File holding DRILL_DATABASE_URL (Docker secret).
+    #[arg(long, env = "DRILL_DATABASE_URL_FILE", value_parser = clean_value)]
+    pub drill_database_url_file: Option<String>,
+}
+
 /// A flag whose value is a secret, and the ways to give it that `ps` cannot show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SecretFlag {
@@ -234,6 +294,11 @@ const SECRET_FLAGS: &[SecretFlag] = &[
         id: "database_url",
         flag: "--database-url",
         alternative: "DATABASE_URL or DATABASE_URL_FILE",
+    },
+    SecretFlag {
+        id: "drill_database_url",
+        flag: "--drill-database-url",
+        alternative: "DRILL_DATABASE_URL or DRILL_DATABASE_URL_FILE",
     },
     SecretFlag {
         id: "encryption_key",
@@ -556,6 +621,10 @@ pub struct HealthArgs {
     /// Healthy while the last successful backup is younger than this.
     #[arg(long, env = "HEALTH_MAX_AGE_SECONDS", default_value = "172800", value_parser = whole_number("HEALTH_MAX_AGE_SECONDS", 172_800))]
     pub health_max_age_seconds: u64,
+
+    /// Unhealthy when no restore drill has passed within this many seconds (off when unset or 0).
+    #[arg(long, env = "HEALTH_MAX_DRILL_AGE_SECONDS", value_parser = whole_number("HEALTH_MAX_DRILL_AGE_SECONDS", 0))]
+    pub health_max_drill_age_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -573,6 +642,14 @@ pub struct DaemonArgs {
     /// Cron expression (5 fields, or 6/7 with seconds; @hourly, @daily, @weekly); wins over the interval.
     #[arg(long, env = "BACKUP_SCHEDULE", value_parser = clean_value)]
     pub schedule: Option<String>,
+
+    /// Cron expression of restore drills of the newest backup (off when unset; weekly is a good
+    /// start, e.g. `0 5 * * 0`), in the zone of TZ.
+    #[arg(long, env = "BACKUP_DRILL_SCHEDULE", value_parser = clean_value)]
+    pub drill_schedule: Option<String>,
+
+    #[command(flatten)]
+    pub drill: DrillServerArgs,
 
     /// Time zone of BACKUP_SCHEDULE (IANA name).
     #[arg(long = "time-zone", env = "TZ", default_value = "UTC", value_parser = clean_value)]

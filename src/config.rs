@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{
-    BackupArgs, BackupHookArgs, DaemonArgs, DatabaseArgs, DirArgs, EncryptionArgs, HealthArgs,
-    HookTimeoutArgs, NotifyArgs, RestoreArgs, RestoreHookArgs, S3Args,
+    BackupArgs, BackupHookArgs, DaemonArgs, DatabaseArgs, DirArgs, DrillArgs, DrillServerArgs,
+    EncryptionArgs, HealthArgs, HookTimeoutArgs, NotifyArgs, RestoreArgs, RestoreHookArgs, S3Args,
 };
 use crate::crypto::fernet::KeyRing;
 use crate::crypto::keys::{KEY_FILE_NAME, Keys};
-use crate::db::{Database, SqliteTarget};
+use crate::db::{Database, PgTarget, SqliteTarget};
+use crate::drill::DrillSettings;
 use crate::error::{Error, Result};
 use crate::events::HookPoint;
 use crate::hooks::HookConfig;
@@ -299,12 +300,87 @@ pub fn resolve_database(args: &DatabaseArgs) -> Result<Database> {
     ))
 }
 
+/// What `backupd drill` needs.
+#[derive(Debug, Clone)]
+pub struct DrillConfig {
+    pub settings: DrillSettings,
+    /// `FILE` or `latest`.
+    pub which: crate::drill::Which,
+}
+
+impl DrillConfig {
+    pub fn from_args(args: &DrillArgs) -> Result<Self> {
+        let paths = Paths::from_args(&args.dir)?;
+        let which = crate::drill::Which::parse(&args.file);
+        let mut keys = load_keys(&args.encryption, &paths)?;
+        // As `verify`: a file's own folder may hold its key, as BACKUP_DIR does.
+        if let crate::drill::Which::File(file) = &which {
+            let own_folder = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            keys = keys.with_decrypt_only_file(own_folder.join(KEY_FILE_NAME))?;
+        }
+        Ok(DrillConfig {
+            settings: drill_settings(
+                resolve_database(&args.database)?,
+                &args.server,
+                &paths,
+                keys,
+            )?,
+            which,
+        })
+    }
+}
+
+/// The drill settings shared by `backupd drill` and the daemon's schedule.
+pub fn drill_settings(
+    database: Database,
+    server: &DrillServerArgs,
+    paths: &Paths,
+    keys: Keys,
+) -> Result<DrillSettings> {
+    Ok(DrillSettings {
+        drill_server: drill_server(server, &database)?,
+        database,
+        backup_dir: paths.backup_dir.clone(),
+        status_file: paths.status_file.clone(),
+        keys,
+    })
+}
+
+/// `DRILL_DATABASE_URL`(`_FILE`): a PostgreSQL server, for a PostgreSQL
+/// database only.
+fn drill_server(args: &DrillServerArgs, database: &Database) -> Result<Option<PgTarget>> {
+    let Some(url) = secret(
+        "DRILL_DATABASE_URL",
+        args.drill_database_url.as_deref(),
+        args.drill_database_url_file.as_deref(),
+    )?
+    else {
+        return Ok(None);
+    };
+    match (Database::parse(url.value(), url.source())?, database) {
+        (Database::Postgres(target), Database::Postgres(_)) => Ok(Some(target)),
+        (Database::Sqlite(_), _) => Err(Error::Config(format!(
+            "{} must be a PostgreSQL URL (a server to drill PostgreSQL backups on)",
+            url.source()
+        ))),
+        (Database::Postgres(_), Database::Sqlite(_)) => Err(Error::Config(format!(
+            "{} is set, but the configured database is SQLite, which is drilled in a private copy; unset it",
+            url.source()
+        ))),
+    }
+}
+
 /// What `backupd healthcheck` needs.
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
     pub paths: Paths,
     /// Healthy while the last successful backup is younger than this.
     pub max_age_seconds: u64,
+    /// `HEALTH_MAX_DRILL_AGE_SECONDS`: and a restore drill passed within this.
+    pub max_drill_age_seconds: Option<u64>,
 }
 
 impl HealthConfig {
@@ -312,6 +388,7 @@ impl HealthConfig {
         Ok(HealthConfig {
             paths: Paths::from_args(dir)?,
             max_age_seconds: health.health_max_age_seconds,
+            max_drill_age_seconds: health.health_max_drill_age_seconds.filter(|&s| s > 0),
         })
     }
 }
@@ -327,6 +404,10 @@ pub struct DaemonConfig {
     /// `STATUS_TOKEN`(`_FILE`): what /status, / and /metrics require.
     pub status_token: Option<StatusToken>,
     pub health_max_age_seconds: u64,
+    /// `HEALTH_MAX_DRILL_AGE_SECONDS` (0 = off).
+    pub health_max_drill_age_seconds: Option<u64>,
+    /// `BACKUP_DRILL_SCHEDULE`: scheduled restore drills; `None` when off.
+    pub drills: Option<DrillSchedule>,
     pub on_start: bool,
     /// A failed run is retried once after this long; zero means no retry.
     pub retry: Duration,
@@ -334,11 +415,45 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
 }
 
+/// The daemon's restore drills: when, and of what.
+#[derive(Debug, Clone)]
+pub struct DrillSchedule {
+    pub schedule: Schedule,
+    pub settings: DrillSettings,
+}
+
 impl DaemonConfig {
     pub fn from_args(args: &DaemonArgs) -> Result<Self> {
+        let backup = BackupConfig::from_args(&args.backup)?;
+        let drills = match args.drill_schedule.as_deref().filter(|s| !s.is_empty()) {
+            Some(expression) => {
+                let tz = schedule::parse_time_zone(&args.tz).map_err(Error::Config)?;
+                let cron = CronSchedule::parse(expression, tz)
+                    .map_err(|e| Error::Config(format!("BACKUP_DRILL_SCHEDULE {e}")))?;
+                Some(DrillSchedule {
+                    schedule: Schedule::Cron(cron),
+                    settings: drill_settings(
+                        backup.database.clone(),
+                        &args.drill,
+                        &backup.paths,
+                        backup.keys.clone(),
+                    )?,
+                })
+            }
+            None => {
+                // Checked all the same, so a bad URL is not a surprise later.
+                drill_server(&args.drill, &backup.database)?;
+                None
+            }
+        };
         Ok(DaemonConfig {
-            backup: BackupConfig::from_args(&args.backup)?,
             schedule: schedule_from_args(args)?,
+            health_max_drill_age_seconds: args
+                .health
+                .health_max_drill_age_seconds
+                .filter(|&s| s > 0),
+            drills,
+            backup,
             status_addr: status_addr(args)?,
             status_token: status_token(args)?,
             health_max_age_seconds: args.health.health_max_age_seconds,
@@ -602,6 +717,59 @@ mod tests {
             crate::cli::Command::Restore(args) => args,
             _ => unreachable!(),
         }
+    }
+
+    fn drill_config(argv: &[&str]) -> Result<DrillConfig> {
+        let mut full = vec!["drill"];
+        full.extend_from_slice(argv);
+        match command(&full) {
+            crate::cli::Command::Drill(args) => DrillConfig::from_args(&args),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_drill_server_is_a_postgresql_url_for_a_postgresql_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().to_str().unwrap();
+        let pg = [
+            "--database-url",
+            "postgresql://app:pw@db/appdb",
+            "--backup-dir",
+            dir,
+        ];
+        let cfg = drill_config(&pg).unwrap();
+        assert_eq!(cfg.which, crate::drill::Which::Latest);
+        assert!(cfg.settings.drill_server.is_none());
+        let mut with_server = pg.to_vec();
+        with_server.extend([
+            "--drill-database-url",
+            "postgresql://d:pw2@drill/postgres",
+            "x.sql.gz",
+        ]);
+        let cfg = drill_config(&with_server).unwrap();
+        assert_eq!(
+            cfg.settings.drill_server.unwrap().host.as_deref(),
+            Some("drill")
+        );
+        assert_eq!(cfg.which, crate::drill::Which::File("x.sql.gz".into()));
+        let mut sqlite_server = pg.to_vec();
+        sqlite_server.extend(["--drill-database-url", "sqlite:///x.db"]);
+        let err = drill_config(&sqlite_server).unwrap_err().to_string();
+        assert!(
+            err.contains("DRILL_DATABASE_URL must be a PostgreSQL URL"),
+            "{err}"
+        );
+        let sqlite = [
+            "--database-url",
+            "sqlite:///app.db",
+            "--backup-dir",
+            dir,
+            "--drill-database-url",
+            "postgresql://d@drill/postgres",
+        ];
+        let err = drill_config(&sqlite).unwrap_err().to_string();
+        assert!(err.contains("the configured database is SQLite"), "{err}");
     }
 
     fn notify_args(urls: Option<&str>, file: Option<&str>) -> NotifyArgs {
@@ -916,6 +1084,38 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(message.starts_with("AWS_ENDPOINT_URL"), "{message}");
+    }
+
+    #[test]
+    fn drills_are_off_unless_scheduled_and_a_bad_expression_names_the_variable() {
+        let cfg = DaemonConfig::from_args(&daemon_args(&[])).unwrap();
+        assert!(cfg.drills.is_none());
+        assert_eq!(cfg.health_max_drill_age_seconds, None);
+        let cfg = DaemonConfig::from_args(&daemon_args(&[
+            "--drill-schedule",
+            "0 5 * * 0",
+            "--health-max-drill-age-seconds",
+            "691200",
+        ]))
+        .unwrap();
+        let drills = cfg.drills.expect("scheduled");
+        assert!(drills.schedule.to_string().starts_with("cron '0 5 * * 0'"));
+        assert_eq!(drills.settings.backup_dir, cfg.backup.paths.backup_dir);
+        assert_eq!(cfg.health_max_drill_age_seconds, Some(691_200));
+        let off = DaemonConfig::from_args(&daemon_args(&["--health-max-drill-age-seconds", "0"]));
+        assert_eq!(off.unwrap().health_max_drill_age_seconds, None);
+        let err = DaemonConfig::from_args(&daemon_args(&["--drill-schedule", "0 5 * *"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("BACKUP_DRILL_SCHEDULE"), "{err}");
+        // A drill server for SQLite is refused whether drills are scheduled or not.
+        let err = DaemonConfig::from_args(&daemon_args(&[
+            "--drill-database-url",
+            "postgresql://d@drill/postgres",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("the configured database is SQLite"), "{err}");
     }
 
     #[test]

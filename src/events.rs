@@ -103,6 +103,10 @@ pub enum Event {
     /// (`HOOK_AFTER_*`, `HOOK_*_FAILED`); a failing `before` hook fails the
     /// run instead, and the run's failure names it.
     HookFailed(HookFailed),
+    /// A restore drill passed (`backupd drill`, `BACKUP_DRILL_SCHEDULE`).
+    DrillFinished(DrillFinished),
+    /// A restore drill failed (or could not run).
+    DrillFailed(DrillFailed),
 }
 
 impl Event {
@@ -123,6 +127,8 @@ impl Event {
             Event::Recovered(_) => "recovered",
             Event::KeyUnreadable(_) => "key-unreadable",
             Event::HookFailed(_) => "hook-failed",
+            Event::DrillFinished(_) => "drill-finished",
+            Event::DrillFailed(_) => "drill-failed",
         }
     }
 }
@@ -151,7 +157,9 @@ into_event!(
     Stale,
     Recovered,
     KeyUnreadable,
-    HookFailed
+    HookFailed,
+    DrillFinished,
+    DrillFailed
 );
 
 /// An error as events carry it: what kind of thing failed, for rules that
@@ -430,6 +438,33 @@ pub struct HookFailed {
     pub error: String,
 }
 
+/// A restore drill passed: the backup loaded, and its row counts were
+/// compared with its manifest (or, without one, not: `manifest` says which).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrillFinished {
+    /// The backup drilled.
+    pub file: PathBuf,
+    /// Its size on disk.
+    pub size: u64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration: Duration,
+    /// `checked N tables against PATH`, or `row counts not compared: …`.
+    pub manifest: String,
+}
+
+/// A restore drill failed: the file did not pass the check, did not load,
+/// held other row counts than its manifest, or there was none to drill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrillFailed {
+    /// The backup drilled; `None` when none was found.
+    pub file: Option<PathBuf>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration: Duration,
+    pub error: Failure,
+}
+
 /// Keeps every event, for tests (and anything that wants a transcript).
 #[derive(Debug, Default)]
 pub struct Recorder {
@@ -561,7 +596,12 @@ impl Observer for LogObserver {
                 error = %hook.error,
                 "hook failed"
             ),
-            Event::BackupStarted(_) | Event::RestorePhase(_) | Event::RestoreRefused(_) => {}
+            // The drill logs its own line, inside its span (file, bytes, duration).
+            Event::BackupStarted(_)
+            | Event::RestorePhase(_)
+            | Event::RestoreRefused(_)
+            | Event::DrillFinished(_)
+            | Event::DrillFailed(_) => {}
         }
     }
 }

@@ -77,6 +77,56 @@ pub fn evaluate(status: Option<&Status>, now: DateTime<Utc>, max_age_seconds: u6
     }
 }
 
+/// [`evaluate`], and with `max_drill_age_seconds` (`HEALTH_MAX_DRILL_AGE_SECONDS`,
+/// `None` or 0 = off) also unhealthy when no restore drill has passed within
+/// that age (`last_drill_success`). A failed drill alone does not make it
+/// unhealthy (a notice says so); only the lack of a recent pass does.
+pub fn evaluate_with_drills(
+    status: Option<&Status>,
+    now: DateTime<Utc>,
+    max_age_seconds: u64,
+    max_drill_age_seconds: Option<u64>,
+) -> Health {
+    let health = evaluate(status, now, max_age_seconds);
+    let (Some(max), Some(status)) = (max_drill_age_seconds.filter(|&m| m > 0), status) else {
+        return health;
+    };
+    if !health.healthy {
+        return health;
+    }
+    match drill_problem(status, now, max) {
+        None => health,
+        Some(reason) => Health {
+            healthy: false,
+            reason,
+            ..health
+        },
+    }
+}
+
+/// Why the drills make it unhealthy, if they do.
+fn drill_problem(status: &Status, now: DateTime<Utc>, max: u64) -> Option<String> {
+    let last_failure = match (&status.last_drill_result, &status.last_drill_error) {
+        (Some(result), Some(e)) if result == "failed" => format!("; the last drill failed: {e}"),
+        _ => String::new(),
+    };
+    let Some(at) = status
+        .last_drill_success
+        .as_deref()
+        .and_then(parse_timestamp)
+    else {
+        return Some(format!(
+            "no restore drill has passed yet (HEALTH_MAX_DRILL_AGE_SECONDS={max}){last_failure}"
+        ));
+    };
+    let age = now.signed_duration_since(at).num_seconds();
+    (age > i64::try_from(max).unwrap_or(i64::MAX)).then(|| {
+        format!(
+            "the last restore drill that passed is {age}s old, older than HEALTH_MAX_DRILL_AGE_SECONDS={max}{last_failure}"
+        )
+    })
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` (the status file's format), or any RFC 3339 time.
 pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
@@ -100,6 +150,53 @@ mod tests {
             last_error: last_error.map(String::from),
             ..Status::default()
         }
+    }
+
+    #[test]
+    fn a_drill_age_limit_wants_a_recent_passed_drill() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
+        let fresh = status(Some("2026-01-09T23:00:00Z"), None);
+        let week = Some(7 * 86_400);
+        assert!(evaluate_with_drills(Some(&fresh), now, 172_800, None).healthy);
+        assert!(evaluate_with_drills(Some(&fresh), now, 172_800, Some(0)).healthy);
+        let none = evaluate_with_drills(Some(&fresh), now, 172_800, week);
+        assert!(!none.healthy);
+        assert!(
+            none.reason.starts_with("no restore drill has passed yet"),
+            "{}",
+            none.reason
+        );
+        let passed = Status {
+            last_drill_success: Some("2026-01-05T00:00:00Z".into()),
+            ..fresh.clone()
+        };
+        assert!(evaluate_with_drills(Some(&passed), now, 172_800, week).healthy);
+        // A failure since then does not undo the recent pass.
+        let failed_since = Status {
+            last_drill_result: Some("failed".into()),
+            last_drill_error: Some("public.users: 1 rows, the manifest says 2".into()),
+            ..passed.clone()
+        };
+        assert!(evaluate_with_drills(Some(&failed_since), now, 172_800, week).healthy);
+        let old = evaluate_with_drills(Some(&failed_since), now, 172_800, Some(86_400));
+        assert!(!old.healthy);
+        assert!(
+            old.reason
+                .contains("432000s old, older than HEALTH_MAX_DRILL_AGE_SECONDS=86400")
+                && old
+                    .reason
+                    .ends_with("the last drill failed: public.users: 1 rows, the manifest says 2"),
+            "{}",
+            old.reason
+        );
+        // The backups' own verdict comes first.
+        let stale = status(Some("2026-01-01T00:00:00Z"), None);
+        let verdict = evaluate_with_drills(Some(&stale), now, 172_800, week);
+        assert!(
+            verdict.reason.contains("HEALTH_MAX_AGE_SECONDS"),
+            "{}",
+            verdict.reason
+        );
     }
 
     #[test]

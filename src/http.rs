@@ -55,6 +55,8 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
 pub struct AppState {
     pub status_file: PathBuf,
     pub max_age_seconds: u64,
+    /// `HEALTH_MAX_DRILL_AGE_SECONDS`: `/healthz` also wants a passed drill this recent.
+    pub max_drill_age_seconds: Option<u64>,
     pub metrics: Arc<Metrics>,
     /// `STATUS_TOKEN`: when set, `/`, `/status` and `/metrics` need it as a
     /// bearer token; `/healthz` stays open for probes.
@@ -334,7 +336,12 @@ async fn healthz(State(state): State<AppState>) -> Response {
             return json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string());
         }
     };
-    let health = health::evaluate(status.as_ref(), state.clock.now(), state.max_age_seconds);
+    let health = health::evaluate_with_drills(
+        status.as_ref(),
+        state.clock.now(),
+        state.max_age_seconds,
+        state.max_drill_age_seconds,
+    );
     let code = if health.healthy {
         StatusCode::OK
     } else {
@@ -346,6 +353,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "last_backup": health.last_backup,
         "age_seconds": health.age_seconds,
         "max_age_seconds": health.max_age_seconds,
+        "last_drill_success": status.as_ref().and_then(|s| s.last_drill_success.clone()),
     });
     json_response(code, body.to_string())
 }
@@ -395,6 +403,7 @@ mod tests {
         AppState {
             status_file: dir.join("backup-status.json"),
             max_age_seconds: 3600,
+            max_drill_age_seconds: None,
             metrics: Arc::new(Metrics::new()),
             token: token.map(StatusToken::new),
             unrecorded_start_error: Arc::default(),

@@ -49,6 +49,7 @@ pub async fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Once(args) => modes::once::run(args).await,
         cli::Command::Backup(args) => modes::daemon::run(args).await,
         cli::Command::Restore(args) => modes::restore::run(args).await,
+        cli::Command::Drill(args) => modes::drill::run(args).await,
         cli::Command::Healthcheck { dir, health } => {
             modes::healthcheck::run(dir, health, &clock::SystemClock)
         }

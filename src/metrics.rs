@@ -45,6 +45,8 @@ pub struct Metrics {
     pub upload_duration: FloatGauge,
     pub remote_retention_deleted: Counter,
     pub notifications: Family<NotificationLabels, Counter>,
+    pub last_drill_success: FloatGauge,
+    pub drills: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -62,6 +64,8 @@ impl Metrics {
             upload_duration: FloatGauge::default(),
             remote_retention_deleted: Counter::default(),
             notifications: Family::default(),
+            last_drill_success: FloatGauge::default(),
+            drills: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -120,10 +124,21 @@ impl Metrics {
             "Notifications and pings, by destination kind and result (sent, failed, dropped)",
             metrics.notifications.clone(),
         );
+        registry.register(
+            "last_drill_success_timestamp_seconds",
+            "Unix time of the last restore drill that passed",
+            metrics.last_drill_success.clone(),
+        );
+        registry.register(
+            "drills",
+            "Restore drills, by result",
+            metrics.drills.clone(),
+        );
         // Touch both results so a fresh daemon already exports zeros.
         for result in ["success", "failure"] {
             let _ = metrics.backups.get_or_create(&ResultLabel { result });
             let _ = metrics.uploads.get_or_create(&ResultLabel { result });
+            let _ = metrics.drills.get_or_create(&ResultLabel { result });
         }
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
@@ -151,6 +166,13 @@ impl Metrics {
         }
         if let Some(size) = status.last_size_bytes {
             self.last_size.set(i64::try_from(size).unwrap_or(i64::MAX));
+        }
+        if let Some(t) = status
+            .last_drill_success
+            .as_deref()
+            .and_then(parse_timestamp)
+        {
+            self.last_drill_success.set(t.timestamp() as f64);
         }
     }
 
@@ -249,6 +271,20 @@ impl Observer for Metrics {
                 }
                 self.remote_retention_deleted
                     .inc_by(pass.remote_deleted.len() as u64);
+            }
+            Event::DrillFinished(done) => {
+                self.drills
+                    .get_or_create(&ResultLabel { result: "success" })
+                    .inc();
+                self.last_drill_success
+                    .set(done.finished_at.timestamp() as f64);
+            }
+            // A drill stopped by a shutdown says nothing about the backup.
+            Event::DrillFailed(failed) if failed.error.is_cancelled() => {}
+            Event::DrillFailed(_) => {
+                self.drills
+                    .get_or_create(&ResultLabel { result: "failure" })
+                    .inc();
             }
             _ => {}
         }
@@ -350,6 +386,54 @@ mod tests {
     }
 
     #[test]
+    fn drills_are_counted_by_result_and_a_pass_is_timed() {
+        use crate::events::{DrillFailed, DrillFinished, FailureKind};
+        let metrics = Metrics::new();
+        let at = |s| DateTime::<Utc>::from_timestamp(s, 0).unwrap();
+        metrics.load_status(&Status {
+            last_drill_success: Some("1970-01-01T00:16:40Z".into()),
+            ..Status::default()
+        });
+        assert!(
+            metrics
+                .encode()
+                .contains("backupd_last_drill_success_timestamp_seconds 1000.0")
+        );
+        metrics.observe(
+            &DrillFinished {
+                file: "/backups/a.db.gz".into(),
+                size: 10,
+                started_at: at(2_000),
+                finished_at: at(2_005),
+                duration: Duration::from_secs(5),
+                manifest: "checked 1 table against /m".into(),
+            }
+            .into(),
+        );
+        let failure = |kind| -> Event {
+            DrillFailed {
+                file: None,
+                started_at: at(3_000),
+                finished_at: at(3_001),
+                duration: Duration::from_secs(1),
+                error: Failure::new(kind, "x"),
+            }
+            .into()
+        };
+        metrics.observe(&failure(FailureKind::Verify));
+        metrics.observe(&failure(FailureKind::Cancelled));
+        let text = metrics.encode();
+        for (name, value) in [
+            ("backupd_last_drill_success_timestamp_seconds ", "2005.0"),
+            ("backupd_drills_total{result=\"success\"}", "1"),
+            ("backupd_drills_total{result=\"failure\"}", "1"),
+        ] {
+            let line = line(&text, name);
+            assert_eq!(line[name.len()..].trim(), value, "{line}");
+        }
+    }
+
+    #[test]
     fn the_restore_downtime_comes_from_the_status_file_and_only_when_recorded() {
         let metrics = Metrics::new();
         let name = "backupd_last_restore_downtime_seconds";
@@ -403,6 +487,9 @@ mod tests {
             "backupd_build_info{version=",
             "backupd_notifications_total{destination_kind=\"ntfy\",result=\"sent\"} 1",
             "backupd_notifications_total{destination_kind=\"ntfy\",result=\"dropped\"} 0",
+            "backupd_last_drill_success_timestamp_seconds",
+            "backupd_drills_total{result=\"success\"} 0",
+            "backupd_drills_total{result=\"failure\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

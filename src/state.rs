@@ -64,6 +64,30 @@ pub struct Status {
     /// (`HOOK_AFTER_BACKUP`, `HOOK_BACKUP_FAILED`); `null` otherwise.
     #[serde(default)]
     pub last_hook_error: Option<String>,
+    /// UTC time the last restore drill ended (`backupd drill`,
+    /// `BACKUP_DRILL_SCHEDULE`); written by [`crate::drill`] through [`update`].
+    #[serde(default)]
+    pub last_drill: Option<String>,
+    /// Full path of the backup the last drill loaded.
+    #[serde(default)]
+    pub last_drill_file: Option<String>,
+    /// `passed` or `failed`.
+    #[serde(default)]
+    pub last_drill_result: Option<String>,
+    /// Why the last drill failed; `null` when it passed.
+    #[serde(default)]
+    pub last_drill_error: Option<String>,
+    #[serde(default)]
+    pub last_drill_duration_seconds: Option<f64>,
+    /// UTC time the last drill that passed ended; kept through failures,
+    /// for `HEALTH_MAX_DRILL_AGE_SECONDS` and the metrics after a restart.
+    #[serde(default)]
+    pub last_drill_success: Option<String>,
+    /// What the last drill compared its row counts with (`checked N tables
+    /// against PATH`), or why it compared none (`row counts not compared:
+    /// no manifest (looked for …)`).
+    #[serde(default)]
+    pub last_drill_manifest: Option<String>,
     /// UTC time the last restore attempt (`backupd restore`: the service,
     /// `--file`, `--from-s3`) ended; written by [`RestoreStatusFile`].
     #[serde(default)]

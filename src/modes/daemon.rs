@@ -1,6 +1,8 @@
 //! `backupd backup`: the `db-backup` service. A backup at start-up (unless
-//! turned off), then on the schedule; status, health and metrics over HTTP;
-//! a clean stop on SIGTERM/SIGINT, also in the middle of a backup.
+//! turned off), then on the schedule; restore drills of the newest backup on
+//! their own schedule (`BACKUP_DRILL_SCHEDULE`), one thing at a time; status,
+//! health and metrics over HTTP; a clean stop on SIGTERM/SIGINT, also in the
+//! middle of a backup or a drill.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backup::{self, Run, WhenBusy};
 use crate::cli::DaemonArgs;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BackupConfig, DaemonConfig, NotifyConfig};
+use crate::config::{BackupConfig, DaemonConfig, DrillSchedule, NotifyConfig};
 use crate::crypto::keys::KEY_FILE_NAME;
 use crate::db::{Database, postgres};
+use crate::drill::{self, DrillSettings, Which};
 use crate::error::{Error, Result};
 use crate::events::{BackupFailed, KeyUnreadable, LogObserver, Observer, Observers};
 use crate::health::parse_timestamp;
@@ -38,6 +41,8 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
         status_addr: addr,
         status_token,
         health_max_age_seconds,
+        health_max_drill_age_seconds,
+        drills,
         on_start,
         retry,
         db_startup_timeout,
@@ -56,6 +61,7 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
     let state = AppState {
         status_file: cfg.paths.status_file.clone(),
         max_age_seconds: health_max_age_seconds,
+        max_drill_age_seconds: health_max_drill_age_seconds,
         metrics: Arc::clone(&metrics),
         token: status_token,
         unrecorded_start_error: Arc::clone(&unrecorded_start_error),
@@ -126,6 +132,7 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
             || "off".to_string(),
             |r| format!("s3://{}/{}", r.settings.bucket, r.settings.prefix)
         ),
+        drills = %drills.as_ref().map_or_else(|| "off".to_string(), |d| d.schedule.to_string()),
         "backupd {} started; next runs: {}",
         crate::VERSION,
         upcoming.join(", ")
@@ -146,25 +153,52 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
     }
 
     backup::clean_up_at_start(&cfg);
+    if let Some(drills) = &drills {
+        match drill::drop_leftover_drills(&drills.settings).await {
+            Ok(dropped) if !dropped.is_empty() => tracing::info!(
+                dropped = dropped.len(),
+                "dropped the scratch databases of interrupted drills"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for the scratch databases of interrupted drills; the next drill does")
+            }
+        }
+    }
     let mut next = if on_start {
         Some(clock.now())
     } else {
         schedule.next_after(clock.now())
     };
+    let mut next_drill = drills
+        .as_ref()
+        .and_then(|d| first_drill(d, known.as_ref(), health_max_drill_age_seconds, clock.now()));
     let mut retry_at: Option<DateTime<Utc>> = None;
     loop {
-        let due = match (next, retry_at) {
-            (Some(n), Some(r)) => Some(n.min(r)),
-            (n, r) => n.or(r),
-        };
-        let Some(due) = due else {
+        let backup_due = earliest(next, retry_at);
+        let Some(due) = earliest(backup_due, next_drill) else {
             tracing::warn!(schedule = %schedule, "the schedule has no future runs; idle until stopped");
             cancel.cancelled().await;
             break;
         };
-        metrics.next_run.set(due.timestamp() as f64);
+        if let Some(backup_due) = backup_due {
+            metrics.next_run.set(backup_due.timestamp() as f64);
+        }
         if !sleep_until(&clock, due, &cancel).await {
             break;
+        }
+        // A backup and a drill due together: the backup first, so the drill
+        // proves the newest backup.
+        if let Some(drills) = drills.as_ref().filter(|_| backup_due != Some(due)) {
+            if !run_drill(&drills.settings, &cancel, shutdown_grace, &observers).await {
+                break;
+            }
+            next_drill = advance(&drills.schedule, due, clock.now(), "drill");
+            tracing::info!(
+                next_drill = %next_drill.map_or_else(|| "none".into(), |t| local_time(&drills.schedule, t)),
+                "waiting for the next drill"
+            );
+            continue;
         }
         let is_retry = retry_at == Some(due) && next.is_none_or(|n| n > due);
         retry_at = None;
@@ -188,9 +222,9 @@ pub async fn run(args: &DaemonArgs) -> Result<()> {
             );
         }
         if !is_retry {
-            next = advance(&schedule, due, clock.now());
+            next = advance(&schedule, due, clock.now(), "backup");
         } else if let Some(n) = next.filter(|n| *n <= clock.now()) {
-            next = advance(&schedule, n, clock.now());
+            next = advance(&schedule, n, clock.now(), "backup");
         }
         let upcoming = match (next, retry_at) {
             (Some(n), Some(r)) if r < n => format!("{} (retry)", local_time(&schedule, r)),
@@ -275,8 +309,14 @@ async fn run_backup(
 }
 
 /// The first slot after `now`, counting from the slot that just ran; slots
-/// that passed while a backup was still running are skipped, and logged.
-fn advance(schedule: &Schedule, ran: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+/// that passed while the previous `what` (a backup, a drill) was still
+/// running are skipped, and logged.
+fn advance(
+    schedule: &Schedule,
+    ran: DateTime<Utc>,
+    now: DateTime<Utc>,
+    what: &str,
+) -> Option<DateTime<Utc>> {
     let mut next = schedule.next_after(ran)?;
     let mut skipped = 0;
     while next <= now {
@@ -286,10 +326,82 @@ fn advance(schedule: &Schedule, ran: DateTime<Utc>, now: DateTime<Utc>) -> Optio
     if skipped > 0 {
         tracing::warn!(
             skipped,
-            "skipped runs that fell due while the previous backup was still running"
+            "skipped runs that fell due while the previous {what} was still running"
         );
     }
     Some(next)
+}
+
+/// The earlier of two times that may be missing.
+fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// When the first drill runs: at once (after the start-up backup) when
+/// `HEALTH_MAX_DRILL_AGE_SECONDS` is set and no drill has passed within it
+/// (else `/healthz` would stay unhealthy until the schedule's first slot,
+/// a week away with a weekly schedule); otherwise at the schedule's first slot.
+fn first_drill(
+    drills: &DrillSchedule,
+    known: Option<&Status>,
+    max_drill_age_seconds: Option<u64>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let overdue = max_drill_age_seconds.is_some_and(|max| {
+        known
+            .and_then(|s| s.last_drill_success.as_deref())
+            .and_then(parse_timestamp)
+            .is_none_or(|at| {
+                now.signed_duration_since(at).num_seconds() > i64::try_from(max).unwrap_or(i64::MAX)
+            })
+    });
+    if overdue {
+        tracing::info!(
+            "no restore drill has passed within HEALTH_MAX_DRILL_AGE_SECONDS: drilling now"
+        );
+        Some(now)
+    } else {
+        drills.schedule.next_after(now)
+    }
+}
+
+/// Drills the newest backup in its own task; on shutdown gives it `grace`
+/// to stop (it drops its scratch database), after which the task is dropped
+/// (the next drill drops what it left). `false` when shutdown came.
+async fn run_drill(
+    settings: &DrillSettings,
+    cancel: &CancellationToken,
+    grace: Duration,
+    observers: &Observers,
+) -> bool {
+    let mut task = {
+        let (settings, cancel, observers) = (settings.clone(), cancel.clone(), observers.clone());
+        tokio::spawn(async move {
+            drill::run(&settings, &Which::Latest, &SystemClock, &cancel, &observers).await
+        })
+    };
+    tokio::select! {
+        joined = &mut task => {
+            if let Err(e) = joined {
+                tracing::error!(error = %e, "the drill task failed");
+            }
+            !cancel.is_cancelled()
+        }
+        _ = cancel.cancelled() => {
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                tracing::error!(
+                    grace_seconds = grace.as_secs(),
+                    "the drill did not stop within BACKUP_SHUTDOWN_TIMEOUT; abandoning it (the next drill drops its scratch database)"
+                );
+                task.abort();
+                let _ = task.await;
+            }
+            false
+        }
+    }
 }
 
 /// Sleeps until `due` by the wall clock; false when cancelled first.

@@ -11,7 +11,12 @@ use crate::state::Status;
 pub fn run(dir: &DirArgs, args: &HealthArgs, clock: &dyn Clock) -> Result<()> {
     let cfg = HealthConfig::from_args(dir, args)?;
     let status = Status::read(&cfg.paths.status_file)?;
-    let health = health::evaluate(status.as_ref(), clock.now(), cfg.max_age_seconds);
+    let health = health::evaluate_with_drills(
+        status.as_ref(),
+        clock.now(),
+        cfg.max_age_seconds,
+        cfg.max_drill_age_seconds,
+    );
     if health.healthy {
         println!("healthy: {}", health.reason);
         Ok(())

@@ -1,6 +1,7 @@
 //! One module per subcommand; each turns parsed arguments into work.
 
 pub mod daemon;
+pub mod drill;
 pub mod healthcheck;
 pub mod keygen;
 pub mod list;

@@ -10,8 +10,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::clock::{Clock, SystemClock};
 use crate::db::Database;
 use crate::events::{
-    BackupFailed, BackupFinished, Event, FailureKind, HookFailed, KeyUnreadable, OffsitePass,
-    Origin, Recovered, RestoreFailed, RestoreFinished, RestoreRefused, RestoreStarted, Stale,
+    BackupFailed, BackupFinished, DrillFailed, DrillFinished, Event, FailureKind, HookFailed,
+    KeyUnreadable, OffsitePass, Origin, Recovered, RestoreFailed, RestoreFinished, RestoreRefused,
+    RestoreStarted, Stale,
 };
 
 /// Which `NOTIFY_LEVEL` sends a notice: `error` sends only `Error` notices
@@ -205,6 +206,10 @@ impl Notice {
             Event::Recovered(recovered) => Some(Self::recovered(recovered, ctx)),
             Event::KeyUnreadable(key) => Some(Self::key_unreadable(key, ctx, now())),
             Event::HookFailed(hook) => Some(Self::hook_failed(hook, ctx, now())),
+            // A drill stopped by a shutdown says nothing about the backup.
+            Event::DrillFailed(failed) if failed.error.is_cancelled() => None,
+            Event::DrillFailed(failed) => Some(Self::drill_failed(failed, ctx)),
+            Event::DrillFinished(done) => Some(Self::drill_finished(done, ctx)),
             Event::BackupStarted(_) | Event::BackupSkipped(_) | Event::RestorePhase(_) => None,
         }
     }
@@ -447,6 +452,52 @@ impl Notice {
         notice
     }
 
+    fn drill_failed(failed: &DrillFailed, ctx: &NoticeContext) -> Notice {
+        let mut notice = Self::blank(
+            "drill-failed",
+            "failure",
+            Severity::Error,
+            ctx,
+            failed.finished_at,
+        );
+        notice.title = format!("restore drill failed on {}", ctx.who());
+        notice.file = failed.file.as_ref().map(|f| f.display().to_string());
+        notice.duration_seconds = Some(seconds(failed.duration));
+        notice.error = Some(failed.error.message.clone());
+        let which = failed
+            .file
+            .as_ref()
+            .map_or_else(|| "no backup".to_string(), |f| f.display().to_string());
+        notice.text = format!(
+            "The restore drill of {which} at {} failed: {}\nThis backup may not restore as it is: look into it (backupd verify, the database) before a restore needs it. The scratch copy was removed; the status file (last_drill_error) and the log say more.",
+            stamp(failed.finished_at),
+            failed.error.message
+        );
+        notice
+    }
+
+    fn drill_finished(done: &DrillFinished, ctx: &NoticeContext) -> Notice {
+        let mut notice = Self::blank(
+            "drill-finished",
+            "success",
+            Severity::Info,
+            ctx,
+            done.finished_at,
+        );
+        notice.title = format!("restore drill passed on {}", ctx.who());
+        notice.file = Some(done.file.display().to_string());
+        notice.size_bytes = Some(done.size);
+        notice.duration_seconds = Some(seconds(done.duration));
+        notice.text = format!(
+            "Drilled {} ({}) in {:.1} s: it loads, and {}.",
+            done.file.display(),
+            crate::values::human_size(done.size),
+            done.duration.as_secs_f64(),
+            done.manifest
+        );
+        notice
+    }
+
     /// What `backupd notify-test` sends.
     pub fn test(ctx: &NoticeContext) -> Notice {
         let mut notice = Self::blank("test", "test", Severity::Error, ctx, SystemClock.now());
@@ -525,6 +576,59 @@ mod tests {
             retention_deleted: vec![],
         }
         .into()
+    }
+
+    #[test]
+    fn a_failed_drill_is_an_error_naming_the_file_and_a_passed_one_info() {
+        let failed = |kind| -> Event {
+            DrillFailed {
+                file: Some("/backups/pg_dump-20261202T010000Z.sql.gz".into()),
+                started_at: at(4),
+                finished_at: at(5),
+                duration: Duration::from_secs(60),
+                error: Failure::new(kind, "the row counts differ from the manifest in 1 of 14 tables: public.users: 20 rows, the manifest says 21"),
+            }
+            .into()
+        };
+        let notice = Notice::from_event(&failed(FailureKind::Verify), &ctx()).unwrap();
+        assert_eq!(
+            (notice.event.as_str(), notice.result, notice.severity),
+            ("drill-failed", "failure", Severity::Error)
+        );
+        assert_eq!(
+            notice.title,
+            "restore drill failed on db-backup (postgresql app)"
+        );
+        assert_eq!(
+            notice.file.as_deref(),
+            Some("/backups/pg_dump-20261202T010000Z.sql.gz")
+        );
+        assert!(
+            notice
+                .text
+                .contains("public.users: 20 rows, the manifest says 21"),
+            "{}",
+            notice.text
+        );
+        assert_eq!(notice.time, at(5));
+        assert_eq!(
+            Notice::from_event(&failed(FailureKind::Cancelled), &ctx()),
+            None
+        );
+        let passed = DrillFinished {
+            file: "/backups/pg_dump-20261202T010000Z.sql.gz".into(),
+            size: 2048,
+            started_at: at(4),
+            finished_at: at(5),
+            duration: Duration::from_secs(60),
+            manifest: "checked 14 tables against /backups/x.manifest.json".into(),
+        };
+        let notice = Notice::from_event(&passed.into(), &ctx()).unwrap();
+        assert_eq!(
+            (notice.event.as_str(), notice.result, notice.severity),
+            ("drill-finished", "success", Severity::Info)
+        );
+        assert!(notice.text.contains("checked 14 tables"), "{}", notice.text);
     }
 
     #[test]

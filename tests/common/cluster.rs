@@ -379,6 +379,15 @@ impl PgCluster {
             .collect()
     }
 
+    /// The names of every database on the server, sorted.
+    pub fn databases(&self) -> Vec<String> {
+        self.psql("postgres", "SELECT datname FROM pg_database ORDER BY 1")
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The oid of database `name` (which must exist): a database keeps it
     /// through a rename, so an unchanged oid under the live name means the
     /// live database was never swapped.

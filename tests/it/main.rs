@@ -16,6 +16,8 @@ mod daemon_lock;
 mod daemon_schedule;
 mod daemon_shutdown;
 mod docker_control;
+mod drill;
+mod drill_daemon;
 mod encryption;
 mod fernet_interop;
 mod healthcheck;
