@@ -166,6 +166,11 @@ impl S3Server {
         settings
     }
 
+    /// A store on this server under `prefix`, with [`S3Server::settings`].
+    pub async fn store(&self, prefix: &str) -> backupd::store::s3::S3Store {
+        connect(self.settings(prefix)).await
+    }
+
     /// Stops listening and drops every open connection (requests in flight
     /// fail as on a crash); the stored data stays.
     pub fn stop(&mut self) {
@@ -296,6 +301,14 @@ impl S3Server {
         }
         true
     }
+}
+
+/// A store with `settings` (a test's variation of [`S3Server::settings`]),
+/// which must be valid and connect.
+pub async fn connect(settings: backupd::store::s3::S3Settings) -> backupd::store::s3::S3Store {
+    backupd::store::s3::S3Store::connect(settings.validate().unwrap())
+        .await
+        .unwrap()
 }
 
 impl Drop for S3Server {

@@ -408,9 +408,7 @@ fn an_s3_download_is_private_and_replaces_a_planted_link_instead_of_following_it
     victim.plant(&downloads.join(format!(".{name}.partial")));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let got = runtime.block_on(async {
-        let store = backupd::store::s3::S3Store::connect(server.settings("").validate().unwrap())
-            .await
-            .unwrap();
+        let store = server.store("").await;
         store
             .download(&name, &dest, &tokio_util::sync::CancellationToken::new())
             .await

@@ -141,9 +141,7 @@ async fn a_small_file_goes_up_in_one_put_and_comes_back_checked() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("/prod//db").validate().unwrap())
-        .await
-        .unwrap();
+    let store = server.store("/prod//db").await;
     assert_eq!(store.describe(), "s3://backupd-test/prod/db/");
     let work = common::temp_dir();
     let name = "sqlite-20260101T000000Z.db.gz";
@@ -229,9 +227,7 @@ fn a_large_file_goes_up_in_checksummed_parts_within_bounded_memory() {
         .unwrap();
     MEASURED.with(|m| m.set(true));
     runtime.block_on(async {
-        let store = S3Store::connect(server.settings("prod").validate().unwrap())
-            .await
-            .unwrap();
+        let store = server.store("prod").await;
         let baseline = reset_peak();
         let started = Instant::now();
         let uploaded = store
@@ -285,9 +281,7 @@ async fn a_companion_download_is_optional_and_bounded() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("").validate().unwrap())
-        .await
-        .unwrap();
+    let store = server.store("").await;
     let work = common::temp_dir();
     let name = "pg_dump-20260102T000000Z.sql.gz.manifest.json";
     let object = server.object_path(name);
@@ -327,9 +321,7 @@ async fn a_download_that_does_not_match_its_checksum_is_refused() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("").validate().unwrap())
-        .await
-        .unwrap();
+    let store = server.store("").await;
     let work = common::temp_dir();
     let name = "pg_dump-20260102T000000Z.sql.gz";
     let (path, sha256) = random_file(work.path(), name, 2 * MIB);
@@ -415,9 +407,7 @@ async fn wrong_credentials_are_refused_with_a_clear_error() {
     let wrong_secret = "wrong-secret-that-must-not-be-printed";
     let mut settings = server.settings("");
     settings.secret_access_key = Some(wrong_secret.into());
-    let store = S3Store::connect(settings.validate().unwrap())
-        .await
-        .unwrap();
+    let store = s3_server::connect(settings).await;
     for err in [
         store.upload(&path, "x.sql.gz", &cancel).await.unwrap_err(),
         store.list().await.unwrap_err(),
@@ -444,9 +434,7 @@ async fn wrong_credentials_are_refused_with_a_clear_error() {
 
     let mut settings = server.settings("");
     settings.access_key_id = Some("AKIAUNKNOWN".into());
-    let store = S3Store::connect(settings.validate().unwrap())
-        .await
-        .unwrap();
+    let store = s3_server::connect(settings).await;
     let text = store
         .upload(&path, "x.sql.gz", &cancel)
         .await
@@ -464,9 +452,7 @@ async fn a_cancelled_multipart_upload_is_aborted_and_leaves_nothing() {
         return;
     };
     server.set_part_delay(Duration::from_millis(500));
-    let store = S3Store::connect(server.settings("prod").validate().unwrap())
-        .await
-        .unwrap();
+    let store = server.store("prod").await;
     let work = common::temp_dir();
     let name = "pg_dump-20260103T000000Z.sql.gz";
     let (path, _) = random_file(work.path(), name, 48 * MIB);
@@ -493,9 +479,7 @@ async fn a_server_that_dies_mid_upload_gives_a_clear_error_and_no_orphan_parts()
         return;
     };
     server.set_part_delay(Duration::from_millis(300));
-    let store = S3Store::connect(server.settings("prod").validate().unwrap())
-        .await
-        .unwrap();
+    let store = server.store("prod").await;
     let work = common::temp_dir();
     let name = "pg_dump-20260104T000000Z.sql.gz";
     let (path, _) = random_file(work.path(), name, 40 * MIB);
@@ -555,9 +539,7 @@ async fn stale_incomplete_uploads_are_listed_and_aborted_young_ones_kept() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("prod").validate().unwrap())
-        .await
-        .unwrap();
+    let store = server.store("prod").await;
     let client = raw_client(&server);
     let mut ids = Vec::new();
     for key in ["prod/a.sql.gz", "prod/b.sql.gz", "elsewhere/c.sql.gz"] {
@@ -610,9 +592,7 @@ async fn listing_reads_every_page_and_skips_subfolders() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("prod").validate().unwrap())
-        .await
-        .unwrap();
+    let store = server.store("prod").await;
     // Planted on the server's disk: more than one page (1000 keys).
     let mut expected = Vec::new();
     for i in 0..1005 {
@@ -643,9 +623,7 @@ async fn throttled_uploads_are_retried() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("").validate().unwrap())
-        .await
-        .unwrap();
+    let store = server.store("").await;
     let work = common::temp_dir();
     let cancel = CancellationToken::new();
 
@@ -674,9 +652,7 @@ async fn uploads_send_no_trailing_checksums_even_with_the_sdk_defaults() {
     // still keep them off.
     let mut settings = server.settings("");
     settings.checksum_when_required = false;
-    let store = S3Store::connect(settings.validate().unwrap())
-        .await
-        .unwrap();
+    let store = s3_server::connect(settings).await;
     let work = common::temp_dir();
     let cancel = CancellationToken::new();
     for (name, size) in [("small", 1000), ("large", 17 * MIB)] {
@@ -696,9 +672,7 @@ async fn storage_class_and_encryption_reach_every_write() {
     let mut settings = server.settings("");
     settings.storage_class = Some("standard".into()); // s3s-fs refuses the others
     settings.sse = ServerSideEncryption::parse("aws:kms", Some("alias/backups")).unwrap();
-    let store = S3Store::connect(settings.validate().unwrap())
-        .await
-        .unwrap();
+    let store = s3_server::connect(settings).await;
     let work = common::temp_dir();
     let cancel = CancellationToken::new();
     for (name, size) in [("small", 1000), ("large", 17 * MIB)] {
@@ -748,9 +722,7 @@ async fn the_s3_store_passes_the_remote_store_conformance_suite() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    let store = S3Store::connect(server.settings("prod").validate().unwrap())
-        .await
-        .unwrap();
+    let store = server.store("prod").await;
     let work = common::temp_dir();
     backupd::store::conformance::run(&store, work.path()).await;
     assert_eq!(server.objects(), vec![]);
