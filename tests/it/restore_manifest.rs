@@ -68,13 +68,20 @@ impl Stack {
         }
     }
 
-    fn postgres(cluster: &PgCluster) -> Stack {
-        Stack::new(
+    /// A PostgreSQL app on a cluster of its own (whose app role may create
+    /// the staging database); `None` when PostgreSQL is missing (a loud
+    /// skip, a failure under CI).
+    fn postgres() -> Option<(PgCluster, Stack)> {
+        let bin = require_postgres()?;
+        let cluster = PgCluster::start_with_app(&bin, Some(1));
+        cluster.psql("postgres", "ALTER ROLE app CREATEDB");
+        let stack = Stack::new(
             cluster.app_url(),
             Some(cluster.bin.clone()),
             None,
             temp_dir(),
-        )
+        );
+        Some((cluster, stack))
     }
 
     /// A SQLite app whose live database `app/app.db` holds `rows` notes.
@@ -207,6 +214,35 @@ impl Stack {
         })
     }
 
+    /// Waits until `name` is restored; returns its history entry and the
+    /// context.
+    fn wait_restored(&self, service: &mut Daemon, name: &str) -> (Value, String) {
+        let entry = self.wait_done(service, name);
+        let ctx = self.context(service);
+        assert_eq!(entry["result"], "restored", "{entry:#}\n{ctx}");
+        (entry, ctx)
+    }
+
+    /// Waits until `name` is refused; asserts that the reason written beside
+    /// it names `difference` and that its history entry is a refusal in
+    /// `phase` ([`assert_refused_entry`]). Returns the reason, the entry and
+    /// the context for the test's own assertions.
+    fn wait_refused(
+        &self,
+        service: &mut Daemon,
+        name: &str,
+        phase: &str,
+        difference: &str,
+    ) -> (String, Value, String) {
+        let entry = self.wait_done(service, name);
+        let ctx = self.context(service);
+        let reason = self.failed_reason(name);
+        eprintln!("{name} refused: {reason}");
+        assert!(reason.contains(difference), "{reason}\n{ctx}");
+        assert_refused_entry(&entry, phase, difference);
+        (reason, entry, ctx)
+    }
+
     /// The reason backupd wrote beside `name` in the failed folder.
     fn failed_reason(&self, name: &str) -> String {
         let text = fs::read_to_string(self.failed.join(format!("{name}.reason.json"))).unwrap();
@@ -229,14 +265,37 @@ fn claiming_other(counts: &Counts, table: &str, by: i64) -> (Counts, u64, u64) {
 }
 
 /// An app container when Docker can be used (a loud skip otherwise, a
-/// failure under CI): stopped at once by `docker stop`, so a stop would
-/// show in its State.
-fn app_container() -> Option<TestContainer> {
-    require_test_image().map(|image| TestContainer::run_fast_stop(image, &[]))
+/// failure under CI), with what shows that it was never stopped: it runs,
+/// and its State's StartedAt and FinishedAt stay what they were. It stops
+/// at once on `docker stop`, so a stop would show in its State.
+struct App {
+    web: Option<TestContainer>,
+    before: Option<(bool, String, String)>,
 }
 
-/// What shows that a container was never stopped: it runs, and its
-/// State's StartedAt and FinishedAt are what they were.
+impl App {
+    fn start() -> App {
+        let web = require_test_image().map(|image| TestContainer::run_fast_stop(image, &[]));
+        let before = web.as_ref().map(container_state);
+        App { web, before }
+    }
+
+    /// The container's name, for RESTORE_STOP_CONTAINERS.
+    fn name(&self) -> Option<&str> {
+        self.web.as_ref().map(|w| w.name.as_str())
+    }
+
+    fn assert_untouched(&self, ctx: &str) {
+        if let (Some(web), Some(before)) = (&self.web, &self.before) {
+            assert_eq!(
+                &container_state(web),
+                before,
+                "the app container was stopped or restarted:\n{ctx}"
+            );
+        }
+    }
+}
+
 fn container_state(web: &TestContainer) -> (bool, String, String) {
     (
         web.cli_running(),
@@ -255,6 +314,20 @@ fn databases(cluster: &PgCluster) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// Asserts that the history entry's manifest note says `tables` were
+/// checked against the manifest of the `dropped` file.
+fn assert_checked_against(entry: &Value, tables: &str, dropped: &Path) {
+    let expected = format!(
+        "checked {tables} against {}",
+        manifest_path(dropped).display()
+    );
+    assert_eq!(
+        entry["manifest"].as_str(),
+        Some(expected.as_str()),
+        "{entry:#}"
+    );
 }
 
 /// Asserts the history entry of a refused restore: failed in `phase`, the
@@ -282,12 +355,9 @@ fn assert_refused_entry(entry: &Value, phase: &str, difference: &str) {
 #[test]
 fn postgres_counts_differing_from_the_manifest_refuse_the_swap_and_leave_the_live_database_and_the_app_alone()
  {
-    let Some(bin) = require_postgres() else {
+    let Some((cluster, stack)) = Stack::postgres() else {
         return;
     };
-    let cluster = PgCluster::start_with_app(&bin, Some(1));
-    cluster.psql("postgres", "ALTER ROLE app CREATEDB");
-    let stack = Stack::postgres(&cluster);
     let backup = stack.backup_of(&stack.url);
     let source = cluster.row_counts(PG_APP_DB);
     let (claims, actual, claimed) = claiming_other(&source, "public.users", 1);
@@ -297,10 +367,9 @@ fn postgres_counts_differing_from_the_manifest_refuse_the_swap_and_leave_the_liv
     let live_rows = cluster.table_checksums(PG_APP_DB);
     let live_oid = cluster.database_oid(PG_APP_DB);
     let all_databases = databases(&cluster);
-    let web = app_container();
-    let web_before = web.as_ref().map(container_state);
+    let app = App::start();
 
-    let mut service = stack.service(web.as_ref().map(|w| w.name.as_str()));
+    let mut service = stack.service(app.name());
     let name = "pg_dump-20261201T030000Z.sql.gz";
     let dropped = stack.drop_backup(
         &backup,
@@ -309,19 +378,13 @@ fn postgres_counts_differing_from_the_manifest_refuse_the_swap_and_leave_the_liv
         Some(&source),
         Some(("public.users", claimed)),
     );
-    let entry = stack.wait_done(&mut service, name);
-    let ctx = stack.context(&service);
-
     let difference = format!("public.users: {actual} rows, the manifest says {claimed}");
-    let reason = stack.failed_reason(name);
-    eprintln!("{name} refused: {reason}");
-    assert!(reason.contains(&difference), "{reason}\n{ctx}");
+    let (reason, entry, ctx) = stack.wait_refused(&mut service, name, "comparing", &difference);
     assert!(
         reason.contains("the row counts differ from the manifest in 1 of"),
         "only the one table differs: {reason}"
     );
     assert!(reason.contains("nothing was stopped"), "{reason}");
-    assert_refused_entry(&entry, "comparing", &difference);
     assert_eq!(entry["error"].as_str(), Some(reason.as_str()), "{entry:#}");
 
     assert_eq!(
@@ -354,13 +417,7 @@ fn postgres_counts_differing_from_the_manifest_refuse_the_swap_and_leave_the_liv
         manifest.tables, claims,
         "the manifest is kept beside its file"
     );
-    if let (Some(web), Some(before)) = (&web, web_before) {
-        assert_eq!(
-            container_state(web),
-            before,
-            "the app container was stopped or restarted:\n{ctx}"
-        );
-    }
+    app.assert_untouched(&ctx);
     assert!(
         stack.state_json().unwrap()["in_progress"].is_null(),
         "{ctx}"
@@ -376,34 +433,24 @@ fn sqlite_counts_differing_from_the_manifest_refuse_the_restore_at_the_check() {
     let source = BTreeMap::from([("notes".to_string(), 9)]);
     let (claims, actual, claimed) = claiming_other(&source, "notes", -2);
     let live_sha = sha256_file(&live);
-    let web = app_container();
-    let web_before = web.as_ref().map(container_state);
+    let app = App::start();
 
-    let mut service = stack.service(web.as_ref().map(|w| w.name.as_str()));
+    let mut service = stack.service(app.name());
     let name = "sqlite-20261201T030000Z.db.gz";
     stack.drop_backup(&backup, name, "sqlite", Some(&claims), None);
-    let entry = stack.wait_done(&mut service, name);
-    let ctx = stack.context(&service);
 
     let difference = format!("notes: {actual} rows, the manifest says {claimed}");
-    let reason = stack.failed_reason(name);
-    eprintln!("{name} refused: {reason}");
-    assert!(reason.contains(&difference), "{reason}\n{ctx}");
+    let (reason, _, ctx) = stack.wait_refused(&mut service, name, "checking", &difference);
     assert!(
         reason.contains("nothing was stopped and the live database was not changed"),
         "{reason}"
     );
-    assert_refused_entry(&entry, "checking", &difference);
     assert_eq!(
         sha256_file(&live),
         live_sha,
         "the live database changed:\n{ctx}"
     );
-    let conn = rusqlite::Connection::open(&live).unwrap();
-    let rows: i64 = conn
-        .query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(rows, 5);
+    assert_eq!(notes(&live), 5);
     assert!(
         safety_backups(&stack.backups).is_empty(),
         "a refused check takes no safety backup:\n{ctx}"
@@ -413,13 +460,7 @@ fn sqlite_counts_differing_from_the_manifest_refuse_the_restore_at_the_check() {
         claims,
         "{ctx}"
     );
-    if let (Some(web), Some(before)) = (&web, web_before) {
-        assert_eq!(
-            container_state(web),
-            before,
-            "the app container was stopped:\n{ctx}"
-        );
-    }
+    app.assert_untouched(&ctx);
     service.stop_cleanly();
 }
 
@@ -433,9 +474,7 @@ fn a_sqlite_file_without_a_manifest_restores_saying_so_and_one_with_a_matching_m
     let plain = stack.sqlite_backup(7);
     let name = "sqlite-20261201T030000Z.db.gz";
     stack.drop_backup(&plain, name, "sqlite", None, None);
-    let entry = stack.wait_done(&mut service, name);
-    let ctx = stack.context(&service);
-    assert_eq!(entry["result"], "restored", "{entry:#}\n{ctx}");
+    let (entry, _) = stack.wait_restored(&mut service, name);
     let note = entry["manifest"].as_str().unwrap_or_default();
     assert!(note.starts_with("no manifest"), "{entry:#}");
     assert!(note.contains(&format!("{name}.manifest.json")), "{note}");
@@ -445,20 +484,8 @@ fn a_sqlite_file_without_a_manifest_restores_saying_so_and_one_with_a_matching_m
     let name = "sqlite-20261202T030000Z.db.gz";
     let counts = BTreeMap::from([("notes".to_string(), 11)]);
     let dropped = stack.drop_backup(&checked, name, "sqlite", Some(&counts), None);
-    let entry = stack.wait_done(&mut service, name);
-    let ctx = stack.context(&service);
-    assert_eq!(entry["result"], "restored", "{entry:#}\n{ctx}");
-    assert_eq!(
-        entry["manifest"].as_str(),
-        Some(
-            format!(
-                "checked 1 table against {}",
-                manifest_path(&dropped).display()
-            )
-            .as_str()
-        ),
-        "{entry:#}"
-    );
+    let (entry, ctx) = stack.wait_restored(&mut service, name);
+    assert_checked_against(&entry, "1 table", &dropped);
     assert_eq!(notes(&live), 11);
     assert!(
         !manifest_path(&dropped).exists(),
@@ -469,12 +496,9 @@ fn a_sqlite_file_without_a_manifest_restores_saying_so_and_one_with_a_matching_m
 
 #[test]
 fn a_postgres_dump_whose_manifest_matches_is_swapped_in_and_the_history_names_the_manifest() {
-    let Some(bin) = require_postgres() else {
+    let Some((cluster, stack)) = Stack::postgres() else {
         return;
     };
-    let cluster = PgCluster::start_with_app(&bin, Some(1));
-    cluster.psql("postgres", "ALTER ROLE app CREATEDB");
-    let stack = Stack::postgres(&cluster);
     let backup = stack.backup_of(&stack.url);
     let source_rows = cluster.table_checksums(PG_APP_DB);
     let counts = cluster.row_counts(PG_APP_DB);
@@ -488,21 +512,8 @@ fn a_postgres_dump_whose_manifest_matches_is_swapped_in_and_the_history_names_th
     let mut service = stack.service(None);
     let name = "pg_dump-20261201T030000Z.sql.gz";
     let dropped = stack.drop_backup(&backup, name, "postgres", Some(&counts), None);
-    let entry = stack.wait_done(&mut service, name);
-    let ctx = stack.context(&service);
-    assert_eq!(entry["result"], "restored", "{entry:#}\n{ctx}");
-    assert_eq!(
-        entry["manifest"].as_str(),
-        Some(
-            format!(
-                "checked {} tables against {}",
-                counts.len(),
-                manifest_path(&dropped).display()
-            )
-            .as_str()
-        ),
-        "{entry:#}"
-    );
+    let (entry, ctx) = stack.wait_restored(&mut service, name);
+    assert_checked_against(&entry, &format!("{} tables", counts.len()), &dropped);
     assert_eq!(cluster.table_checksums(PG_APP_DB), source_rows, "{ctx}");
     assert_ne!(
         cluster.database_oid(PG_APP_DB),
